@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from tledge.config import ModelOptions
+from tledge.errors import TledgeError
+from tledge.models import (PREPROCESS, backbone_layers, build_classifier, head_layers,
+                           set_backbone_trainable)
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_classifier_is_flat_and_takes_raw_pixels(backbone):
+    model = build_classifier(ModelOptions(backbone=backbone, alpha=0.35, weights="none",
+                                          head_units=8), num_classes=4, image_size=32)
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model"
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 4)
+    assert model.layers[1].name == PREPROCESS
+    pixels = np.array([[[[0.0, 127.5, 255.0]]]], np.float32)
+    scaled = model.get_layer(PREPROCESS)(pixels).numpy().ravel()
+    if backbone == "mobilenet_v2":  # mobilenet_v2.preprocess_input: x / 127.5 - 1
+        np.testing.assert_allclose(scaled, [-1.0, 0.0, 1.0], atol=1e-6)
+    else:  # caffe means in RGB order; BGR order is folded into conv1
+        np.testing.assert_allclose(scaled, [-123.68, 10.721, 151.061], atol=1e-3)
+    names = [layer.name for layer in head_layers(model)]
+    assert names == ["head_pool", "head_dropout", "head_hidden", "head_hidden_dropout",
+                     "predictions"]
+    probs = model.predict(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_resnet_weights_are_converted_to_rgb_input(tmp_path):
+    """A caffe-style backbone fed RGB through our model equals Keras' own BGR preprocessing."""
+    opts = ModelOptions(backbone="resnet50", weights="none")
+    plain = keras.applications.ResNet50(input_shape=(32, 32, 3), include_top=False,
+                                        weights=None)
+    path = tmp_path / "resnet_notop.h5"
+    plain.save_weights(path)
+    model = build_classifier(ModelOptions(backbone="resnet50", weights=str(path)), 3, 32)
+    features = keras.Model(model.input, model.get_layer("conv5_block3_out").output)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    expected = plain(keras.applications.resnet50.preprocess_input(x.copy())).numpy()
+    np.testing.assert_allclose(features(x).numpy(), expected, rtol=1e-3, atol=1e-3)
+    assert opts.weights == "none"
+
+
+def test_missing_weights_file_is_a_clear_error():
+    with pytest.raises(TledgeError, match="does not exist.*--weights imagenet, none"):
+        build_classifier(ModelOptions(weights="/nope/w.h5"), 2, 32)
+
+
+def test_failed_imagenet_download_is_a_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    import tf_keras.src.applications.mobilenet_v2 as mnv2
+    monkeypatch.setattr(mnv2.data_utils, "get_file", offline)
+    with pytest.raises(TledgeError, match="could not download the ImageNet weights.*--weights"):
+        build_classifier(ModelOptions(alpha=0.35, weights="imagenet"), 2, 96)
+
+
+def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen():
+    model = build_classifier(ModelOptions(alpha=0.35, weights="none"), 3, 32)
+    layers = backbone_layers(model)
+    set_backbone_trainable(model, None)
+    assert not any(layer.trainable for layer in layers)
+    assert all(layer.trainable for layer in head_layers(model))
+    set_backbone_trainable(model, "5")
+    assert [layer.trainable for layer in layers[:-5]] == [False] * (len(layers) - 5)
+    top = layers[-5:]
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization)
+               for layer in top)
+    set_backbone_trainable(model, "block_16_project")
+    assert model.get_layer("block_16_project").trainable
+    assert not model.get_layer("block_16_depthwise").trainable
+    set_backbone_trainable(model, "all")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                   for layer in layers)
+    with pytest.raises(TledgeError, match="neither a number"):
+        set_backbone_trainable(model, "no_such_layer")

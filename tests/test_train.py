@@ -1,0 +1,133 @@
+"""The recipe on a tiny MobileNetV2 (alpha 0.35, 32x32, random weights) and generated shapes."""
+
+import json
+
+import numpy as np
+import pytest
+import tf_keras as keras
+import yaml
+
+from conftest import tiny_config
+from tledge import rundir
+from tledge.config import PhaseHParams
+from tledge.errors import TledgeError
+from tledge.models import backbone_layers, build_classifier, head_layers
+from tledge.train import Interrupted, finetune_phase, frozen_phase, resolve_strategy, train
+
+pytestmark = pytest.mark.slow
+
+
+def _weights(layers):
+    return {w.name: w.numpy().copy() for layer in layers for w in layer.weights}
+
+
+def _model(config, splits):
+    keras.utils.set_random_seed(config.train.seed)
+    return build_classifier(config.model, len(splits.class_names), config.data.image_size)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_frozen_phase_changes_only_the_head(tiny_splits, augment):
+    config = tiny_config().override(data={"augment": augment})
+    model = _model(config, tiny_splits)
+    before_backbone = _weights(backbone_layers(model))
+    before_head = _weights(head_layers(model))
+    result = frozen_phase(model, tiny_splits, config, resolve_strategy("none"))
+    assert result.feature_cache is (not augment)
+    for name, value in _weights(backbone_layers(model)).items():
+        np.testing.assert_array_equal(value, before_backbone[name], err_msg=name)
+    assert any(not np.array_equal(v, before_head[k])
+               for k, v in _weights(head_layers(model)).items())
+
+
+def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(tiny_splits):
+    config = tiny_config().override(data={"augment": True})
+    model = _model(config, tiny_splits)
+    layers = backbone_layers(model)
+    before = _weights(layers)
+    finetune_phase(model, tiny_splits, config, resolve_strategy("none"))
+    after = _weights(layers)
+    top = {w.name for layer in layers[-10:] for w in layer.weights
+           if not isinstance(layer, keras.layers.BatchNormalization)}
+    assert top, "the top 10 layers hold weights"
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert changed and changed <= top, f"frozen weights moved: {sorted(changed - top)[:5]}"
+    bn_stats = [w.name for layer in layers if isinstance(layer, keras.layers.BatchNormalization)
+                for w in layer.weights if "moving" in w.name]
+    assert bn_stats and not changed.intersection(bn_stats)
+
+
+def test_feature_cache_gives_the_same_head_as_a_plain_fit(tiny_splits):
+    """The bottleneck trick is an optimisation, not a different model."""
+    config = tiny_config(frozen=PhaseHParams(epochs=3, learning_rate=1e-2))
+    heads = []
+    for cache in (True, False):
+        cfg = config.override(train={"feature_cache": cache})
+        model = _model(cfg, tiny_splits)
+        result = frozen_phase(model, tiny_splits, cfg, resolve_strategy("none"))
+        assert result.feature_cache is cache
+        heads.append([w.numpy() for layer in head_layers(model) for w in layer.weights])
+    for cached, plain in zip(*heads):
+        np.testing.assert_allclose(cached, plain, rtol=1e-3, atol=1e-4)
+
+
+def test_run_folder_contents_and_refusal_to_overwrite(tiny_splits, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config()
+    result = train(config, out, splits=tiny_splits, echo=lambda s: None)
+    for name in (rundir.CONFIG, rundir.LABELS, rundir.HISTORY, rundir.CURVES,
+                 rundir.FLOAT_MODEL, rundir.METRICS):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+    assert (out / rundir.LABELS).read_text().split("\n")[:2] == ["circle", "square"]
+    saved = yaml.safe_load((out / rundir.CONFIG).read_text())
+    assert saved["model"]["alpha"] == 0.35 and saved["train"]["finetune"]["unfreeze"] == "10"
+    history = json.loads((out / rundir.HISTORY).read_text())
+    assert set(history) == {"frozen", "finetune"}
+    assert len(history["frozen"]["val_accuracy"]) == 1 and history["frozen"]["feature_cache"]
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    assert metrics["status"] == "complete" and metrics["phases_completed"] == ["frozen", "finetune"]
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_images"] == 48
+    assert (out / rundir.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    reloaded = keras.models.load_model(out / rundir.FLOAT_MODEL)
+    x = tiny_splits.val.x[:4].astype(np.float32)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), result.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+    stamp = (out / rundir.FLOAT_MODEL).stat().st_mtime_ns
+    with pytest.raises(TledgeError, match="already holds a run.*--overwrite"):
+        train(config, out, splits=tiny_splits, echo=lambda s: None)
+    assert (out / rundir.FLOAT_MODEL).stat().st_mtime_ns == stamp
+
+
+def test_zero_epoch_phase_is_skipped(tiny_splits, tmp_path):
+    config = tiny_config(frozen=PhaseHParams(epochs=0))
+    lines = []
+    train(config, tmp_path / "r", splits=tiny_splits, echo=lines.append)
+    assert any("phase frozen: skipped" in line for line in lines)
+    history = json.loads((tmp_path / "r" / rundir.HISTORY).read_text())
+    assert list(history) == ["finetune"]
+
+
+def test_ctrl_c_keeps_finished_phases(tiny_splits, tmp_path, monkeypatch):
+    import tledge.train as train_mod
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "finetune_phase", interrupt)
+    out = tmp_path / "r"
+    with pytest.raises(Interrupted, match="during phase finetune.*frozen.*saved"):
+        train(tiny_config(), out, splits=tiny_splits, echo=lambda s: None)
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    assert metrics["status"] == "interrupted during finetune"
+    assert metrics["phases_completed"] == ["frozen"]
+    model = keras.models.load_model(out / rundir.FLOAT_MODEL)
+    assert model.output_shape == (None, 6)
+
+
+def test_same_seed_same_run(tiny_splits, tmp_path):
+    config = tiny_config().override(data={"augment": True})
+    runs = [train(config, tmp_path / f"r{i}", splits=tiny_splits, echo=lambda s: None)
+            for i in range(2)]
+    assert runs[0].phases[-1].history == runs[1].phases[-1].history

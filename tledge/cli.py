@@ -1,0 +1,139 @@
+"""The ``tledge`` command line: thin. Each command turns flags into typed options and calls the
+library; heavy imports (TensorFlow) happen inside the command bodies, so ``tledge --help`` and
+the Pi-side commands start fast and never load TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from tledge import __version__
+from tledge.config import (BACKBONES, STRATEGIES, DataOptions, FineTuneHParams, ModelOptions,
+                           PhaseHParams, QATHParams, RunConfig, TrainOptions)
+from tledge.errors import TledgeError
+
+
+class Group(click.Group):
+    """Turns TledgeError into a one-line message and exit 1; Ctrl-C into exit 130. No traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TledgeError as e:
+            click.secho(f"Error: {e}", fg="red", err=True)
+            sys.exit(130 if type(e).__name__ == "Interrupted" else 1)
+        except KeyboardInterrupt:
+            click.secho("Interrupted.", fg="red", err=True)
+            sys.exit(130)
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the progress lines.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _default(cls, name: str):
+    return getattr(cls(), name)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"],
+                                          "max_content_width": 100})
+@click.version_option(__version__, prog_name="tledge")
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def main(verbose: bool) -> None:
+    """From a folder of pictures to a fast, verified int8 classifier on a Raspberry Pi.
+
+    \b
+    tledge train   --data DIR        transfer-learn, fine-tune, quantization-aware train
+    tledge export  RUN_DIR --int8    TFLite files verified against the float model
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _quiet_tensorflow()
+
+
+D, M, F, FT, Q, T = DataOptions, ModelOptions, PhaseHParams, FineTuneHParams, QATHParams, TrainOptions
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config to start from (a run's config.yaml); flags override it.")
+@click.option("--data", help="Folder with one subfolder per class, or a built-in data set: "
+              f"shapes, cifar10, fashion_mnist.  [default: {_default(D, 'source')}]")
+@click.option("--image-size", type=int,
+              help=f"Square model input in pixels.  [default: {_default(D, 'image_size')}]")
+@click.option("--val-split", type=float, help="Fraction of each class held out for validation "
+              f"(stratified, seeded).  [default: {_default(D, 'val_split')}]")
+@click.option("--limit", type=int, help="At most N training images per class (quick runs).")
+@click.option("--augment/--no-augment", default=None,
+              help="Flip, rotation, zoom and contrast on training batches.  [default: augment]")
+@click.option("--batch-size", type=int, help=f"[default: {_default(D, 'batch_size')}]")
+@click.option("--backbone", type=click.Choice(BACKBONES),
+              help=f"[default: {_default(M, 'backbone')}]")
+@click.option("--alpha", type=float,
+              help=f"MobileNetV2 width multiplier.  [default: {_default(M, 'alpha')}]")
+@click.option("--weights", help="imagenet (downloaded once by Keras), none (random), or the path "
+              "of a backbone weights file without its top.  [default: imagenet]")
+@click.option("--head-units", type=int,
+              help="Hidden dense layer in the head, 0 for none.  [default: 0]")
+@click.option("--dropout", type=float, help=f"[default: {_default(M, 'dropout')}]")
+@click.option("--epochs-frozen", type=int, help="Phase 1 epochs, head only on a frozen "
+              f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
+@click.option("--lr", type=float,
+              help=f"Phase 1 learning rate.  [default: {_default(F, 'learning_rate')}]")
+@click.option("--epochs-finetune", type=int, help="Phase 2 epochs, top of the backbone "
+              f"unfrozen; 0 skips.  [default: {_default(FT, 'epochs')}]")
+@click.option("--lr-finetune", type=float,
+              help=f"Phase 2 learning rate.  [default: {_default(FT, 'learning_rate')}]")
+@click.option("--unfreeze", help="Phase 2: number of top backbone layers to unfreeze, the name "
+              f"of the first one, or 'all'.  [default: {_default(FT, 'unfreeze')}]")
+@click.option("--qat/--no-qat", default=None,
+              help="Phase 3, quantization-aware training.  [default: qat]")
+@click.option("--epochs-qat", type=int, help=f"[default: {_default(Q, 'epochs')}]")
+@click.option("--lr-qat", type=float, help=f"[default: {_default(Q, 'learning_rate')}]")
+@click.option("--early-stop", type=int,
+              help="Stop a phase after N epochs without better validation accuracy.")
+@click.option("--seed", type=int, help=f"Makes a run repeatable.  [default: {_default(T, 'seed')}]")
+@click.option("--strategy", type=click.Choice(STRATEGIES),
+              help="auto: MirroredStrategy when more than one GPU is visible.  [default: auto]")
+@click.option("--mixed-precision/--no-mixed-precision", default=None,
+              help="float16 compute on GPU.  [default: off]")
+@click.option("--feature-cache/--no-feature-cache", default=None, help="Without augmentation, "
+              "fit phase 1 on backbone features computed once.  [default: on]")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
+def train(config_file, data, image_size, val_split, limit, augment, batch_size, backbone, alpha,
+          weights, head_units, dropout, epochs_frozen, lr, epochs_finetune, lr_finetune,
+          unfreeze, qat, epochs_qat, lr_qat, early_stop, seed, strategy, mixed_precision,
+          feature_cache, out, overwrite):
+    """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
+    config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
+    config = config.override(
+        data=dict(source=data, image_size=image_size, val_split=val_split, limit=limit,
+                  augment=augment, batch_size=batch_size),
+        model=dict(backbone=backbone, alpha=alpha, weights=weights, head_units=head_units,
+                   dropout=dropout),
+        train=dict(frozen=dict(epochs=epochs_frozen, learning_rate=lr),
+                   finetune=dict(epochs=epochs_finetune, learning_rate=lr_finetune,
+                                 unfreeze=unfreeze),
+                   qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
+                   early_stop=early_stop, seed=seed, strategy=strategy,
+                   mixed_precision=mixed_precision, feature_cache=feature_cache))
+    from tledge import rundir
+    from tledge.train import train as run_training
+
+    out_dir = Path(out) if out else rundir.default_out(config)
+    rundir.prepare(out_dir, overwrite)  # refuse early, before minutes of data loading
+    run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
+
+
+if __name__ == "__main__":  # python -m tledge.cli
+    main()

@@ -1,0 +1,255 @@
+"""Typed options for every tledge job, and their YAML form.
+
+No TensorFlow here (nor anything that imports it): the CLI, the tests and a Raspberry Pi import
+this module cheaply. Each phase of the recipe has its own frozen dataclass; variants are made
+with ``dataclasses.replace`` and a caller's object is never mutated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from tledge.errors import TledgeError
+
+BACKBONES = ("mobilenet_v2", "resnet50")
+STRATEGIES = ("auto", "mirrored", "none")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where the images come from and how they are split and fed.
+
+    Attributes:
+      source: a folder with one subfolder per class, or a built-in name: ``shapes`` (generated,
+        offline), ``cifar10``, ``fashion_mnist``.
+      image_size: side of the square model input, in pixels. Images are resized to it by
+        stretching (bilinear), the same function the device runtime uses.
+      val_split: fraction of each class held out for validation (stratified, seeded).
+      limit: at most this many images per class from the training pool (None: all).
+      augment: random flip, rotation, zoom and contrast on training batches only.
+      batch_size: images per training step.
+      shapes_per_class: images per class that ``shapes`` generates for its training pool.
+    """
+
+    source: str = "shapes"
+    image_size: int = 96
+    val_split: float = 0.1
+    limit: Optional[int] = None
+    augment: bool = True
+    batch_size: int = 32
+    shapes_per_class: int = 120
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_split < 1.0:
+            raise TledgeError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        if self.image_size < 32:
+            raise TledgeError(f"--image-size must be at least 32 pixels, got {self.image_size}")
+        if self.limit is not None and self.limit < 2:
+            raise TledgeError(f"--limit must be at least 2 images per class, got {self.limit}")
+        if self.batch_size < 1:
+            raise TledgeError(f"--batch-size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The classifier's architecture, apart from how it is trained.
+
+    Attributes:
+      backbone: a name from the backbone registry (``mobilenet_v2``, ``resnet50``).
+      alpha: MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4); ignored by resnet50.
+      weights: ``imagenet`` (downloaded by Keras and cached), ``none`` (random init), or the
+        path of a Keras weights file for the backbone without its top.
+      head_units: width of an optional hidden dense layer in the head (0: none).
+      dropout: dropout rate before the head's dense layers.
+    """
+
+    backbone: str = "mobilenet_v2"
+    alpha: float = 1.0
+    weights: str = "imagenet"
+    head_units: int = 0
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise TledgeError(
+                f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise TledgeError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.head_units < 0:
+            raise TledgeError(f"--head-units must be 0 or more, got {self.head_units}")
+
+
+@dataclass(frozen=True)
+class PhaseHParams:
+    """One phase of the recipe: how long and how fast.
+
+    Attributes:
+      epochs: passes over the training split; 0 skips the phase.
+      learning_rate: Adam's learning rate for this phase.
+    """
+
+    epochs: int = 5
+    learning_rate: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise TledgeError(f"epochs must be 0 or more, got {self.epochs}")
+        if self.learning_rate <= 0:
+            raise TledgeError(f"learning rates must be positive, got {self.learning_rate}")
+
+
+@dataclass(frozen=True)
+class FineTuneHParams(PhaseHParams):
+    """Phase 2: the top of the backbone unfrozen, at a much lower learning rate.
+
+    Attributes:
+      epochs: as in PhaseHParams.
+      learning_rate: as in PhaseHParams; the Keras guide uses about 1/10 to 1/100 of phase 1's.
+      unfreeze: how much of the backbone trains: a number of its top layers, the name of the
+        first layer to unfreeze (everything after it too), or ``all``. BatchNorm layers always
+        stay frozen, in inference mode.
+    """
+
+    epochs: int = 5
+    learning_rate: float = 1e-5
+    unfreeze: str = "30"
+
+
+@dataclass(frozen=True)
+class QATHParams(PhaseHParams):
+    """Phase 3: quantization-aware training of the fine-tuned model.
+
+    Attributes:
+      enabled: run the phase at all.
+      epochs: as in PhaseHParams.
+      learning_rate: as in PhaseHParams; small, the model is already trained.
+    """
+
+    enabled: bool = True
+    epochs: int = 2
+    learning_rate: float = 1e-5
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How the three phases run.
+
+    Attributes:
+      frozen: phase 1, the head alone on a frozen backbone.
+      finetune: phase 2, the top of the backbone unfrozen.
+      qat: phase 3, quantization-aware training.
+      early_stop: stop a phase after this many epochs without a better validation accuracy
+        (None: never). The best epoch of each phase is kept either way.
+      seed: seeds the split, the shuffling, augmentation and weight init.
+      strategy: ``auto`` (MirroredStrategy when more than one GPU is visible), ``mirrored``
+        (always: over the GPUs, or over the logical CPUs when there is no GPU), ``none``.
+      mixed_precision: float16 compute on GPU (ignored, with a warning, on a CPU).
+      feature_cache: when augmentation is off, phase 1 computes the backbone's features once and
+        fits the head on them, then puts the head's weights back into the full model.
+    """
+
+    frozen: PhaseHParams = field(default_factory=PhaseHParams)
+    finetune: FineTuneHParams = field(default_factory=FineTuneHParams)
+    qat: QATHParams = field(default_factory=QATHParams)
+    early_stop: Optional[int] = None
+    seed: int = 42
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise TledgeError(
+                f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.early_stop is not None and self.early_stop < 1:
+            raise TledgeError(f"--early-stop must be at least 1 epoch, got {self.early_stop}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``tledge train`` run needs; saved resolved as ``config.yaml``.
+
+    Attributes:
+      data: DataOptions.
+      model: ModelOptions.
+      train: TrainOptions.
+    """
+
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
+        return _build(cls, d, "config")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise TledgeError(f"config file {path} does not exist: pass an existing YAML file")
+        except yaml.YAMLError as e:
+            raise TledgeError(f"config file {path} is not valid YAML ({_first_line(e)}): fix it")
+        if not isinstance(raw, dict):
+            raise TledgeError(f"config file {path} must hold a mapping of sections")
+        return cls.from_dict(raw)
+
+    def override(self, **sections: Mapping[str, Any]) -> "RunConfig":
+        """A copy with fields replaced: ``override(data={"limit": 5}, train={"seed": 1})``.
+
+        Nested phases take dicts too: ``train={"frozen": {"epochs": 0}}``. None values are
+        dropped, so unset CLI flags leave the config's value in place.
+        """
+        cfg = self
+        for name, values in sections.items():
+            current = getattr(cfg, name)
+            cfg = dataclasses.replace(cfg, **{name: _replace(current, values)})
+        return cfg
+
+
+def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
+    changes = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = _replace(current, value)
+        changes[key] = value
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _build(cls: type, d: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise TledgeError(f"{where} must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise TledgeError(
+            f"unknown key(s) {', '.join(unknown)} in {where}: expected some of {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        sub = _nested_type(cls, name)
+        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None else value
+    return cls(**kwargs)
+
+
+def _nested_type(cls: type, name: str) -> Optional[type]:
+    default = getattr(cls(), name, None)
+    return type(default) if dataclasses.is_dataclass(default) else None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,106 @@
+"""Data sets: class-per-folder, cifar10, fashion_mnist and the generated ``shapes``.
+
+Every source is loaded the same way: decoded to uint8 RGB at the model's input size with the
+runtime's own resize (so training sees exactly what a device will), split stratified and seeded,
+and handed to ``tledge.data.pipeline`` for tf.data. Only the pipeline imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from tledge.config import DataOptions
+from tledge.errors import TledgeError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = ("shapes", "cifar10", "fashion_mnist")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images and their labels.
+
+    Attributes:
+      x: uint8 array (N, H, W, 3), raw RGB pixels.
+      y: int32 array (N,), class indices into the class names.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A data set split for training.
+
+    Attributes:
+      train: images the model trains on.
+      val: the stratified validation split: picks the best epoch of each phase.
+      test: the data set's own test split, where it has one (None otherwise); evaluated at the end.
+      class_names: label of each class index, in order.
+      skipped: files that could not be read and were left out.
+    """
+
+    train: ImageSet
+    val: ImageSet
+    test: Optional[ImageSet]
+    class_names: list[str]
+    skipped: int = 0
+
+
+def load(options: DataOptions, seed: int) -> Splits:
+    """Load ``options.source`` at ``options.image_size`` and split it."""
+    source = options.source
+    if source == "shapes":
+        from tledge.data.shapes import load_shapes
+        pool, test, names, skipped = *load_shapes(options, seed), 0
+    elif source in ("cifar10", "fashion_mnist"):
+        from tledge.data.builtin import load_builtin
+        pool, test, names = load_builtin(source, options.image_size, options.limit, seed)
+        skipped = 0
+    else:
+        from tledge.data.folder import load_folder
+        pool, names, skipped = load_folder(Path(source), options.image_size, options.limit, seed)
+        test = None
+    train, val = stratified_split(pool, options.val_split, seed)
+    return Splits(train=train, val=val, test=test, class_names=names, skipped=skipped)
+
+
+def limit_per_class(y: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
+    """Indices keeping at most ``limit`` of each class (a seeded choice), in ascending order."""
+    if limit is None:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.append(idx if len(idx) <= limit else rng.choice(idx, size=limit, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def stratified_split(pool: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """Hold out ``val_split`` of every class (at least one image each), seeded."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(pool.y):
+        idx = rng.permutation(np.flatnonzero(pool.y == c))
+        if len(idx) < 2:
+            raise TledgeError(
+                f"class {c} has {len(idx)} image: each class needs at least 2 to split off a "
+                "validation image; add images")
+        n_val = min(len(idx) - 1, max(1, int(round(val_split * len(idx)))))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    train_idx = rng.permutation(np.concatenate(train_idx))
+    val_idx = np.sort(np.concatenate(val_idx))
+    return (ImageSet(pool.x[train_idx], pool.y[train_idx]),
+            ImageSet(pool.x[val_idx], pool.y[val_idx]))

@@ -1,0 +1,91 @@
+"""A folder with one subfolder per class, decoded in parallel with the runtime's own resize."""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from tledge.errors import TledgeError
+from tledge.runtime.preprocess import load_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
+    """List image files per class folder: (paths, labels, class names, non-image files)."""
+    if not root.exists():
+        raise TledgeError(
+            f"data folder {root} does not exist: pass a folder with one subfolder per class, "
+            "or a built-in name (shapes, cifar10, fashion_mnist)")
+    if not root.is_dir():
+        raise TledgeError(f"--data {root} is a file: pass a folder with one subfolder per class")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise TledgeError(
+            f"{root} has {len(classes)} class folder(s): a classifier needs at least 2 "
+            "subfolders, one per class, each holding that class's images")
+    paths, labels, others = [], [], 0
+    for label, name in enumerate(classes):
+        n_before = len(paths)
+        for dirpath, dirnames, filenames in os.walk(root / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                if filename.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(Path(dirpath) / filename)
+                    labels.append(label)
+                else:
+                    others += 1
+        if len(paths) == n_before:
+            raise TledgeError(
+                f"class folder {root / name} has no images (jpg, png, bmp, webp): add some or "
+                "remove the folder")
+    return paths, np.asarray(labels, dtype=np.int32), classes, others
+
+
+def load_folder(root: Path, image_size: int, limit: Optional[int],
+                seed: int) -> tuple["ImageSet", list[str], int]:
+    """Decode a class-per-folder tree. Unreadable and non-image files are counted, reported
+    once, and skipped; a class left with no readable image is an error."""
+    from tledge.data import ImageSet, limit_per_class
+
+    paths, labels, classes, others = scan_folder(root)
+    keep = limit_per_class(labels, limit, seed)
+    paths = [paths[i] for i in keep]
+    labels = labels[keep]
+
+    def decode(path: Path) -> Optional[np.ndarray]:
+        try:
+            return load_image(path, image_size)
+        except (OSError, ValueError, SyntaxError) as e:  # Pillow's ways of saying "not an image"
+            log.debug("skipping %s: %s", path, e)
+            return None
+
+    # Pillow releases the GIL while decoding and resizing, so threads keep every core busy.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        images = list(tqdm(pool.map(decode, paths), total=len(paths), desc="decoding images",
+                           unit="img", leave=False, disable=None))
+    ok = np.asarray([im is not None for im in images], dtype=bool)
+    bad = int((~ok).sum())
+    skipped = bad + others
+    if skipped:
+        example = next((str(p) for p, good in zip(paths, ok) if not good), None)
+        log.warning("skipped %d file(s) in %s that are not readable images (%d unreadable, %d "
+                    "other files)%s", skipped, root, bad, others,
+                    f", e.g. {example}" if example else "")
+    for label, name in enumerate(classes):
+        if not np.any(ok & (labels == label)):
+            raise TledgeError(
+                f"class folder {root / name} has no readable image: replace its files with "
+                "valid jpg/png/bmp/webp images or remove the folder")
+    x = np.stack([im for im in images if im is not None]) if ok.any() else None
+    return ImageSet(x, labels[ok]), classes, skipped

@@ -1,0 +1,5 @@
+"""The one exception type that reaches the user as a one-line message, never a traceback."""
+
+
+class TledgeError(Exception):
+    """A problem the user can fix. The message names the problem and the fix, on one line."""

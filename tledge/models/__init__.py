@@ -1,0 +1,173 @@
+"""Backbone registry and the classifier builder (tf_keras, Keras 2: QAT needs it).
+
+The classifier is *flat*: the backbone is built on the model's own input tensor and the head's
+layers are applied to ``backbone.output``, so there is no Functional model nested inside another
+(tensorflow-model-optimization refuses to quantize one). It takes raw RGB pixels 0..255: the
+backbone's own normalisation is its first layer, named ``preprocess``, so no device code ever
+re-implements it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tledge.config import ModelOptions
+from tledge.errors import TledgeError
+
+log = logging.getLogger(__name__)
+
+PREPROCESS = "preprocess"
+HEAD_LAYERS = ("head_pool", "head_dropout", "head_hidden", "head_hidden_dropout", "predictions")
+# Keras' ImageNet weights exist for these inputs; others still load but Keras warns.
+IMAGENET_SIZES = {"mobilenet_v2": (96, 128, 160, 192, 224), "resnet50": (224,)}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How one backbone is built and what it expects.
+
+    Attributes:
+      build: (input_tensor, weights or None, alpha) -> Keras application without its top.
+      preprocess: a Keras layer mapping raw 0..255 RGB to the backbone's input.
+      rgb_to_bgr_first_conv: name of the first convolution when the pretrained weights expect
+        BGR input (caffe-style ResNet50); its kernel's input channels are flipped after loading,
+        so the model still takes RGB without a channel-swap op on the device.
+      description: one line for ``--help`` and the model card.
+    """
+
+    build: Callable
+    preprocess: Callable
+    rgb_to_bgr_first_conv: str | None
+    description: str
+
+
+def _keras():
+    import tf_keras as keras
+    return keras
+
+
+def _mobilenet_v2(input_tensor, weights, alpha):
+    return _keras().applications.MobileNetV2(
+        input_tensor=input_tensor, include_top=False, weights=weights, alpha=alpha)
+
+
+def _resnet50(input_tensor, weights, alpha):
+    return _keras().applications.ResNet50(
+        input_tensor=input_tensor, include_top=False, weights=weights)
+
+
+def _mobilenet_preprocess():
+    # x / 127.5 - 1: keras.applications.mobilenet_v2.preprocess_input, as a layer.
+    return _keras().layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PREPROCESS)
+
+
+def _caffe_preprocess():
+    # keras.applications.resnet50.preprocess_input is x[..., ::-1] - [103.939, 116.779, 123.68]
+    # (BGR means). The channel swap is folded into the first convolution's kernel instead, so
+    # this layer subtracts the same means in RGB order.
+    return _keras().layers.Rescaling(1.0, offset=[-123.68, -116.779, -103.939], name=PREPROCESS)
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "mobilenet_v2": BackboneSpec(_mobilenet_v2, _mobilenet_preprocess, None,
+                                 "MobileNetV2 (Sandler et al. 2018), width set by --alpha"),
+    "resnet50": BackboneSpec(_resnet50, _caffe_preprocess, "conv1_conv",
+                             "ResNet50 (He et al. 2015), caffe-style normalisation"),
+}
+
+
+def resolve_weights(weights: str) -> str | None:
+    """'imagenet' | 'none' | a path -> what keras.applications takes."""
+    if weights.lower() == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise TledgeError(
+            f"weights file {weights} does not exist: pass --weights imagenet, none, or the path "
+            "of a Keras weights file (.h5) for the backbone without its top")
+    return str(path)
+
+
+def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
+    """The flat transfer classifier: uint8-range RGB in, class probabilities out."""
+    keras = _keras()
+    spec = REGISTRY[options.backbone]
+    weights = resolve_weights(options.weights)
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    x = spec.preprocess()(inputs)
+    try:
+        base = spec.build(x, weights, options.alpha)
+    except ValueError as e:
+        raise TledgeError(f"cannot build {options.backbone}: {str(e).splitlines()[0]}")
+    except Exception as e:  # a failed download surfaces as URLError/HTTPError/OSError/Exception
+        if weights == "imagenet":
+            raise TledgeError(
+                f"could not download the ImageNet weights for {options.backbone} "
+                f"({type(e).__name__}): pass --weights PATH to a local weights file, or "
+                "--weights none to start from random weights")
+        raise TledgeError(f"could not load weights {weights} for {options.backbone} "
+                          f"({str(e).splitlines()[0][:160]}): pass a weights file saved for "
+                          "this backbone (and --alpha) without its top")
+    if weights is not None and spec.rgb_to_bgr_first_conv:
+        conv = base.get_layer(spec.rgb_to_bgr_first_conv)
+        kernel, *rest = conv.get_weights()
+        conv.set_weights([kernel[:, :, ::-1, :], *rest])
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = keras.layers.Dropout(options.dropout, name="head_dropout")(x)
+    if options.head_units:
+        x = keras.layers.Dense(options.head_units, activation="relu", name="head_hidden")(x)
+        x = keras.layers.Dropout(options.dropout, name="head_hidden_dropout")(x)
+    # float32 output even under mixed precision: softmax in float16 is not stable.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name="predictions")(x)
+    name = f"{options.backbone}_{options.alpha:g}" if options.backbone == "mobilenet_v2" \
+        else options.backbone
+    return keras.Model(inputs, outputs, name=f"tledge_{name}")
+
+
+def backbone_layers(model) -> list:
+    """The backbone's layers of a flat classifier, input to output (no input, preprocess or head)."""
+    keras = _keras()
+    return [layer for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+            and layer.name != PREPROCESS and layer.name not in HEAD_LAYERS]
+
+
+def head_layers(model) -> list:
+    return [layer for layer in model.layers if layer.name in HEAD_LAYERS]
+
+
+def set_backbone_trainable(model, unfreeze: str | None) -> int:
+    """Freeze the backbone, then unfreeze its top: ``unfreeze`` is None (nothing), a count of
+    top layers, a layer name (it and everything after), or 'all'. BatchNorm layers stay frozen:
+    in tf_keras a frozen BatchNormalization runs in inference mode, so its moving statistics
+    are kept, as the Keras fine-tuning guide advises. Returns the number of layers unfrozen."""
+    keras = _keras()
+    layers = backbone_layers(model)
+    start = len(layers)
+    if unfreeze is None:
+        start = len(layers)
+    elif unfreeze == "all":
+        start = 0
+    elif str(unfreeze).isdigit():
+        start = max(0, len(layers) - int(unfreeze))
+    else:
+        names = [layer.name for layer in layers]
+        if unfreeze not in names:
+            raise TledgeError(
+                f"--unfreeze {unfreeze!r} is neither a number, 'all' nor a backbone layer name "
+                f"(the last ones are {', '.join(names[-3:])})")
+        start = names.index(unfreeze)
+    count = 0
+    for i, layer in enumerate(layers):
+        on = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = on
+        count += on and bool(layer.weights)
+    for layer in head_layers(model):
+        layer.trainable = True
+    return count

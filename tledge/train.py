@@ -1,0 +1,377 @@
+"""The recipe: a new head on a frozen backbone, then the top of the backbone fine-tuned at a much
+lower learning rate, then quantization-aware training (``tledge.qat``).
+
+Each phase keeps its best epoch on the validation split, and the run folder is brought up to
+date as soon as a phase ends, so an interrupted run keeps every phase it finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from tledge import fileio, rundir
+from tledge.config import PhaseHParams, RunConfig
+from tledge.data import ImageSet, Splits
+from tledge.errors import TledgeError
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(TledgeError):
+    """Ctrl-C during training; the phases finished before it are saved."""
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did.
+
+    Attributes:
+      name: frozen, finetune or qat.
+      history: Keras' per-epoch logs (loss, accuracy, val_loss, val_accuracy).
+      best_epoch: 1-based epoch whose weights were kept.
+      val_accuracy: validation accuracy of the kept weights.
+      test_accuracy: test-split accuracy of the kept weights, where the data set has one.
+      seconds: wall time of the phase's training.
+      feature_cache: whether the head was fitted on cached backbone features.
+      trainable_weights: number of weight tensors that trained.
+    """
+
+    name: str
+    history: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    val_accuracy: float = float("nan")
+    test_accuracy: Optional[float] = None
+    seconds: float = 0.0
+    feature_cache: bool = False
+    trainable_weights: int = 0
+
+
+@dataclass
+class TrainResult:
+    """A finished (or interrupted) run.
+
+    Attributes:
+      out: the run folder.
+      phases: the phases that ran, in order.
+      model: the float Keras model with the best weights of the last phase.
+      qat_model: the quantization-aware model, when phase 3 ran.
+    """
+
+    out: Path
+    phases: list = field(default_factory=list)
+    model: object = None
+    qat_model: object = None
+
+
+class KeepBest:
+    """Keras callback factory: remember the weights of the best validation epoch, restore them
+    when the phase ends (EarlyStopping restores only when it stops early)."""
+
+    def __new__(cls, monitor: str = "val_accuracy"):
+        import tf_keras as keras
+
+        class _KeepBest(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.best = -np.inf
+                self.best_epoch = 0
+                self.best_weights = None
+
+            def on_epoch_end(self, epoch, logs=None):
+                value = (logs or {}).get(monitor)
+                if value is not None and value > self.best:
+                    self.best, self.best_epoch = value, epoch + 1
+                    self.best_weights = self.model.get_weights()
+
+            def on_train_end(self, logs=None):
+                if self.best_weights is not None:
+                    self.model.set_weights(self.best_weights)
+
+        return _KeepBest()
+
+
+def resolve_strategy(name: str):
+    """auto: MirroredStrategy over the GPUs when more than one is visible; mirrored: always
+    (over the logical CPUs where there is no GPU); none: the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "none" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    if gpus:
+        return tf.distribute.MirroredStrategy()
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=cpus)
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool):
+    """mixed_float16 for the duration of the run, on GPU only; the global policy is restored."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    if not mixed:
+        yield False
+        return
+    if not tf.config.list_logical_devices("GPU"):
+        log.warning("--mixed-precision ignored: no GPU is visible (float16 on a CPU is slower)")
+        yield False
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield True
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def compile_model(model, learning_rate: float) -> None:
+    import tf_keras as keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: Optional[int],
+              name: str) -> PhaseResult:
+    """Fit ``fit_model`` (the model itself, or a head sharing its layers) and keep its best."""
+    import tf_keras as keras
+
+    keep = KeepBest()
+    callbacks = [keep]
+    if early_stop:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=early_stop))
+    start = time.perf_counter()
+    hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=hp.epochs,
+                         callbacks=callbacks, verbose="auto")
+    seconds = time.perf_counter() - start
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    return PhaseResult(name=name, history=history, best_epoch=keep.best_epoch,
+                       val_accuracy=float(keep.best), seconds=seconds,
+                       trainable_weights=len(model.trainable_weights))
+
+
+def head_on_features(model):
+    """(feature extractor, head model) for a flat classifier. The head model calls the very same
+    layer objects as ``model`` on a feature input, so training it trains ``model``'s head: the
+    weights go back into the full model with no copy."""
+    import tf_keras as keras
+    from tledge.models import head_layers
+
+    pool = model.get_layer("head_pool")
+    extractor = keras.Model(model.input, pool.output, name="features")
+    features = keras.Input(shape=pool.output.shape[1:], name="features")
+    x = features
+    for layer in head_layers(model):
+        if layer is not pool:
+            x = layer(x)
+    return extractor, keras.Model(features, x, name="head")
+
+
+def frozen_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseResult:
+    """Phase 1: the backbone frozen, the head trained. Without augmentation the backbone's
+    features are computed once and the head fitted on them (the TF Hub "bottleneck" trick)."""
+    from tledge.data.pipeline import batches
+    from tledge.models import set_backbone_trainable
+
+    hp, data, seed = config.train.frozen, config.data, config.train.seed
+    set_backbone_trainable(model, None)
+    use_cache = config.train.feature_cache and not data.augment
+    with strategy.scope():
+        compile_model(model, hp.learning_rate)
+        if not use_cache:
+            train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
+                               augment=data.augment, seed=seed)
+            val_ds = batches(splits.val.x, splits.val.y, data.batch_size)
+            return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "frozen")
+        extractor, head = head_on_features(model)
+        compile_model(head, hp.learning_rate)
+    log.info("phase frozen: computing backbone features once (no augmentation)")
+    start = time.perf_counter()
+    f_train = extractor.predict(batches(splits.train.x, splits.train.y, data.batch_size),
+                                verbose="auto")
+    f_val = extractor.predict(batches(splits.val.x, splits.val.y, data.batch_size),
+                              verbose="auto")
+    train_ds = batches(f_train, splits.train.y, data.batch_size, shuffle=True, seed=seed)
+    val_ds = batches(f_val, splits.val.y, data.batch_size)
+    result = fit_phase(model, head, train_ds, val_ds, hp, config.train.early_stop, "frozen")
+    result.seconds = time.perf_counter() - start  # feature extraction included
+    result.feature_cache = True
+    result.trainable_weights = len(head.trainable_weights)
+    return result
+
+
+def finetune_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseResult:
+    """Phase 2: the top of the backbone unfrozen (BatchNorm kept in inference mode) at the
+    fine-tune learning rate, on augmented batches when augmentation is on."""
+    from tledge.data.pipeline import batches
+    from tledge.models import set_backbone_trainable
+
+    hp, data, seed = config.train.finetune, config.data, config.train.seed
+    unfrozen = set_backbone_trainable(model, hp.unfreeze)
+    log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
+    with strategy.scope():
+        compile_model(model, hp.learning_rate)
+    train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
+                       augment=data.augment, seed=seed + 1)
+    val_ds = batches(splits.val.x, splits.val.y, data.batch_size)
+    return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "finetune")
+
+
+def evaluate_accuracy(model, images: ImageSet, batch_size: int) -> float:
+    from tledge.data.pipeline import batches
+
+    probs = model.predict(batches(images.x, images.y, batch_size), verbose=0)
+    return float(np.mean(np.argmax(probs, axis=1) == images.y))
+
+
+def save_model(model, path: Path) -> None:
+    with fileio.atomic_path(path) as tmp:
+        model.save(tmp)
+
+
+def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: str) -> None:
+    history = {p.name: {"epochs": len(next(iter(p.history.values()), [])),
+                        "best_epoch": p.best_epoch, "seconds": round(p.seconds, 2),
+                        "feature_cache": p.feature_cache, **p.history} for p in phases}
+    fileio.write_json(out / rundir.HISTORY, history)
+    last = phases[-1] if phases else None
+    metrics = {
+        "status": status,
+        "phases_completed": [p.name for p in phases],
+        "num_classes": len(splits.class_names),
+        "train_images": len(splits.train), "val_images": len(splits.val),
+        "test_images": len(splits.test) if splits.test is not None else 0,
+        "skipped_files": splits.skipped,
+        "val_accuracy": last.val_accuracy if last else None,
+        "test_accuracy": last.test_accuracy if last else None,
+        "phases": {p.name: {"best_epoch": p.best_epoch, "val_accuracy": p.val_accuracy,
+                            "test_accuracy": p.test_accuracy, "seconds": round(p.seconds, 2),
+                            "feature_cache": p.feature_cache} for p in phases},
+    }
+    fileio.write_json(out / rundir.METRICS, metrics)
+    if phases:
+        plot_curves(phases, out / rundir.CURVES)
+
+
+def plot_curves(phases: list[PhaseResult], path: Path) -> None:
+    """Training and validation accuracy and loss across phases, phase boundaries marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        start = 0
+        for i, p in enumerate(phases):
+            n = len(p.history.get(metric, []))
+            if not n:
+                continue
+            epochs = np.arange(start + 1, start + n + 1)
+            ax.plot(epochs, p.history[metric], "o-", color="C0",
+                    label=f"train {metric}" if i == 0 else None)
+            if f"val_{metric}" in p.history:
+                ax.plot(epochs, p.history[f"val_{metric}"], "s--", color="C1",
+                        label=f"validation {metric}" if i == 0 else None)
+            if start:
+                ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
+            ax.text(start + 0.6, 1.0, p.name, transform=ax.get_xaxis_transform(), va="top",
+                    fontsize=8, color="grey")
+            start += n
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=8)
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def train(config: RunConfig, out: Path, *, overwrite: bool = False,
+          splits: Optional[Splits] = None,
+          echo: Callable[[str], None] = print) -> TrainResult:
+    """Run the recipe described by ``config`` into the run folder ``out``."""
+    out = rundir.prepare(Path(out), overwrite)
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tledge import data as data_mod
+    from tledge.models import build_classifier
+
+    seed = config.train.seed
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    if splits is None:
+        splits = data_mod.load(config.data, seed)
+    echo(f"data: {config.data.source}: {len(splits.class_names)} classes, "
+         f"{len(splits.train)} train / {len(splits.val)} val"
+         + (f" / {len(splits.test)} test" if splits.test is not None else "")
+         + f" images at {config.data.image_size}px"
+         + (f", {splits.skipped} unreadable file(s) skipped" if splits.skipped else ""))
+
+    strategy = resolve_strategy(config.train.strategy)
+    if strategy.num_replicas_in_sync > 1:
+        echo(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} devices")
+    result = TrainResult(out=out)
+    with precision_policy(config.train.mixed_precision):
+        with strategy.scope():
+            model = build_classifier(config.model, len(splits.class_names),
+                                     config.data.image_size)
+        result.model = model
+        if overwrite:
+            rundir.clear_stale(out)
+        fileio.write_text(out / rundir.CONFIG, config.to_yaml())
+        fileio.write_labels(out / rundir.LABELS, splits.class_names)
+        phases = [("frozen", config.train.frozen, frozen_phase),
+                  ("finetune", config.train.finetune, finetune_phase)]
+        current = None
+        try:
+            for name, hp, run_phase in phases:
+                if hp.epochs == 0:
+                    echo(f"phase {name}: skipped (0 epochs)")
+                    continue
+                current = name
+                phase = run_phase(model, splits, config, strategy)
+                if splits.test is not None:
+                    phase.test_accuracy = evaluate_accuracy(model, splits.test,
+                                                            config.data.batch_size)
+                save_model(model, out / rundir.FLOAT_MODEL)
+                result.phases.append(phase)
+                write_reports(out, result.phases, splits, status=f"running (after {name})")
+                echo(f"phase {name}: {len(phase.history.get('loss', []))} epoch(s) in "
+                     f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
+                     f", best val_accuracy {phase.val_accuracy:.4f} at epoch {phase.best_epoch}"
+                     + (f", test accuracy {phase.test_accuracy:.4f}"
+                        if phase.test_accuracy is not None else ""))
+            current = "qat"
+            if config.train.qat.enabled and config.train.qat.epochs > 0:
+                from tledge.qat import qat_phase
+
+                phase, qat_model = qat_phase(model, splits, config, strategy, out)
+                result.phases.append(phase)
+                result.qat_model = qat_model
+                echo(f"phase qat: {len(phase.history.get('loss', []))} epoch(s) in "
+                     f"{phase.seconds:.1f}s, best val_accuracy {phase.val_accuracy:.4f}")
+        except KeyboardInterrupt:
+            write_reports(out, result.phases, splits, status=f"interrupted during {current}")
+            done = ", ".join(p.name for p in result.phases) or "none"
+            raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
+                              f"are saved in {out}")
+        if not result.phases:
+            save_model(model, out / rundir.FLOAT_MODEL)
+        write_reports(out, result.phases, splits, status="complete")
+    echo(f"run saved in {out}")
+    return result
+
+
+def load_history(out: Path) -> dict:
+    return json.loads((Path(out) / rundir.HISTORY).read_text())
