@@ -19,13 +19,19 @@ def test_help_lists_every_command_and_options_have_help():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--data", "/no/such/folder"], "does not exist"),
-    (["train", "--val-split", "2"], "val-split"),
-    (["train", "--config", "/no/such.yaml"], "does not exist"),
+    (["train", "--data", "/no/such/folder", "--out", "{tmp}/r"], "does not exist"),
+    (["train", "--val-split", "2", "--out", "{tmp}/r"], "val-split"),
+    (["train", "--config", "/no/such.yaml", "--out", "{tmp}/r"], "does not exist"),
+    (["export", "{tmp}"], "not a tledge run folder"),
+    (["predict", "{tmp}/none.tflite", "x.jpg"], "does not exist"),
+    (["predict", "{tmp}/model.tflite", "x.jpg"], "not a TFLite model"),
+    (["evaluate", "{tmp}/model.tflite", "--data", "shapes"], "not a TFLite model"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tledge.cli", *args, "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    (tmp_path / "model.tflite").write_text("this is text, not a flatbuffer")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "tledge.cli", *args],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from tledge import __version__
+from tledge import __version__, fileio
 from tledge.config import (BACKBONES, STRATEGIES, DataOptions, FineTuneHParams, ModelOptions,
                            PhaseHParams, QATHParams, RunConfig, TrainOptions)
 from tledge.errors import TledgeError
@@ -51,6 +51,8 @@ def main(verbose: bool) -> None:
     \b
     tledge train   --data DIR        transfer-learn, fine-tune, quantization-aware train
     tledge export  RUN_DIR --int8    TFLite files verified against the float model
+    tledge evaluate MODEL --data D   accuracy, per-class precision/recall, confusion matrix
+    tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
@@ -133,6 +135,92 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
     out_dir = Path(out) if out else rundir.default_out(config)
     rundir.prepare(out_dir, overwrite)  # refuse early, before minutes of data loading
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--fp32", is_flag=True, help="Float32 TFLite (the default when no format is given).")
+@click.option("--fp16", is_flag=True, help="Float16 weights, float compute.")
+@click.option("--dynamic", is_flag=True, help="int8 weights, float activations.")
+@click.option("--int8", is_flag=True, help="Full integer: int8 weights and activations, uint8 "
+              "input (raw pixels 0..255) and uint8 output (probability = q / 256). From the QAT "
+              "model when the run has one.")
+@click.option("--ptq", is_flag=True, help="int8 by post-training quantization even when the run "
+              "has a QAT model (to compare the two).")
+@click.option("--calibration", type=int, default=300, show_default=True,
+              help="Training images that calibrate int8 quantization.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accuracy points a file may lose against the float model before the export "
+              "fails.")
+@click.option("--eval-limit", type=int, help="Verify on at most N validation images.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: "
+              "RUN_DIR/export]")
+@click.option("--overwrite", is_flag=True, help="Replace existing files of the same formats.")
+def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, eval_limit, out,
+           overwrite):
+    """Convert a run to TFLite and verify every file against the float model."""
+    from tledge.config import ExportOptions
+
+    formats = tuple(f for f, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic),
+                                    ("int8", int8)) if on) or ("fp32",)
+    options = ExportOptions(formats=formats, calibration=calibration, ptq=ptq,
+                            max_drop=max_drop, eval_limit=eval_limit)
+    from tledge.export import export as run_export
+
+    run_export(Path(run_dir), options, out=Path(out) if out else None, overwrite=overwrite,
+               echo=click.echo)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, help="A folder with one subfolder per class (evaluated "
+              "whole), or a built-in data set (its test split).")
+@click.option("--qat", is_flag=True, help="With a run folder: evaluate its QAT model.")
+@click.option("--limit", type=int, help="At most N images per class.")
+@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
+              help="TFLite interpreter.  [default: the first installed]")
+@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder.  [default: "
+              "RUN_DIR/evaluation or <model>_evaluation beside the .tflite]")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report.")
+def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
+    """Accuracy, per-class precision and recall, and a confusion matrix for MODEL."""
+    from tledge import evaluate as ev
+
+    out_dir = Path(out) if out else ev.default_eval_dir(Path(model))
+    report_path = out_dir / "evaluation.json"
+    if report_path.exists() and not overwrite:
+        raise TledgeError(f"{report_path} already exists: pass --overwrite or another --out")
+    predictor = ev.load_predictor(model, qat=qat, backend=backend, threads=threads)
+    x, y, split = ev.evaluation_images(data, predictor, limit)
+    report = ev.evaluate(predictor, x, y)
+    report.update(data=data, split=split)
+    fileio.write_json(report_path, report)
+    ev.plot_confusion(report, out_dir / "confusion_matrix.png")
+    click.echo(ev.format_report(report))
+    click.echo(f"report and confusion matrix in {out_dir}")
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=3, show_default=True, help="Classes per image.")
+@click.option("--qat", is_flag=True, help="With a run folder: use its QAT model.")
+@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
+              help="TFLite interpreter.  [default: the first installed]")
+@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
+def predict(model, images, top_k, qat, backend, threads):
+    """Top-k labels and scores for each IMAGE (a .tflite MODEL needs no TensorFlow)."""
+    from tledge.evaluate import load_predictor
+    from tledge.runtime import load_rgb, top_classes
+    from tledge.runtime.preprocess import resize_rgb
+
+    predictor = load_predictor(model, qat=qat, backend=backend, threads=threads)
+    for image in images:
+        pixels = resize_rgb(load_rgb(image), predictor.image_size)
+        scores = predictor.predict(pixels[None])[0]
+        ranked = top_classes(scores, predictor.labels, top_k)
+        click.echo(f"{image}: " + ", ".join(f"{c.label} ({c.score:.3f})" for c in ranked))
 
 
 if __name__ == "__main__":  # python -m tledge.cli

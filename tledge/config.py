@@ -17,6 +17,7 @@ import yaml
 from tledge.errors import TledgeError
 
 BACKBONES = ("mobilenet_v2", "resnet50")
+FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "none")
 
 
@@ -253,3 +254,33 @@ def _nested_type(cls: type, name: str) -> Optional[type]:
 
 def _first_line(e: Exception) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``tledge export`` writes and how strictly it checks it.
+
+    Attributes:
+      formats: any of fp32, fp16, dynamic (int8 weights, float activations), int8 (full
+        integer: int8 weights and activations, uint8 input and output).
+      calibration: training images that calibrate post-training int8 quantization.
+      ptq: quantize int8 after training even when the run has a QAT model (to compare).
+      max_drop: accuracy points a file may lose against the float Keras model on the
+        validation split before the export fails.
+      eval_limit: validate on at most this many validation images (None: all of them).
+    """
+
+    formats: tuple = ("fp32",)
+    calibration: int = 300
+    ptq: bool = False
+    max_drop: float = 1.0
+    eval_limit: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise TledgeError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
+        if self.calibration < 1:
+            raise TledgeError(f"--calibration must be at least 1 image, got {self.calibration}")
+        if self.max_drop < 0:
+            raise TledgeError(f"--max-drop must be 0 or more points, got {self.max_drop}")

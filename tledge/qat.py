@@ -89,15 +89,16 @@ def load_qat_model(path: str | Path):
 
 def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path):
     """Wrap the fine-tuned model for QAT, train it briefly at a low learning rate, keep the best
-    epoch, save it as ``model_qat.keras`` beside the float model."""
+    epoch, save it as ``model_qat.h5`` beside the float model."""
     from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
-    from tledge.train import compile_model, evaluate_accuracy, fit_phase, save_model
+    from tledge.train import (compile_model, evaluate_accuracy, fit_phase, is_pretrained,
+                              save_model)
 
     hp, data, seed = config.train.qat, config.data, config.train.seed
-    # The whole network adapts to quantization; BatchNorm stays in inference mode (its
-    # statistics are folded into the convolutions).
-    set_backbone_trainable(model, "all")
+    # The whole network adapts to quantization; a pretrained backbone's BatchNorm stays in
+    # inference mode (tfmot folds its statistics into the convolutions).
+    set_backbone_trainable(model, "all", freeze_batchnorm=is_pretrained(config))
     start = time.perf_counter()
     with strategy.scope():
         qat_model = make_qat_model(model)

@@ -13,7 +13,7 @@ LABELS = "labels.txt"
 HISTORY = "history.json"
 CURVES = "training_curves.png"
 FLOAT_MODEL = "model.keras"
-QAT_MODEL = "model_qat.keras"
+QAT_MODEL = "model_qat.h5"  # tfmot QAT models reload from HDF5, not the .keras format
 METRICS = "metrics.json"
 ARTIFACTS = (CONFIG, LABELS, HISTORY, CURVES, FLOAT_MODEL, QAT_MODEL, METRICS)
 

@@ -133,6 +133,10 @@ def precision_policy(mixed: bool):
         keras.mixed_precision.set_global_policy(previous)
 
 
+def is_pretrained(config: RunConfig) -> bool:
+    return config.model.weights.lower() != "none"
+
+
 def compile_model(model, learning_rate: float) -> None:
     import tf_keras as keras
 
@@ -217,7 +221,8 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseR
     from tledge.models import set_backbone_trainable
 
     hp, data, seed = config.train.finetune, config.data, config.train.seed
-    unfrozen = set_backbone_trainable(model, hp.unfreeze)
+    unfrozen = set_backbone_trainable(model, hp.unfreeze,
+                                      freeze_batchnorm=is_pretrained(config))
     log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
     with strategy.scope():
         compile_model(model, hp.learning_rate)

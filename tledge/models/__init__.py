@@ -113,6 +113,14 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
         raise TledgeError(f"could not load weights {weights} for {options.backbone} "
                           f"({str(e).splitlines()[0][:160]}): pass a weights file saved for "
                           "this backbone (and --alpha) without its top")
+    if weights is None:
+        # Keras' applications use BatchNorm momentum 0.999, tuned to ImageNet's million images:
+        # from random weights on a few thousand images the moving statistics would still be near
+        # their initial (0, 1) after training and validation would sit at chance. 0.9 tracks
+        # the batch statistics within a few dozen steps.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
     if weights is not None and spec.rgb_to_bgr_first_conv:
         conv = base.get_layer(spec.rgb_to_bgr_first_conv)
         kernel, *rest = conv.get_weights()
@@ -142,11 +150,16 @@ def head_layers(model) -> list:
     return [layer for layer in model.layers if layer.name in HEAD_LAYERS]
 
 
-def set_backbone_trainable(model, unfreeze: str | None) -> int:
+def set_backbone_trainable(model, unfreeze: str | None, freeze_batchnorm: bool = True) -> int:
     """Freeze the backbone, then unfreeze its top: ``unfreeze`` is None (nothing), a count of
-    top layers, a layer name (it and everything after), or 'all'. BatchNorm layers stay frozen:
-    in tf_keras a frozen BatchNormalization runs in inference mode, so its moving statistics
-    are kept, as the Keras fine-tuning guide advises. Returns the number of layers unfrozen."""
+    top layers, a layer name (it and everything after), or 'all'.
+
+    With ``freeze_batchnorm`` (a pretrained backbone) BatchNorm layers stay frozen: in tf_keras a
+    frozen BatchNormalization runs in inference mode, so its pretrained moving statistics are
+    kept, as the Keras fine-tuning guide advises. A randomly initialised backbone has no
+    statistics worth keeping (frozen, its BatchNorm would normalise with mean 0 and variance 1
+    and the network would not learn), so there they train with the layers around them.
+    Returns the number of layers with weights that were unfrozen."""
     keras = _keras()
     layers = backbone_layers(model)
     start = len(layers)
@@ -165,7 +178,8 @@ def set_backbone_trainable(model, unfreeze: str | None) -> int:
         start = names.index(unfreeze)
     count = 0
     for i, layer in enumerate(layers):
-        on = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        on = i >= start and not (is_bn and freeze_batchnorm)
         layer.trainable = on
         count += on and bool(layer.weights)
     for layer in head_layers(model):

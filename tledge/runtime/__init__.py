@@ -1,0 +1,280 @@
+"""The light runtime: what a Raspberry Pi imports. Numpy and Pillow only, never TensorFlow
+(unless it is the one backend installed and nothing lighter is).
+
+    from tledge.runtime import Classifier
+    clf = Classifier("model_int8.tflite")
+    for c in clf.classify(rgb_image, top_k=3):   # uint8 HxWx3, any size
+        print(c.label, c.score)
+
+Interpreters come from the first installed backend: LiteRT (``ai_edge_litert``), then
+``tflite_runtime``, then ``tensorflow.lite``. Input size, dtype and quantization are read from the
+model; labels from the model's embedded metadata, else a ``labels.txt`` beside it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from tledge.errors import TledgeError
+from tledge.runtime.preprocess import resize_rgb
+
+BACKENDS = ("litert", "tflite_runtime", "tensorflow")
+_MODULES = {
+    "litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+class Class(NamedTuple):
+    """One classification result (PyCoral's shape): class index, label, dequantized score."""
+
+    id: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An interpreter implementation that imported.
+
+    Attributes:
+      name: litert, tflite_runtime or tensorflow.
+      version: the package's version.
+      interpreter_cls: its Interpreter class.
+    """
+
+    name: str
+    version: str
+    interpreter_cls: Any
+
+
+def _import_backend(name: str) -> Backend:
+    module = importlib.import_module(_MODULES[name])
+    if name == "tensorflow":
+        import tensorflow as tf
+        return Backend(name, tf.__version__, module.Interpreter)
+    dist = {"litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}[name]
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ver = version(dist)
+    except PackageNotFoundError:  # a nightly or a source build under another name
+        ver = "unknown"
+    return Backend(name, ver, module.Interpreter)
+
+
+def available_backends() -> dict[str, str]:
+    """{backend: version or the reason it cannot load}, without importing TensorFlow unless
+    it is asked about last and nothing lighter exists."""
+    found = {}
+    for name in BACKENDS:
+        try:
+            found[name] = _import_backend(name).version
+        except Exception as e:  # ImportError, and tflite-runtime's SystemError under numpy 2
+            found[name] = f"unavailable ({type(e).__name__}: {str(e).splitlines()[0][:80]})" \
+                if str(e) else f"unavailable ({type(e).__name__})"
+    return found
+
+
+def get_backend(name: Optional[str] = None) -> Backend:
+    """The named backend, or the first of LiteRT, tflite_runtime, tensorflow that imports."""
+    names = [name] if name else list(BACKENDS)
+    if name and name not in BACKENDS:
+        raise TledgeError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    errors = []
+    for candidate in names:
+        try:
+            return _import_backend(candidate)
+        except Exception as e:  # noqa: BLE001 - see available_backends
+            errors.append(f"{candidate}: {type(e).__name__}")
+    hint = ("pip install ai-edge-litert" if not name else
+            {"litert": "pip install ai-edge-litert",
+             "tflite_runtime": "pip install tflite-runtime (numpy 1.x only)",
+             "tensorflow": "pip install tensorflow"}[name])
+    raise TledgeError(f"no TFLite interpreter could be loaded ({'; '.join(errors)}): {hint}")
+
+
+def check_tflite_file(path: str | os.PathLike) -> Path:
+    """A readable file that starts like a TFLite flatbuffer, or a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise TledgeError(f"model file {path} does not exist: pass the path of a .tflite file "
+                          "(tledge export writes them to RUN_DIR/export/)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        raise TledgeError(f"{path} is not a TFLite model (no TFL3 flatbuffer identifier): pass a "
+                          ".tflite file written by tledge export or the TFLite converter")
+    return path
+
+
+def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
+                     threads: Optional[int] = None):
+    """A TFLite interpreter with tensors allocated. XNNPACK is the default CPU delegate of every
+    backend; ``threads`` defaults to all cores."""
+    path = check_tflite_file(path)
+    chosen = get_backend(backend)
+    threads = threads or os.cpu_count() or 1
+    try:
+        interpreter = chosen.interpreter_cls(model_path=str(path), num_threads=threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TledgeError(f"{path} could not be loaded by {chosen.name} ({first[:160]}): the "
+                          "file is truncated or corrupt; export it again")
+    interpreter._tledge_backend = chosen  # what bench and doctor report
+    return interpreter
+
+
+def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
+    """Labels from the TFLite metadata's associated file. The associated files of a TFLite model
+    are a zip archive appended to the flatbuffer (how the TFLite Task Library and MediaPipe read
+    them), so the standard library's zipfile reads them back."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            name = next((n for n in names if n.endswith("labels.txt")), names[0] if names else None)
+            if name is None:
+                return None
+            text = archive.read(name).decode("utf-8")
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
+        return None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    return labels or None
+
+
+def find_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
+    """Embedded labels, else labels.txt beside the model, else class indices."""
+    labels = read_embedded_labels(path)
+    if labels is None:
+        beside = Path(path).with_name("labels.txt")
+        if beside.is_file():
+            labels = [s.strip() for s in beside.read_text(encoding="utf-8").splitlines()
+                      if s.strip()]
+    if labels is None or len(labels) != num_classes:
+        return [str(i) for i in range(num_classes)]
+    return labels
+
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Real values -> the tensor's integer type: q = round(x / scale) + zero_point, clipped."""
+    info = np.iinfo(dtype)
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """The tensor's integers -> real values: scale * (q - zero_point)."""
+    return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
+
+
+class Classifier:
+    """A TFLite image classifier: resize, quantize, invoke, dequantize, top-k.
+
+    Attributes:
+      path: the model file.
+      interpreter: the backend's interpreter (anything with the tf.lite.Interpreter API).
+      labels: one per class.
+      height, width: the model's input size.
+      input_dtype, output_dtype: numpy dtypes of the model's input and output.
+    """
+
+    def __init__(self, path: str | os.PathLike, backend: Optional[str] = None,
+                 threads: Optional[int] = None, interpreter=None,
+                 labels: Optional[Sequence[str]] = None):
+        self.path = Path(path)
+        self.interpreter = interpreter or make_interpreter(path, backend, threads)
+        self._input = self.interpreter.get_input_details()[0]
+        self._output = self.interpreter.get_output_details()[0]
+        _, self.height, self.width, channels = self._input["shape"]
+        if channels != 3:
+            raise TledgeError(f"{path} takes {channels}-channel input; tledge models take RGB")
+        self.input_dtype = np.dtype(self._input["dtype"])
+        self.output_dtype = np.dtype(self._output["dtype"])
+        self.input_quant = tuple(self._input["quantization"])
+        self.output_quant = tuple(self._output["quantization"])
+        num_classes = int(self._output["shape"][-1])
+        self.labels = list(labels) if labels else find_labels(self.path, num_classes)
+        self._batch = 1
+
+    @property
+    def backend(self) -> str:
+        return getattr(getattr(self.interpreter, "_tledge_backend", None), "name", "custom")
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 image, any size -> one input of the model's size and dtype (no batch axis)."""
+        pixels = resize_rgb(image, (self.height, self.width))
+        return self.to_input_dtype(pixels)
+
+    def to_input_dtype(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw 0..255 pixels at the model's size -> its input dtype (the model normalises)."""
+        if self.input_dtype == np.float32:
+            return pixels.astype(np.float32)
+        scale, zero_point = self.input_quant
+        if self.input_dtype == np.uint8 and scale == 1.0 and zero_point == 0:
+            return pixels  # a uint8 input that takes raw pixels: nothing to do
+        # q = pixel / scale + zero_point
+        return quantize(pixels.astype(np.float32), scale, zero_point, self.input_dtype)
+
+    def invoke(self, batch: np.ndarray) -> np.ndarray:
+        """Run the model on a batch already in its input dtype; dequantized probabilities."""
+        if len(batch) != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self._batch = len(batch)
+        self.interpreter.set_tensor(self._input["index"], batch)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self._output["index"])
+        if self.output_dtype != np.float32:
+            out = dequantize(out, *self.output_quant)
+        return out
+
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """Dequantized class scores for one RGB image."""
+        return self.invoke(self.preprocess(image)[None])[0]
+
+    def classify(self, image: np.ndarray, top_k: int = 1) -> list[Class]:
+        """The top-k classes of one RGB uint8 image (any size)."""
+        return top_classes(self.scores(image), self.labels, top_k)
+
+    def predict_batch(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Scores for images already at the model's size (N, H, W, 3) uint8."""
+        out = []
+        for start in range(0, len(pixels), batch_size):
+            out.append(self.invoke(self.to_input_dtype(pixels[start:start + batch_size])))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+
+def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> list[Class]:
+    top_k = max(1, min(top_k, len(scores)))
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [Class(int(i), labels[i] if i < len(labels) else str(i), float(scores[i]))
+            for i in order]
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to RGB uint8 at its own size; a one-line error if it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    from tledge.runtime.preprocess import to_rgb
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.asarray(to_rgb(image), dtype=np.uint8)
+    except FileNotFoundError:
+        raise TledgeError(f"image {path} does not exist: check the path")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise TledgeError(f"{path} is not a readable image ({type(e).__name__}): pass a jpg, "
+                          "png, bmp or webp file")
+
+
+__all__ = ["Class", "Classifier", "available_backends", "check_tflite_file", "get_backend",
+           "make_interpreter", "read_embedded_labels", "top_classes", "load_rgb"]

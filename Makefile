@@ -1,0 +1,41 @@
+# tledge: the common jobs. `make demo` installs and runs the whole path on built-in data.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The demo's backbone weights: a local pretrained file when this checkout has one beside it
+# (machines without internet), else ImageNet weights that Keras downloads once.
+OFFLINE_WEIGHTS := ../shared/weights/mobilenet_v2_1.0_no_top_stanford_dogs.h5
+WEIGHTS ?= $(if $(wildcard $(OFFLINE_WEIGHTS)),$(OFFLINE_WEIGHTS),imagenet)
+DEMO_OUT ?= models/demo
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test test-fast demo bench lint clean
+
+$(BIN)/tledge: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[train,pi,dev]"
+	@touch $@
+
+install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev extras
+
+test: install  ## the whole suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## everything but the tests that train or convert models
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: install  ## train on the generated shapes: frozen head, fine-tune, QAT
+	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) \
+		--epochs-frozen 5 --epochs-finetune 2 --unfreeze 30 --epochs-qat 1 \
+		--out $(DEMO_OUT) --overwrite
+
+bench: install  ## the benchmarks that exist so far: feature cache vs plain frozen fit
+	$(BIN)/python benchmarks/feature_cache.py --weights $(WEIGHTS)
+
+lint: install
+	$(BIN)/ruff check tledge tests benchmarks
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

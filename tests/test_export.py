@@ -1,0 +1,186 @@
+"""QAT, TFLite conversion, metadata and the accuracy gate.
+
+Most tests use a small hand-built classifier with tledge's layout (``preprocess`` first, flat
+head) trained in seconds on noisy solid colours, so that int8 agreement and the accuracy gate
+are measured on a model that has really learned something. QAT wrapping is tested on the real
+backbones separately.
+"""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from tledge import fileio, rundir
+from tledge.config import ExportOptions, ModelOptions, RunConfig
+from tledge.data import ImageSet, Splits, stratified_split
+from tledge.errors import TledgeError
+from tledge.export import (QuantizationConfig, check_quantized, convert, export, read_metadata)
+from tledge.models import PREPROCESS, build_classifier
+from tledge.qat import load_qat_model, make_qat_model
+from tledge.runtime import Classifier, read_embedded_labels
+
+pytestmark = pytest.mark.slow
+
+COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 210, 40]])
+LABELS = ["red", "green", "blue", "yellow"]
+SIZE = 32
+
+
+def colour_set(n_per_class: int, seed: int) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(COLOURS)), n_per_class).astype(np.int32)
+    x = COLOURS[y][:, None, None, :] + rng.normal(0, 45, (len(y), SIZE, SIZE, 3))
+    return ImageSet(np.clip(x, 0, 255).astype(np.uint8), y)
+
+
+def small_classifier():
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name=PREPROCESS)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """A run folder with a float model and a QAT model that both classify colours well."""
+    keras.utils.set_random_seed(0)
+    train, val = stratified_split(colour_set(40, 0), 0.25, seed=0)
+    splits = Splits(train, val, colour_set(10, 1), LABELS)
+    model = small_classifier()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(train.x.astype(np.float32), train.y, epochs=25, batch_size=16, verbose=0)
+    qat = make_qat_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    qat.fit(train.x.astype(np.float32), train.y, epochs=2, batch_size=16, verbose=0)
+    run = tmp_path_factory.mktemp("colour_run")
+    config = RunConfig().override(data={"image_size": SIZE})
+    fileio.write_text(run / rundir.CONFIG, config.to_yaml())
+    fileio.write_labels(run / rundir.LABELS, LABELS)
+    model.save(run / rundir.FLOAT_MODEL)
+    qat.save(run / rundir.QAT_MODEL)
+    accuracy = np.mean(model.predict(val.x.astype(np.float32), verbose=0).argmax(1) == val.y)
+    assert accuracy >= 0.9, "the fixture model must have learned the colours"
+    return run, splits, model
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
+def test_qat_wraps_the_real_backbones(backbone):
+    model = build_classifier(ModelOptions(backbone=backbone, alpha=0.35, weights="none"), 3, 32)
+    qat = make_qat_model(model)
+    names = [layer.name for layer in qat.layers]
+    assert any(n.startswith("quantize_layer") for n in names)  # the input quantizer
+    assert f"quant_{PREPROCESS}" in names
+    assert "quant_predictions" in names
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    assert qat.predict(x, verbose=0).shape == (2, 3)
+
+
+def test_fp32_tflite_matches_keras(colour_run, tmp_path):
+    _, splits, model = colour_run
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert(model, QuantizationConfig.for_float32()))
+    clf = Classifier(path, labels=LABELS)
+    assert clf.input_dtype == np.float32
+    tflite = clf.predict_batch(splits.val.x)
+    keras_out = model.predict(splits.val.x.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(tflite, keras_out, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("from_qat", [False, True])
+def test_int8_is_full_integer_with_uint8_io_and_agrees_with_float(colour_run, tmp_path, from_qat):
+    run, splits, model = colour_run
+    source = load_qat_model(run / rundir.QAT_MODEL) if from_qat else model
+    raw = convert(source, QuantizationConfig.for_int8(splits.train.x[:50], from_qat=from_qat))
+    info = check_quantized(raw, "int8")
+    assert info["input_dtype"] == "uint8" and info["output_dtype"] == "uint8"
+    assert "float32" not in info["tensor_types"]
+    path = tmp_path / "m.tflite"
+    path.write_bytes(raw)
+    clf = Classifier(path, labels=LABELS)
+    # Raw pixels in: scale 1, zero point 0 (the calibrated input range is 0..255).
+    scale, zero_point = clf.input_quant
+    assert zero_point == 0 and abs(scale - 1.0) < 0.02
+    # Probabilities out: q / 256.
+    assert clf.output_quant == (pytest.approx(1 / 256), 0)
+    int8 = clf.predict_batch(splits.val.x)
+    ref = source.predict(splits.val.x.astype(np.float32), verbose=0)
+    assert np.mean(int8.argmax(1) == ref.argmax(1)) >= 0.9
+    assert np.abs(int8 - ref).max() < 0.25
+
+
+def test_export_writes_verified_files_with_metadata(colour_run, tmp_path):
+    run, splits, _ = colour_run
+    out = tmp_path / "export"
+    report = export(run, ExportOptions(formats=("fp32", "fp16", "dynamic", "int8")), out=out,
+                    splits=splits, echo=lambda s: None)
+    by_format = {r["format"]: r for r in report["formats"]}
+    assert set(by_format) == {"fp32", "fp16", "dynamic", "int8"}
+    assert by_format["int8"]["source"] == "qat"
+    for fmt, r in by_format.items():
+        path = out / f"model_{fmt}.tflite"
+        assert r["passed"] and path.is_file(), fmt
+        assert read_embedded_labels(path) == LABELS
+        meta = read_metadata(path.read_bytes())
+        files = meta.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles
+        assert files[0].name.decode() == "labels.txt" and files[0].type == 2  # TENSOR_AXIS_LABELS
+        assert zipfile.ZipFile(path).read("labels.txt").decode().split() == LABELS
+    assert by_format["fp32"]["agreement"] == 1.0
+    assert by_format["int8"]["agreement"] >= 0.9
+    assert by_format["int8"]["size_bytes"] < by_format["fp32"]["size_bytes"]
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["files"]["model_int8.tflite"]["input_dtype"] == "uint8"
+    assert card["labels"] == LABELS
+    assert (out / "labels.txt").read_text().split() == LABELS
+    assert json.loads((out / "export_report.json").read_text())["formats"]
+    with pytest.raises(TledgeError, match="already exists.*--overwrite"):
+        export(run, ExportOptions(formats=("fp32",)), out=out, splits=splits, echo=lambda s: None)
+
+
+def test_accuracy_gate_rejects_a_badly_calibrated_int8_model(colour_run, tmp_path):
+    """Calibrating on black images gives an input range of zero width: every real pixel
+    saturates and the int8 model collapses. The gate must fail the export and the file must
+    carry the failure in its name."""
+    run, splits, _ = colour_run
+    black = ImageSet(np.zeros((20, SIZE, SIZE, 3), np.uint8), np.zeros(20, np.int32))
+    bad = Splits(black, splits.val, None, LABELS)
+    out = tmp_path / "bad"
+    with pytest.raises(TledgeError, match="accuracy gate failed: int8 lost"):
+        export(run, ExportOptions(formats=("int8",), ptq=True), out=out, splits=bad,
+               echo=lambda s: None)
+    assert not (out / "model_int8.tflite").exists()
+    assert (out / "model_int8.REJECTED.tflite").is_file()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["formats"][0]["passed"] is False and report["formats"][0]["source"] == "float"
+
+    good = tmp_path / "good"
+    export(run, ExportOptions(formats=("int8",), ptq=True), out=good, splits=splits,
+           echo=lambda s: None)
+    assert (good / "model_int8.tflite").is_file()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a TFLite model"),
+    (b"PK\x03\x04 this is a zip, not a model", "not a TFLite model"),
+])
+def test_non_tflite_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "x.tflite"
+    path.write_bytes(content)
+    with pytest.raises(TledgeError, match=message):
+        Classifier(path)
+
+
+def test_truncated_tflite_is_refused(colour_run, tmp_path):
+    _, _, model = colour_run
+    raw = convert(model, QuantizationConfig.for_float32())
+    path = tmp_path / "cut.tflite"
+    path.write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(TledgeError, match="truncated or corrupt"):
+        Classifier(path)

@@ -1,0 +1,174 @@
+"""Evaluate and predict with any tledge model: a run folder (float or QAT Keras model) or a
+.tflite file. TFLite models go through the numpy-only runtime, so predicting with one never
+imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from tledge import fileio, rundir
+from tledge.errors import TledgeError
+
+
+@dataclass
+class Predictor:
+    """A model that maps model-sized uint8 RGB batches to class probabilities.
+
+    Attributes:
+      name: what to call it in reports.
+      kind: keras, keras-qat or tflite.
+      labels: class labels, in output order.
+      image_size: (height, width) of the model's input.
+      predict: (N, H, W, 3) uint8 -> (N, classes) float32 probabilities.
+    """
+
+    name: str
+    kind: str
+    labels: list
+    image_size: tuple
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+def load_predictor(model: str | os.PathLike, qat: bool = False, backend: Optional[str] = None,
+                   threads: Optional[int] = None) -> Predictor:
+    path = Path(model)
+    if path.is_dir():
+        return _keras_predictor(path, qat)
+    if qat:
+        raise TledgeError("--qat applies to a run folder, not a .tflite file: drop --qat")
+    from tledge.runtime import Classifier
+
+    clf = Classifier(path, backend=backend, threads=threads)
+    return Predictor(path.name, "tflite", clf.labels, (clf.height, clf.width),
+                     lambda x: clf.predict_batch(x))
+
+
+def _keras_predictor(run: Path, qat: bool) -> Predictor:
+    rundir.require_run(run)
+    from tledge.config import RunConfig
+
+    config = RunConfig.from_yaml(run / rundir.CONFIG)
+    labels = fileio.read_labels(run / rundir.LABELS)
+    if qat:
+        if not (run / rundir.QAT_MODEL).is_file():
+            raise TledgeError(f"{run} has no QAT model ({rundir.QAT_MODEL}): train with --qat "
+                              "or evaluate the float model without --qat")
+        from tledge.qat import load_qat_model
+        model = load_qat_model(run / rundir.QAT_MODEL)
+    else:
+        import tf_keras as keras
+        model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(x.astype(np.float32)))
+
+    size = config.data.image_size
+    return Predictor(f"{run.name}/{rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL}",
+                     "keras-qat" if qat else "keras", labels, (size, size), predict)
+
+
+def evaluation_images(data: str, predictor: Predictor, limit: Optional[int], seed: int = 42):
+    """(images, labels in the model's label order, split name). A built-in data set gives its
+    test split; a folder is evaluated whole, its class folders matched to labels by name."""
+    from tledge import data as data_mod
+    from tledge.config import DataOptions
+
+    height, width = predictor.image_size
+    if height != width:
+        raise TledgeError(f"the model's input is {height}x{width}; tledge evaluates square models")
+    if data in data_mod.BUILTIN:
+        splits = data_mod.load(DataOptions(source=data, image_size=height, limit=limit), seed)
+        images, names, split = splits.test, splits.class_names, "test"
+    else:
+        from tledge.data.folder import load_folder
+        images, names, skipped = load_folder(Path(data), height, limit, seed)
+        split = "folder"
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise TledgeError(f"class(es) {', '.join(missing[:5])} of {data} are not among the "
+                          f"model's labels ({', '.join(predictor.labels[:5])}...): evaluate on "
+                          "data with the classes the model was trained on")
+    remap = np.asarray([index[n] for n in names], np.int32)
+    return images.x, remap[images.y], split
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    cm = np.zeros((n, n), np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray,
+             batch_size: int = 32) -> dict:
+    """Accuracy, per-class precision and recall, and the confusion matrix."""
+    probs = []
+    for start in tqdm(range(0, len(x), batch_size), desc=f"evaluating {predictor.name}",
+                      unit="batch", disable=None):
+        probs.append(predictor.predict(x[start:start + batch_size]))
+    probs = np.concatenate(probs)
+    pred = probs.argmax(1)
+    n = len(predictor.labels)
+    cm = confusion(y, pred, n)
+    tp = np.diag(cm).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), np.nan)
+        recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), np.nan)
+    per_class = [{"label": label, "precision": _num(p), "recall": _num(r), "support": int(s)}
+                 for label, p, r, s in zip(predictor.labels, precision, recall, cm.sum(1))]
+    return {"model": predictor.name, "kind": predictor.kind, "images": int(len(y)),
+            "accuracy": float(np.mean(pred == y)), "per_class": per_class,
+            "confusion_matrix": cm.tolist(), "labels": predictor.labels}
+
+
+def _num(v: float) -> Optional[float]:
+    return None if np.isnan(v) else float(v)
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['model']}: accuracy {report['accuracy']:.4f} on {report['images']} images",
+             f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}"]
+    for row in report["per_class"]:
+        p = "-" if row["precision"] is None else f"{row['precision']:.4f}"
+        r = "-" if row["recall"] is None else f"{row['recall']:.4f}"
+        lines.append(f"{row['label'][:20]:<20} {p:>9} {r:>7} {row['support']:>8}")
+    return "\n".join(lines)
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(report["confusion_matrix"], float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    labels = report["labels"]
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.6 + 0.6 * n), layout="constrained")
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report['model']}: accuracy {report['accuracy']:.4f}", fontsize=9)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def default_eval_dir(model: Path) -> Path:
+    model = Path(model)
+    return model / "evaluation" if model.is_dir() else model.with_name(f"{model.stem}_evaluation")

@@ -1,0 +1,440 @@
+"""TFLite conversion (fp32, fp16, dynamic, int8), metadata, and verification against the float
+model with an accuracy gate.
+
+Conversion returns bytes; writing is a separate, atomic step. Every file is evaluated on the
+run's validation split beside the float Keras model before it is accepted; a quantized file that
+loses more than ``max_drop`` points is kept as ``model_<format>.REJECTED.tflite`` and the export
+fails, so a collapsed int8 model never passes for a good one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from tledge import fileio, rundir
+from tledge.config import ExportOptions, RunConfig
+from tledge.errors import TledgeError
+
+log = logging.getLogger(__name__)
+
+REPORT = "export_report.json"
+CARD = "model_card.json"
+METADATA_NAME = "TFLITE_METADATA"
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How one TFLite file is made. Build it with a named constructor.
+
+    Attributes:
+      name: fp32, fp16, dynamic or int8.
+      optimize: apply the converter's default optimisations (weight quantization).
+      float16: store weights as float16.
+      full_integer: int8 activations too, integer-only ops, uint8 input and output.
+      representative: a callable yielding calibration batches (int8), or None.
+      source: "float" or "qat": which Keras model is converted.
+    """
+
+    name: str
+    optimize: bool = False
+    float16: bool = False
+    full_integer: bool = False
+    representative: Optional[Callable] = field(default=None, compare=False)
+    source: str = "float"
+
+    @classmethod
+    def for_float32(cls) -> "QuantizationConfig":
+        return cls("fp32")
+
+    @classmethod
+    def for_float16(cls) -> "QuantizationConfig":
+        return cls("fp16", optimize=True, float16=True)
+
+    @classmethod
+    def for_dynamic(cls) -> "QuantizationConfig":
+        return cls("dynamic", optimize=True)
+
+    @classmethod
+    def for_int8(cls, calibration: np.ndarray, from_qat: bool = False) -> "QuantizationConfig":
+        """Full-integer int8, calibrated on ``calibration`` images (uint8, model-sized).
+
+        From a QAT model the learned fake-quant ranges are used; the calibration images only
+        set the ranges of what QAT left float (the in-model normalisation's multiply and add,
+        which the converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE).
+        """
+
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        return cls("int8", optimize=True, full_integer=True, representative=representative,
+                   source="qat" if from_qat else "float")
+
+
+def convert(model, qconfig: QuantizationConfig) -> bytes:
+    """A Keras model -> TFLite flatbuffer bytes."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if qconfig.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if qconfig.float16:
+        converter.target_spec.supported_types = [tf.float16]
+    if qconfig.full_integer:
+        converter.representative_dataset = qconfig.representative
+        # Integer-only kernels: fail rather than silently fall back to float ones.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # uint8 in: raw pixels 0..255 (scale 1, zero point 0 when the range is 0..255).
+        # uint8 out: probabilities, scale 1/256, zero point 0.
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TledgeError(f"TFLite conversion to {qconfig.name} failed ({first[:200]})")
+
+
+def tensor_types(model_bytes: bytes) -> dict[str, int]:
+    """How many tensors of each dtype the model holds (weights and activations)."""
+    from tledge.runtime import get_backend
+
+    interpreter = get_backend().interpreter_cls(model_content=model_bytes)
+    counts: dict[str, int] = {}
+    for detail in interpreter.get_tensor_details():
+        name = np.dtype(detail["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def check_quantized(model_bytes: bytes, fmt: str) -> dict:
+    """Catch the converter pitfall of a model silently left float (or half-quantized): each
+    format must hold the tensor types it promises. Returns the counts; raises otherwise."""
+    from tledge.runtime import get_backend
+
+    counts = tensor_types(model_bytes)
+    interpreter = get_backend().interpreter_cls(model_content=model_bytes)
+    in_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
+    out_dtype = np.dtype(interpreter.get_output_details()[0]["dtype"]).name
+    problem = None
+    if fmt == "int8":
+        if in_dtype != "uint8" or out_dtype != "uint8":
+            problem = f"input {in_dtype} / output {out_dtype}, expected uint8 / uint8"
+        elif counts.get("float32", 0):
+            problem = f"{counts['float32']} float32 tensors left in a full-integer model"
+        elif not counts.get("int8", 0):
+            problem = "no int8 tensors"
+    elif fmt == "dynamic" and not counts.get("int8", 0):
+        problem = "no int8 weights: the converter left the model float"
+    elif fmt == "fp16" and not counts.get("float16", 0):
+        problem = "no float16 weights: the converter left the model float32"
+    if problem:
+        raise TledgeError(f"the {fmt} conversion is not what it claims ({problem}); the model "
+                          "has layers the converter could not quantize")
+    return {"tensor_types": counts, "input_dtype": in_dtype, "output_dtype": out_dtype}
+
+
+def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: str) -> bytes:
+    """TFLite metadata (schema M001) for an image classifier: RGB input 0..255 (the model
+    normalises itself, so mean 0 and std 1), probabilities out, labels as the output tensor's
+    associated TENSOR_AXIS_LABELS file."""
+    import flatbuffers
+
+    from tledge._vendor import metadata_schema_py_generated as m
+
+    image = m.TensorMetadataT()
+    image.name = "image"
+    image.description = ("RGB image, raw pixels 0..255, stretched to the model's input size; "
+                         "normalisation happens inside the model")
+    image.content = m.ContentT()
+    image.content.contentPropertiesType = m.ContentProperties.ImageProperties
+    image.content.contentProperties = m.ImagePropertiesT()
+    image.content.contentProperties.colorSpace = m.ColorSpaceType.RGB
+    norm = m.ProcessUnitT()
+    norm.optionsType = m.ProcessUnitOptions.NormalizationOptions
+    norm.options = m.NormalizationOptionsT()
+    norm.options.mean, norm.options.std = [0.0], [1.0]
+    image.processUnits = [norm]
+    image.stats = m.StatsT()
+    image.stats.min, image.stats.max = [0.0], [255.0]
+
+    probs = m.TensorMetadataT()
+    probs.name = "probability"
+    probs.description = "Probability of each class" + (
+        " (uint8: probability = q / 256)" if fmt == "int8" else "")
+    probs.content = m.ContentT()
+    probs.content.contentPropertiesType = m.ContentProperties.FeatureProperties
+    probs.content.contentProperties = m.FeaturePropertiesT()
+    probs.stats = m.StatsT()
+    probs.stats.min, probs.stats.max = [0.0], [1.0]
+    label_file = m.AssociatedFileT()
+    label_file.name = "labels.txt"
+    label_file.description = "Labels for the classes the model recognises, one per line."
+    label_file.type = m.AssociatedFileType.TENSOR_AXIS_LABELS
+    probs.associatedFiles = [label_file]
+
+    subgraph = m.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [image]
+    subgraph.outputTensorMetadata = [probs]
+    meta = m.ModelMetadataT()
+    meta.name = model_name
+    meta.description = description
+    meta.author = "tledge"
+    meta.subgraphMetadata = [subgraph]
+    meta.minParserVersion = "1.0.0"
+    builder = flatbuffers.Builder(0)
+    builder.Finish(meta.Pack(builder), b"M001")
+    return bytes(builder.Output())
+
+
+def with_metadata(model_bytes: bytes, metadata: bytes, labels: list[str]) -> bytes:
+    """Embed metadata in the model's flatbuffer (a TFLITE_METADATA buffer) and append the label
+    file as a zip archive, as the TFLite metadata populator does."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model_bytes, 0))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(metadata, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()
+                      and m.name != METADATA_NAME] + [entry]
+    builder = flatbuffers.Builder(len(model_bytes) + len(metadata) + 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    out = io.BytesIO(bytes(builder.Output()))
+    out.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("labels.txt", "".join(f"{label}\n" for label in labels))
+    return out.getvalue()
+
+
+def read_metadata(model_bytes: bytes):
+    """The embedded ModelMetadataT, or None."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from tledge._vendor import metadata_schema_py_generated as m
+
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == METADATA_NAME:
+            data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
+            return m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAsModelMetadata(data, 0))
+    return None
+
+
+@dataclass
+class FormatResult:
+    """One exported file checked against the float model.
+
+    Attributes:
+      format: fp32, fp16, dynamic or int8.
+      path: where the file landed (a REJECTED name when it failed the gate).
+      size_bytes: file size.
+      source: the Keras model converted: float, or qat.
+      accuracy: on the evaluation images.
+      agreement: fraction of images where its top-1 equals the float model's.
+      max_prob_diff: largest absolute difference of any class probability vs float.
+      mean_prob_diff: mean absolute difference of the probabilities vs float.
+      drop_points: float accuracy minus this accuracy, in percentage points.
+      passed: within the accuracy gate.
+      quantization: input/output dtypes and quantization parameters, tensor dtype counts.
+    """
+
+    format: str
+    path: str
+    size_bytes: int
+    source: str
+    accuracy: float
+    agreement: float
+    max_prob_diff: float
+    mean_prob_diff: float
+    drop_points: float
+    passed: bool
+    quantization: dict
+
+
+def _eval_images(config: RunConfig, options: ExportOptions, splits=None):
+    from tledge import data as data_mod
+
+    if splits is None:  # the run's own data and split, from its config.yaml
+        splits = data_mod.load(config.data, config.train.seed)
+    val = splits.val
+    if options.eval_limit is not None and options.eval_limit < len(val):
+        idx = np.random.default_rng(0).permutation(len(val))[:options.eval_limit]
+        val = data_mod.ImageSet(val.x[np.sort(idx)], val.y[np.sort(idx)])
+    return splits, val
+
+
+def keras_probs(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    out = []
+    for start in tqdm(range(0, len(x), batch_size), desc="float Keras model", unit="batch",
+                      leave=False, disable=None):
+        out.append(model.predict_on_batch(x[start:start + batch_size].astype(np.float32)))
+    return np.concatenate(out)
+
+
+def tflite_probs(path: Path, x: np.ndarray, desc: str, batch_size: int = 32) -> np.ndarray:
+    from tledge.runtime import Classifier
+
+    clf = Classifier(path)
+    out = []
+    for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False,
+                      disable=None):
+        out.append(clf.invoke(clf.to_input_dtype(x[start:start + batch_size])))
+    return np.concatenate(out)
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    diff = np.abs(probs - reference)
+    return {
+        "accuracy": float(np.mean(np.argmax(probs, 1) == labels)),
+        "agreement": float(np.mean(np.argmax(probs, 1) == np.argmax(reference, 1))),
+        "max_prob_diff": float(diff.max()),
+        "mean_prob_diff": float(diff.mean()),
+    }
+
+
+def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
+           overwrite: bool = False, echo: Callable[[str], None] = print, splits=None) -> dict:
+    """Convert a run's models to every format asked, verify each, write files, card, report.
+    Raises TledgeError (after writing everything) when a file fails the accuracy gate.
+
+    ``splits`` (tledge.data.Splits) replaces the run's own data: calibration comes from its
+    train split, verification from its val split."""
+    run_dir = rundir.require_run(Path(run_dir))
+    out = Path(out) if out else run_dir / "export"
+    targets = {fmt: out / f"model_{fmt}.tflite" for fmt in options.formats}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing and not overwrite:
+        raise TledgeError(f"{existing[0]} already exists: pass --overwrite to replace it, or "
+                          "--out another folder")
+
+    import tf_keras as keras
+
+    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
+    labels = fileio.read_labels(run_dir / rundir.LABELS)
+    float_model = keras.models.load_model(run_dir / rundir.FLOAT_MODEL, compile=False)
+    qat_path = run_dir / rundir.QAT_MODEL
+    use_qat = "int8" in options.formats and qat_path.is_file() and not options.ptq
+    echo(f"loading the data of {run_dir} for calibration and verification")
+    splits, val = _eval_images(config, options, splits)
+    reference = keras_probs(float_model, val.x)
+    float_acc = float(np.mean(np.argmax(reference, 1) == val.y))
+    echo(f"float Keras model: accuracy {float_acc:.4f} on {len(val)} validation images")
+
+    results: list[FormatResult] = []
+    for fmt in options.formats:
+        if fmt == "int8":
+            calib = splits.train.x[:options.calibration]
+            qconfig = QuantizationConfig.for_int8(calib, from_qat=use_qat)
+            if use_qat:
+                from tledge.qat import load_qat_model
+                model = load_qat_model(qat_path)
+            else:
+                model = float_model
+        else:
+            qconfig = {"fp32": QuantizationConfig.for_float32, "fp16": QuantizationConfig.for_float16,
+                       "dynamic": QuantizationConfig.for_dynamic}[fmt]()
+            model = float_model
+        echo(f"converting {fmt} from the {qconfig.source} model"
+             + (f" ({len(splits.train.x[:options.calibration])} calibration images)"
+                if qconfig.representative else ""))
+        raw = convert(model, qconfig)
+        quant = check_quantized(raw, fmt)
+        description = (f"{config.model.backbone} classifier of {len(labels)} classes trained by "
+                       f"tledge on {config.data.source}; {fmt}")
+        blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
+        path = fileio.write_bytes(targets[fmt], blob)
+        probs = tflite_probs(path, val.x, f"{fmt} TFLite")
+        stats = compare(reference, probs, val.y)
+        drop = 100.0 * (float_acc - stats["accuracy"])
+        passed = drop <= options.max_drop
+        from tledge.runtime import Classifier
+        clf = Classifier(path)
+        quant.update(input_quantization=list(clf.input_quant),
+                     output_quantization=list(clf.output_quant))
+        if not passed:
+            rejected = path.with_name(f"model_{fmt}.REJECTED.tflite")
+            path.replace(rejected)
+            path = rejected
+        results.append(FormatResult(fmt, str(path), path.stat().st_size, qconfig.source,
+                                    drop_points=drop, passed=passed, quantization=quant, **stats))
+
+    fileio.write_labels(out / "labels.txt", labels)
+    report = {
+        "run": str(run_dir),
+        "evaluation": {"split": "validation", "images": len(val)},
+        "float_keras": {"accuracy": float_acc},
+        "max_drop_points": options.max_drop,
+        "formats": [r.__dict__ for r in results],
+    }
+    fileio.write_json(out / REPORT, report)
+    fileio.write_json(out / CARD, model_card(run_dir, config, labels, results, float_acc, len(val)))
+    echo(format_table(float_acc, results))
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise TledgeError(
+            "accuracy gate failed: " + "; ".join(
+                f"{r.format} lost {r.drop_points:.2f} points (> {options.max_drop}), kept as "
+                f"{Path(r.path).name}" for r in failed)
+            + ". Train QAT longer, calibrate on more images (--calibration), or raise --max-drop")
+    return report
+
+
+def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: list[FormatResult],
+               float_acc: float, n_eval: int) -> dict:
+    size = config.data.image_size
+    return {
+        "task": "image classification",
+        "labels": labels,
+        "source_run": str(run_dir),
+        "config": config.to_dict(),
+        "input": {
+            "shape": [1, size, size, 3], "color": "RGB",
+            "preprocessing": ("decode to RGB, stretch to the input size with a bilinear filter "
+                              "(tledge.runtime.preprocess.resize_rgb), no normalisation: the "
+                              "model normalises raw 0..255 pixels itself"),
+        },
+        "output": {"shape": [1, len(labels)], "meaning": "class probabilities (softmax)"},
+        "float_keras_accuracy": float_acc,
+        "evaluated_on": f"{n_eval} validation images of {config.data.source}",
+        "files": {
+            Path(r.path).name: {
+                "format": r.format, "size_bytes": r.size_bytes, "converted_from": r.source,
+                "input_dtype": r.quantization["input_dtype"],
+                "output_dtype": r.quantization["output_dtype"],
+                "input_quantization": r.quantization.get("input_quantization"),
+                "output_quantization": r.quantization.get("output_quantization"),
+                "accuracy": r.accuracy, "agreement_with_float": r.agreement,
+                "max_prob_diff": r.max_prob_diff, "passed_gate": r.passed,
+            } for r in results
+        },
+    }
+
+
+def format_table(float_acc: float, results: list[FormatResult]) -> str:
+    rows = [f"{'format':<8} {'source':<6} {'size':>9} {'accuracy':>9} {'drop':>7} "
+            f"{'agree':>7} {'max|dp|':>8}  gate",
+            f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>7} {'':>7} {'':>8}"]
+    for r in results:
+        rows.append(f"{r.format:<8} {r.source:<6} {r.size_bytes / 1e6:>8.2f}M {r.accuracy:>9.4f} "
+                    f"{r.drop_points:>+7.2f} {r.agreement:>7.4f} {r.max_prob_diff:>8.4f}  "
+                    f"{'ok' if r.passed else 'FAILED'}")
+    return "\n".join(rows)
+
+
+def load_report(out: Path) -> dict:
+    return json.loads((Path(out) / REPORT).read_text())
