@@ -10,7 +10,7 @@ DEMO_OUT ?= models/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install install-pi test test-fast demo bench lint clean
 
 $(BIN)/tledge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,16 +20,28 @@ $(BIN)/tledge: pyproject.toml
 
 install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev extras
 
-test: install  ## the whole suite (what CI runs)
+# What a Raspberry Pi installs: tledge[pi] alone, no TensorFlow. The tests prove the runtime
+# works there (tests/test_runtime.py).
+.venv-pi/bin/tledge: pyproject.toml
+	$(PYTHON) -m venv .venv-pi
+	.venv-pi/bin/python -m pip install --quiet --upgrade pip
+	.venv-pi/bin/python -m pip install --quiet -e ".[pi]"
+	@touch $@
+
+install-pi: .venv-pi/bin/tledge
+
+test: install install-pi  ## the whole suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
 test-fast: install  ## everything but the tests that train or convert models
 	$(BIN)/python -m pytest -q -m "not slow"
 
-demo: install  ## train on the generated shapes: frozen head, fine-tune, QAT
+demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export, evaluate
 	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) \
 		--epochs-frozen 5 --epochs-finetune 2 --unfreeze 30 --epochs-qat 1 \
 		--out $(DEMO_OUT) --overwrite
+	$(BIN)/tledge export $(DEMO_OUT) --int8 --fp32 --overwrite
+	$(BIN)/tledge evaluate $(DEMO_OUT)/export/model_int8.tflite --data shapes --overwrite
 
 bench: install  ## the benchmarks that exist so far: feature cache vs plain frozen fit
 	$(BIN)/python benchmarks/feature_cache.py --weights $(WEIGHTS)

@@ -5,10 +5,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+from tledge import fileio, rundir
 from tledge.config import (DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
+from tledge.data import ImageSet, Splits, stratified_split
 
 SIZE = 32
+COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 210, 40]])
+LABELS = ["red", "green", "blue", "yellow"]
 
 
 def tiny_config(**train_overrides) -> RunConfig:
@@ -30,5 +34,67 @@ def tiny_splits():
     return data.load(tiny_config().data, seed=1)
 
 
+def colour_set(n_per_class: int, seed: int) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(COLOURS)), n_per_class).astype(np.int32)
+    x = COLOURS[y][:, None, None, :] + rng.normal(0, 45, (len(y), SIZE, SIZE, 3))
+    return ImageSet(np.clip(x, 0, 255).astype(np.uint8), y)
+
+
+def small_classifier():
+    import tf_keras as keras
+    from tledge.models import PREPROCESS
+
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name=PREPROCESS)(inputs)
+    for filters in (8, 16):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="session")
+def colour_run(tmp_path_factory):
+    """A run folder with a float model and a QAT model that both classify colours well."""
+    import tf_keras as keras
+    from tledge.qat import make_qat_model
+
+    keras.utils.set_random_seed(0)
+    train, val = stratified_split(colour_set(40, 0), 0.25, seed=0)
+    splits = Splits(train, val, colour_set(10, 1), LABELS)
+    model = small_classifier()
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", ["accuracy"])
+    model.fit(train.x.astype(np.float32), train.y, epochs=25, batch_size=16, verbose=0)
+    qat = make_qat_model(model)
+    qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
+    qat.fit(train.x.astype(np.float32), train.y, epochs=2, batch_size=16, verbose=0)
+    run = tmp_path_factory.mktemp("colour_run")
+    config = RunConfig().override(data={"image_size": SIZE})
+    fileio.write_text(run / rundir.CONFIG, config.to_yaml())
+    fileio.write_labels(run / rundir.LABELS, LABELS)
+    model.save(run / rundir.FLOAT_MODEL)
+    qat.save(run / rundir.QAT_MODEL)
+    accuracy = np.mean(model.predict(val.x.astype(np.float32), verbose=0).argmax(1) == val.y)
+    assert accuracy >= 0.9, "the fixture model must have learned the colours"
+    return run, splits, model
+
+
 def image_grid(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray:
     return rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def colour_tflite(colour_run, tmp_path_factory):
+    """int8 (from QAT) and fp32 files of the colour model, exported and verified by tledge."""
+    from tledge.config import ExportOptions
+    from tledge.export import export
+
+    run, splits, _ = colour_run
+    out = tmp_path_factory.mktemp("colour_export")
+    export(run, ExportOptions(formats=("fp32", "int8")), out=out, splits=splits,
+           echo=lambda s: None)
+    return {"int8": out / "model_int8.tflite", "fp32": out / "model_fp32.tflite",
+            "splits": splits, "run": run}

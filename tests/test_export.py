@@ -11,65 +11,19 @@ import zipfile
 
 import numpy as np
 import pytest
-import tf_keras as keras
 
-from tledge import fileio, rundir
-from tledge.config import ExportOptions, ModelOptions, RunConfig
-from tledge.data import ImageSet, Splits, stratified_split
+from tledge import rundir
+from tledge.config import ExportOptions, ModelOptions
+from tledge.data import ImageSet, Splits
 from tledge.errors import TledgeError
 from tledge.export import (QuantizationConfig, check_quantized, convert, export, read_metadata)
 from tledge.models import PREPROCESS, build_classifier
-from tledge.qat import load_qat_model, make_qat_model
+from tledge.qat import load_qat_model, make_qat_model  # noqa: F401
 from tledge.runtime import Classifier, read_embedded_labels
 
+from conftest import LABELS, SIZE
+
 pytestmark = pytest.mark.slow
-
-COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 210, 40]])
-LABELS = ["red", "green", "blue", "yellow"]
-SIZE = 32
-
-
-def colour_set(n_per_class: int, seed: int) -> ImageSet:
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(len(COLOURS)), n_per_class).astype(np.int32)
-    x = COLOURS[y][:, None, None, :] + rng.normal(0, 45, (len(y), SIZE, SIZE, 3))
-    return ImageSet(np.clip(x, 0, 255).astype(np.uint8), y)
-
-
-def small_classifier():
-    inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name=PREPROCESS)(inputs)
-    for filters in (8, 16):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU(6.0)(x)
-    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs)
-
-
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    """A run folder with a float model and a QAT model that both classify colours well."""
-    keras.utils.set_random_seed(0)
-    train, val = stratified_split(colour_set(40, 0), 0.25, seed=0)
-    splits = Splits(train, val, colour_set(10, 1), LABELS)
-    model = small_classifier()
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", ["accuracy"])
-    model.fit(train.x.astype(np.float32), train.y, epochs=25, batch_size=16, verbose=0)
-    qat = make_qat_model(model)
-    qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
-    qat.fit(train.x.astype(np.float32), train.y, epochs=2, batch_size=16, verbose=0)
-    run = tmp_path_factory.mktemp("colour_run")
-    config = RunConfig().override(data={"image_size": SIZE})
-    fileio.write_text(run / rundir.CONFIG, config.to_yaml())
-    fileio.write_labels(run / rundir.LABELS, LABELS)
-    model.save(run / rundir.FLOAT_MODEL)
-    qat.save(run / rundir.QAT_MODEL)
-    accuracy = np.mean(model.predict(val.x.astype(np.float32), verbose=0).argmax(1) == val.y)
-    assert accuracy >= 0.9, "the fixture model must have learned the colours"
-    return run, splits, model
-
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
 def test_qat_wraps_the_real_backbones(backbone):

@@ -223,5 +223,56 @@ def predict(model, images, top_k, qat, backend, threads):
         click.echo(f"{image}: " + ", ".join(f"{c.label} ({c.score:.3f})" for c in ranked))
 
 
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,2,4, got {value!r}")
+
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.option("--threads", callback=_int_list, help="Comma-separated thread counts for TFLite "
+              "models.  [default: 1 and all cores]")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed inferences.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed inferences first.")
+@click.option("--data", help="Also measure accuracy on this data (folder or built-in name).")
+@click.option("--limit", type=int, help="With --data: at most N images per class.")
+@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
+              help="TFLite interpreter.  [default: the first installed]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write results as CSV.")
+@click.option("--markdown", "md_path", type=click.Path(dir_okay=False),
+              help="Write a Markdown table.")
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False),
+              help="Write a PNG chart of latency per model and format.")
+def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_path, md_path,
+          chart_path):
+    """Latency, size, memory (and accuracy) of .tflite files and run folders, side by side."""
+    from tledge import bench as b
+
+    options = b.BenchOptions(**{k: v for k, v in dict(
+        threads=threads, runs=runs, warmup=warmup, data=data, limit=limit,
+        backend=backend).items() if v is not None})
+    report = b.bench(models, options, echo=click.echo)
+    click.echo(b.format_table(report))
+    for path in b.write_outputs(report, json_path, csv_path, md_path, chart_path):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.option("--no-tensorflow", is_flag=True, help="Skip the TensorFlow checks (faster).")
+def doctor(no_tensorflow):
+    """Check this machine: Python, runtimes, numpy conflicts, OpenCV, cameras, GPUs."""
+    from tledge.doctor import format_checks, run_checks
+
+    checks, usable = run_checks(check_tensorflow=not no_tensorflow)
+    click.echo(format_checks(checks))
+    if not usable:
+        raise TledgeError("no TFLite runtime can load a model here: pip install 'tledge[pi]'")
+
+
 if __name__ == "__main__":  # python -m tledge.cli
     main()

@@ -194,7 +194,7 @@ class Classifier:
         self.interpreter = interpreter or make_interpreter(path, backend, threads)
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
-        _, self.height, self.width, channels = self._input["shape"]
+        _, self.height, self.width, channels = (int(v) for v in self._input["shape"])
         if channels != 3:
             raise TledgeError(f"{path} takes {channels}-channel input; tledge models take RGB")
         self.input_dtype = np.dtype(self._input["dtype"])

@@ -28,7 +28,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     """Stretch an RGB image to ``size`` (an int for square, or (height, width)): uint8 HxWx3."""
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = (int(size), int(size)) if np.ndim(size) == 0 else map(int, size)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)

@@ -1,0 +1,198 @@
+"""The numpy-only runtime: backends, quantization, labels, and no TensorFlow on the way."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tledge.runtime as rt
+from tledge.errors import TledgeError
+
+from conftest import LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_backend_order_and_fallback(monkeypatch):
+    tried = []
+
+    def fake_import(name):
+        tried.append(name)
+        if name != "tensorflow":
+            raise ImportError(f"No module named {name}")
+        return rt.Backend("tensorflow", "9.9", object)
+
+    monkeypatch.setattr(rt, "_import_backend", fake_import)
+    assert rt.get_backend().name == "tensorflow"
+    assert tried == ["litert", "tflite_runtime", "tensorflow"]
+    with pytest.raises(TledgeError, match="no TFLite interpreter.*litert: ImportError"):
+        rt.get_backend("litert")
+
+
+def test_tflite_runtime_under_numpy2_is_reported_not_crashed(monkeypatch):
+    def fake_import(name):
+        if name == "tflite_runtime":
+            raise SystemError("<built-in function ...> returned a result with an exception set")
+        raise ImportError(name)
+
+    monkeypatch.setattr(rt, "_import_backend", fake_import)
+    found = rt.available_backends()
+    assert found["tflite_runtime"].startswith("unavailable (SystemError")
+    with pytest.raises(TledgeError, match="no TFLite interpreter"):
+        rt.get_backend()
+
+
+def test_explicit_backend_is_used():
+    assert rt.get_backend("litert").name == "litert"
+    with pytest.raises(TledgeError, match="unknown backend"):
+        rt.get_backend("onnx")
+
+
+def test_quantize_dequantize_formulas():
+    q = rt.quantize(np.array([0.0, 0.5, 1.0, 9.0]), 1 / 128, -128, np.int8)
+    assert q.tolist() == [-128, -64, 0, 127]  # q = round(x / scale) + zp, clipped
+    np.testing.assert_allclose(rt.dequantize(np.array([-128, 0], np.int8), 0.5, -128), [0, 64])
+
+
+@pytest.mark.slow
+def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
+    clf = rt.Classifier(colour_tflite["int8"])
+    assert clf.input_dtype == np.uint8 and clf.output_dtype == np.uint8
+    frame = np.zeros((90, 120, 3), np.uint8)
+    frame[...] = (230, 210, 40)  # yellow, any size: the runtime resizes
+    assert clf.preprocess(frame).dtype == np.uint8
+    scores = clf.scores(frame)
+    assert scores.dtype == np.float32 and abs(scores.sum() - 1.0) < 0.05
+    top = clf.classify(frame, top_k=2)
+    assert top[0] == rt.Class(3, "yellow", pytest.approx(scores[3]))
+    assert top[0].score >= top[1].score and len(top) == 2
+
+
+@pytest.mark.slow
+def test_labels_from_metadata_then_labels_txt(colour_tflite, tmp_path):
+    assert rt.Classifier(colour_tflite["int8"]).labels == LABELS  # embedded
+    # The same model without its appended label archive: labels.txt beside it is used.
+    raw = colour_tflite["int8"].read_bytes()
+    bare = raw[:raw.rfind(b"PK\x03\x04")]
+    (tmp_path / "model.tflite").write_bytes(bare)
+    assert rt.read_embedded_labels(tmp_path / "model.tflite") is None
+    assert rt.Classifier(tmp_path / "model.tflite").labels == ["0", "1", "2", "3"]
+    (tmp_path / "labels.txt").write_text("a\nb\nc\nd\n")
+    assert rt.Classifier(tmp_path / "model.tflite").labels == ["a", "b", "c", "d"]
+
+
+CLASSIFY = """
+import sys, numpy as np
+from tledge.runtime import Classifier
+clf = Classifier(sys.argv[1])
+frame = np.full((48, 64, 3), (50, 60, 220), np.uint8)
+top = clf.classify(frame, top_k=1)[0]
+assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'tensorflow' in m)
+print(clf.backend, top.label)
+"""
+
+
+@pytest.mark.slow
+def test_runtime_never_imports_tensorflow(colour_tflite):
+    proc = subprocess.run([sys.executable, "-c", CLASSIFY, str(colour_tflite["int8"])],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["litert", "blue"]
+
+
+def _pi_python():
+    path = Path(os.environ.get("TLEDGE_PI_PYTHON", ROOT / ".venv-pi" / "bin" / "python"))
+    return path if path.exists() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_pi_python() is None,
+                    reason="no pi-only environment: `make install-pi` builds .venv-pi")
+def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
+    """In a venv with only tledge[pi] installed: TensorFlow is absent, classify and predict
+    work."""
+    python = _pi_python()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    check = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True,
+                           text=True, env=env)
+    assert check.returncode != 0 and "No module named 'tensorflow'" in check.stderr
+    proc = subprocess.run([str(python), "-c", CLASSIFY, str(colour_tflite["int8"])],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["litert", "blue"]
+    image = tmp_path / "blue.png"
+    from PIL import Image
+    Image.new("RGB", (40, 30), (50, 60, 220)).save(image)
+    tledge = python.parent / "tledge"
+    out = subprocess.run([str(tledge), "predict", str(colour_tflite["int8"]), str(image)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "blue" in out.stdout.split(":")[1].split(",")[0]
+    doctor = subprocess.run([str(tledge), "doctor"], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert doctor.returncode == 0 and "tensorflow" in doctor.stdout
+
+
+@pytest.mark.slow
+def test_bench_json_has_every_field(colour_tflite, tmp_path):
+    from tledge import bench
+    report = bench.bench([str(colour_tflite["int8"]), str(colour_tflite["fp32"]),
+                          str(colour_tflite["run"])],
+                         bench.BenchOptions(threads=(1, 2), runs=5, warmup=1, data=None),
+                         echo=lambda s: None)
+    paths = bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv",
+                                tmp_path / "b.md", tmp_path / "b.png")
+    assert all(p.is_file() for p in paths)
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert {"cpu", "cores", "os", "python", "arch", "machine_id"} <= set(data["machine"])
+    rows = data["results"]
+    assert [(r["format"], r["threads"]) for r in rows] == [
+        ("int8", 1), ("int8", 2), ("fp32", 1), ("fp32", 2), ("keras-float", None)]
+    for r in rows:
+        for key in ("size_bytes", "load_ms", "first_ms", "throughput_ips", "memory_mb",
+                    "peak_rss_mb", "backend", "device", "classify_overhead_pct", "accuracy"):
+            assert key in r, key
+        for kind in ("invoke", "classify"):
+            assert set(r[kind]) == {"p50", "p90", "p99", "mean", "std"}
+            assert 0 < r[kind]["p50"] <= r[kind]["p99"]
+    assert rows[0]["backend"].startswith("litert") and rows[-1]["backend"].startswith("tensorflow")
+    assert "| model |" in (tmp_path / "b.md").read_text()
+    assert (tmp_path / "b.csv").read_text().count("\n") == 6
+
+
+@pytest.mark.slow
+def test_bench_accuracy_and_bad_paths(colour_tflite, tmp_path):
+    from tledge import bench
+    folder = tmp_path / "colours"
+    from PIL import Image
+    for label, rgb in zip(LABELS, ([220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 210, 40])):
+        (folder / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), tuple(rgb)).save(folder / label / f"{i}.png")
+    report = bench.bench([str(colour_tflite["int8"])],
+                         bench.BenchOptions(threads=(1,), runs=3, warmup=0, data=str(folder)),
+                         echo=lambda s: None)
+    assert report["results"][0]["accuracy"] == 1.0
+    with pytest.raises(TledgeError, match="does not exist"):
+        bench.bench([str(tmp_path / "missing.tflite")], bench.BenchOptions(), echo=print)
+    (tmp_path / "junk.tflite").write_bytes(b"junk" * 10)
+    with pytest.raises(TledgeError, match="not a TFLite model"):
+        bench.bench([str(tmp_path / "junk.tflite")], bench.BenchOptions(), echo=print)
+
+
+def test_doctor_exits_nonzero_without_a_runtime(monkeypatch):
+    from click.testing import CliRunner
+    from tledge.cli import main
+
+    monkeypatch.setattr(rt, "available_backends", lambda: {
+        "litert": "unavailable (ImportError)", "tflite_runtime": "unavailable (ImportError)",
+        "tensorflow": "unavailable (ImportError)"})
+    result = CliRunner().invoke(main, ["doctor", "--no-tensorflow"])
+    assert result.exit_code == 1
+    assert "no TFLite runtime can load a model" in result.output
+    assert "pip install ai-edge-litert" in result.output

@@ -1,0 +1,415 @@
+"""Latency, size, memory and accuracy of every model and format, side by side, on this machine.
+
+Each (model, thread count) is measured in a fresh worker process, so load time, first-inference
+time and peak memory are the model's own and not what earlier models left behind. Inputs are
+fixed and seeded (640x480 RGB frames, as a camera gives), warm-up runs are discarded, and both
+the bare ``invoke()`` and the full classify path (resize + quantize + invoke + dequantize +
+top-k) are timed, so the runtime's own overhead is visible.
+
+TFLite workers import only the numpy runtime; a run folder (the float Keras model, the "float
+GPU model" reference) is timed with TensorFlow, on the GPU when one is visible.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from tledge import fileio
+from tledge.errors import TledgeError
+
+FRAME_SHAPE = (480, 640, 3)
+N_FRAMES = 8
+STAT_FIELDS = ("p50", "p90", "p99", "mean", "std")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How models are timed.
+
+    Attributes:
+      threads: thread counts to time each TFLite model at.
+      runs: timed inferences per measurement.
+      warmup: untimed inferences first.
+      data: a data set name or folder for accuracy (None: no accuracy).
+      limit: images per class for accuracy.
+      backend: TFLite backend (None: the first installed).
+      seed: seeds the input frames.
+    """
+
+    threads: tuple = (1, os.cpu_count() or 1)
+    runs: int = 50
+    warmup: int = 5
+    data: Optional[str] = None
+    limit: Optional[int] = None
+    backend: Optional[str] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.runs < 3:
+            raise TledgeError(f"--runs must be at least 3 to give percentiles, got {self.runs}")
+        if any(t < 1 for t in self.threads) or not self.threads:
+            raise TledgeError(f"--threads must be positive integers, got {self.threads}")
+        if self.warmup < 0:
+            raise TledgeError(f"--warmup must be 0 or more, got {self.warmup}")
+
+
+def latency_stats(ms: Sequence[float]) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std())}
+
+
+def frames(seed: int, n: int = N_FRAMES) -> np.ndarray:
+    """Fixed camera-sized frames: smooth random colour fields (not white noise, which no camera
+    produces and which makes resizing look more expensive than it is)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 12, 16, 3), dtype=np.uint8)
+    from tledge.runtime.preprocess import resize_rgb
+    return np.stack([resize_rgb(s, FRAME_SHAPE[:2]) for s in small])
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def _time_loop(fn: Callable[[int], None], runs: int, warmup: int) -> list[float]:
+    for i in range(warmup):
+        fn(i)
+    out = []
+    for i in range(runs):
+        start = time.perf_counter()
+        fn(i)
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
+    """One TFLite model at one thread count, in this process."""
+    from tledge.runtime import Classifier, make_interpreter
+
+    rss0 = _rss_mb()
+    start = time.perf_counter()
+    interpreter = make_interpreter(path, options.backend, threads)
+    clf = Classifier(path, interpreter=interpreter)
+    load_ms = (time.perf_counter() - start) * 1000
+    inputs = frames(options.seed)
+    prepared = np.stack([clf.preprocess(f) for f in inputs])
+    index = clf._input["index"]
+
+    def bare(i: int) -> None:
+        interpreter.invoke()
+
+    start = time.perf_counter()
+    interpreter.set_tensor(index, prepared[:1])
+    interpreter.invoke()
+    first_ms = (time.perf_counter() - start) * 1000
+    interpreter.set_tensor(index, prepared[:1])
+    invoke_ms = _time_loop(bare, options.runs, options.warmup)
+    classify_ms = _time_loop(lambda i: clf.classify(inputs[i % len(inputs)], top_k=5),
+                             options.runs, options.warmup)
+    backend = interpreter._tledge_backend
+    return {"backend": f"{backend.name} {backend.version}", "device": "cpu",
+            "input_dtype": clf.input_dtype.name, "load_ms": load_ms, "first_ms": first_ms,
+            "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
+            "memory_mb": _rss_mb() - rss0, "peak_rss_mb": _peak_rss_mb(),
+            "accuracy": _accuracy(path, options, backend=options.backend, threads=threads)}
+
+
+def measure_keras(run: str, options: BenchOptions) -> dict:
+    """The float Keras model of a run folder, batch 1, as a compiled tf.function."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from tledge import rundir
+    from tledge.runtime import top_classes
+    from tledge.runtime.preprocess import resize_rgb
+
+    rundir.require_run(Path(run))
+    gpus = tf.config.list_logical_devices("GPU")
+    device = "gpu" if gpus else "cpu"
+    rss0 = _rss_mb()
+    start = time.perf_counter()
+    model = keras.models.load_model(Path(run) / rundir.FLOAT_MODEL, compile=False)
+    size = model.input_shape[1:3]
+    labels = fileio.read_labels(Path(run) / rundir.LABELS)
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    load_ms = (time.perf_counter() - start) * 1000
+    inputs = frames(options.seed)
+    prepared = tf.constant(np.stack([resize_rgb(f, size) for f in inputs]).astype(np.float32))
+
+    def bare(i: int) -> None:
+        call(prepared[i % len(inputs)][None]).numpy()
+
+    def classify(i: int) -> None:
+        x = resize_rgb(inputs[i % len(inputs)], size).astype(np.float32)[None]
+        top_classes(call(x).numpy()[0], labels, 5)
+
+    start = time.perf_counter()
+    bare(0)  # traces the function
+    first_ms = (time.perf_counter() - start) * 1000
+    invoke_ms = _time_loop(bare, options.runs, options.warmup)
+    classify_ms = _time_loop(classify, options.runs, options.warmup)
+    return {"backend": f"tensorflow {tf.__version__}", "device": device,
+            "input_dtype": "float32", "load_ms": load_ms, "first_ms": first_ms,
+            "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
+            "memory_mb": _rss_mb() - rss0, "peak_rss_mb": _peak_rss_mb(),
+            "accuracy": _accuracy(run, options)}
+
+
+def _accuracy(model: str, options: BenchOptions, **kwargs) -> Optional[float]:
+    if not options.data:
+        return None
+    from tledge.evaluate import evaluate, evaluation_images, load_predictor
+
+    predictor = load_predictor(model, **kwargs)
+    x, y, _ = evaluation_images(options.data, predictor, options.limit)
+    return evaluate(predictor, x, y)["accuracy"]
+
+
+def describe_model(model: str) -> dict:
+    path = Path(model)
+    if path.is_dir():
+        from tledge import rundir
+        rundir.require_run(path)
+        size = (path / rundir.FLOAT_MODEL).stat().st_size
+        return {"model": str(path), "name": path.name, "format": "keras-float",
+                "size_bytes": size}
+    from tledge.runtime import check_tflite_file
+    check_tflite_file(path)
+    stem = path.stem
+    fmt = stem.split("_")[-1] if stem.startswith("model_") else "tflite"
+    return {"model": str(path), "name": f"{path.parent.name}/{path.name}", "format": fmt,
+            "size_bytes": path.stat().st_size}
+
+
+def machine_info() -> tuple[dict, list[str]]:
+    """What the numbers were measured on, and warnings that make them suspect."""
+    info = {"python": platform.python_version(), "os": platform.platform(),
+            "arch": platform.machine(), "cores": os.cpu_count()}
+    warnings = []
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if line.lower().startswith(("model name", "hardware"))]
+        info["cpu"] = names[0] if names else platform.processor() or platform.machine()
+    except OSError:
+        info["cpu"] = platform.processor() or platform.machine()
+    board = Path("/proc/device-tree/model")
+    if board.exists():
+        info["board"] = board.read_text(errors="ignore").strip("\x00 \n")
+    governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    if governor.exists():
+        info["governor"] = governor.read_text().strip()
+        if info["governor"] != "performance":
+            warnings.append(f"CPU governor is '{info['governor']}', not 'performance': latency "
+                            "will vary (echo performance | sudo tee /sys/devices/system/cpu/"
+                            "cpu*/cpufreq/scaling_governor)")
+    if shutil.which("vcgencmd"):
+        for key, args in (("temperature", ["measure_temp"]), ("throttled", ["get_throttled"])):
+            try:
+                out = subprocess.run(["vcgencmd", *args], capture_output=True, text=True,
+                                     timeout=5).stdout.strip()
+                info[key] = out.split("=", 1)[-1]
+            except (OSError, subprocess.SubprocessError):
+                pass
+        if info.get("throttled") not in (None, "0x0"):
+            warnings.append(f"the board reports throttling ({info['throttled']}): check the power "
+                            "supply and cooling before trusting these numbers")
+    info["machine_id"] = machine_id(info)
+    return info, warnings
+
+
+def machine_id(info: dict) -> str:
+    """A short file-name-safe name for the machine class: the board, else CPU and cores."""
+    base = info.get("board") or f"{info.get('cpu', 'cpu')}-{info.get('cores')}core"
+    keep = "".join(c if c.isalnum() else "-" for c in base.lower())
+    while "--" in keep:
+        keep = keep.replace("--", "-")
+    return keep.strip("-")[:60]
+
+
+def run_worker(spec: dict) -> dict:
+    """Measure in a fresh process: ``python -m tledge.bench '<json spec>'``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "tledge.bench", json.dumps(spec)],
+                          capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+        tail = err[-1] if err else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise TledgeError(f"benchmarking {spec['model']} failed: {tail[:200]}")
+    return json.loads(lines[-1])
+
+
+def bench(models: Sequence[str], options: BenchOptions,
+          echo: Callable[[str], None] = print) -> dict:
+    """Measure every model (and every thread count for TFLite files)."""
+    from tqdm import tqdm
+
+    described = [describe_model(m) for m in models]  # fail fast on a bad path
+    info, warnings = machine_info()
+    for w in warnings:
+        echo(f"WARNING: {w}")
+    jobs = []
+    for d in described:
+        if d["format"] == "keras-float":
+            jobs.append((d, None))
+        else:
+            jobs.extend((d, t) for t in options.threads)
+    rows = []
+    opts = {k: getattr(options, k) for k in ("runs", "warmup", "data", "limit", "backend",
+                                            "seed")}
+    for d, threads in tqdm(jobs, desc="benchmarking", unit="model", disable=None):
+        spec = {"model": d["model"], "threads": threads, "options": opts}
+        result = run_worker(spec)
+        row = {**d, "threads": threads, **result}
+        row["throughput_ips"] = 1000.0 / row["classify"]["mean"]
+        row["classify_overhead_pct"] = 100.0 * (row["classify"]["p50"] / row["invoke"]["p50"] - 1)
+        rows.append(row)
+    return {"machine": info, "warnings": warnings, "options": opts,
+            "threads": list(options.threads), "results": rows,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _worker_main(spec_json: str) -> None:
+    spec = json.loads(spec_json)
+    opts = spec["options"]
+    options = BenchOptions(threads=(spec["threads"] or 1,), **opts)
+    if Path(spec["model"]).is_dir():
+        result = measure_keras(spec["model"], options)
+    else:
+        result = measure_tflite(spec["model"], spec["threads"], options)
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------- reports
+
+COLUMNS = [("model", 34), ("format", 11), ("thr", 3), ("size MB", 7), ("load ms", 7),
+           ("1st ms", 7), ("invoke p50", 10), ("classify p50", 12), ("p90", 7), ("p99", 7),
+           ("img/s", 6), ("overhead", 8), ("mem MB", 6), ("acc", 6)]
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    out = []
+    for r in report["results"]:
+        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        out.append([r["name"], r["format"] + (" (gpu)" if r["device"] == "gpu" else ""),
+                    "-" if r["threads"] is None else str(r["threads"]),
+                    f"{r['size_bytes'] / 1e6:.2f}", f"{r['load_ms']:.0f}", f"{r['first_ms']:.1f}",
+                    f"{r['invoke']['p50']:.2f}", f"{r['classify']['p50']:.2f}",
+                    f"{r['classify']['p90']:.2f}", f"{r['classify']['p99']:.2f}",
+                    f"{r['throughput_ips']:.1f}", f"{r['classify_overhead_pct']:+.1f}%",
+                    f"{r['memory_mb']:.0f}", acc])
+    return out
+
+
+def format_table(report: dict) -> str:
+    widths = [max(w, len(h)) for h, w in COLUMNS]
+    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(COLUMNS, widths))]
+    for row in table_rows(report):
+        lines.append("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)))
+    return "\n".join(lines)
+
+
+def to_markdown(report: dict) -> str:
+    m = report["machine"]
+    head = [h for h, _ in COLUMNS]
+    lines = [f"# tledge bench: {m['machine_id']}", "",
+             f"- machine: {m.get('board', m['cpu'])}, {m['cores']} cores, {m['arch']}, {m['os']}",
+             f"- Python {m['python']}; backend {report['results'][0]['backend'] if report['results'] else '-'}",
+             f"- {report['options']['runs']} timed runs after {report['options']['warmup']} "
+             f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
+             "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "
+             "p50 over bare invoke() p50",
+             f"- measured {report['time']}", ""]
+    lines += [f"> WARNING: {w}" for w in report["warnings"]]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(report: dict) -> str:
+    buf = io.StringIO()
+    fields = ["name", "model", "format", "device", "backend", "threads", "size_bytes", "load_ms",
+              "first_ms"] + [f"invoke_{s}" for s in STAT_FIELDS] + \
+             [f"classify_{s}" for s in STAT_FIELDS] + \
+             ["throughput_ips", "classify_overhead_pct", "memory_mb", "peak_rss_mb", "accuracy"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in report["results"]:
+        flat = {k: r.get(k) for k in fields}
+        for kind in ("invoke", "classify"):
+            for s in STAT_FIELDS:
+                flat[f"{kind}_{s}"] = r[kind][s]
+        writer.writerow(flat)
+    return buf.getvalue()
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    labels = [f"{r['name']}\n{r['format']}" + (f" x{r['threads']}" if r["threads"] else
+                                                 f" ({r['device']})") for r in rows]
+    p50 = [r["classify"]["p50"] for r in rows]
+    err = [[r["classify"]["p50"] - r["classify"]["p50"] for r in rows],
+           [r["classify"]["p90"] - r["classify"]["p50"] for r in rows]]
+    colours = {"fp32": "C0", "fp16": "C1", "dynamic": "C2", "int8": "C3", "keras-float": "C7"}
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5), layout="constrained")
+    y = np.arange(len(rows))
+    ax.barh(y, p50, xerr=err, color=[colours.get(r["format"], "C4") for r in rows],
+            capsize=3)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("classify latency, ms (bar: p50, whisker: p90)")
+    ax.set_title(f"tledge bench on {report['machine']['machine_id']}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_outputs(report: dict, json_path=None, csv_path=None, md_path=None,
+                  chart_path=None) -> list[Path]:
+    written = []
+    if json_path:
+        written.append(fileio.write_json(json_path, report))
+    if csv_path:
+        written.append(fileio.write_text(csv_path, to_csv(report)))
+    if md_path:
+        written.append(fileio.write_text(md_path, to_markdown(report)))
+    if chart_path:
+        plot(report, Path(chart_path))
+        written.append(Path(chart_path))
+    return written
+
+
+if __name__ == "__main__":  # the worker
+    try:
+        _worker_main(sys.argv[1])
+    except TledgeError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
