@@ -43,8 +43,8 @@ demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export
 	$(BIN)/tledge export $(DEMO_OUT) --int8 --fp32 --overwrite
 	$(BIN)/tledge evaluate $(DEMO_OUT)/export/model_int8.tflite --data shapes --overwrite
 
-bench: install  ## the benchmarks that exist so far: feature cache vs plain frozen fit
-	$(BIN)/python benchmarks/feature_cache.py --weights $(WEIGHTS)
+bench: install  ## every format of MobileNetV2 (224, 96) and ResNet50 side by side, on this machine
+	$(BIN)/python benchmarks/run.py --weights $(WEIGHTS)
 
 lint: install
 	$(BIN)/ruff check tledge tests benchmarks

@@ -44,7 +44,7 @@ def main(data, image_size, limit, epochs, repeats, weights, out):
         model=dict(weights=weights), train=dict(seed=42))
     config = config.override(train=dict(frozen=PhaseHParams(epochs=epochs, learning_rate=1e-3)))
     splits = data_mod.load(config.data, config.train.seed)
-    evaluation = splits.test or splits.val
+    evaluation = splits.test if splits.test is not None else splits.val
     rows = {True: [], False: []}
     for r in range(repeats):
         for cache in ((True, False) if r % 2 == 0 else (False, True)):

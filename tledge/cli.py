@@ -274,5 +274,37 @@ def doctor(no_tensorflow):
         raise TledgeError("no TFLite runtime can load a model here: pip install 'tledge[pi]'")
 
 
+@main.command()
+@click.option("--model", required=True, type=click.Path(),
+              help="The .tflite model to show (or a run folder).")
+@click.option("--source", default="0", show_default=True, help="Camera index, /dev/videoN, a "
+              "video file, a folder of images, an rtsp:// or http:// stream, or 'picamera'.")
+@click.option("--compare", type=click.Path(), help="A second model on the same frames: the "
+              "fp32 .tflite, or a run folder's float Keras model (needs TensorFlow).")
+@click.option("--headless", is_flag=True, help="No window; print a status line per second.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Write one JSON line per frame.")
+@click.option("--record", type=click.Path(dir_okay=False), help="Write the annotated video (.mp4).")
+@click.option("--max-frames", type=int, help="Stop after N frames.")
+@click.option("--duration", type=float, help="Stop after S seconds.")
+@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
+@click.option("--top-k", type=int, default=3, show_default=True, help="Labels shown per frame.")
+@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
+              help="TFLite interpreter.  [default: the first installed]")
+@click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
+def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
+           top_k, backend, overwrite):
+    """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
+    from tledge.camera import CameraOptions, run_camera
+
+    for path in (output, record):
+        if path and Path(path).exists() and not overwrite:
+            raise TledgeError(f"{path} already exists: pass --overwrite or another file name")
+    options = CameraOptions(model=model, source=source, compare=compare, headless=headless,
+                            output=output, record=record, max_frames=max_frames,
+                            duration=duration, threads=threads, top_k=top_k, backend=backend)
+    summary = run_camera(options, echo=click.echo)
+    click.echo(summary.format())
+
+
 if __name__ == "__main__":  # python -m tledge.cli
     main()

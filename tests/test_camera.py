@@ -1,0 +1,96 @@
+"""tledge camera on a video the test writes itself with OpenCV, and on a folder of images."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import COLOURS, LABELS
+from tledge.camera import CameraOptions, run_camera
+from tledge.errors import TledgeError
+
+cv2 = pytest.importorskip("cv2")
+pytestmark = pytest.mark.slow
+N_FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def colour_video(tmp_path_factory):
+    """24 frames, 6 of each colour, at 80x60 with a little noise, as mp4."""
+    path = tmp_path_factory.mktemp("video") / "colours.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (80, 60))
+    rng = np.random.default_rng(0)
+    for i in range(N_FRAMES):
+        rgb = COLOURS[i // 6][None, None, :] + rng.normal(0, 10, (60, 80, 3))
+        writer.write(cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    writer.release()
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) == N_FRAMES
+    return path
+
+
+def test_headless_video_with_output_compare_and_record(colour_tflite, colour_video, tmp_path):
+    out, rec = tmp_path / "frames.jsonl", tmp_path / "annotated.mp4"
+    lines = []
+    summary = run_camera(CameraOptions(
+        model=str(colour_tflite["int8"]), source=str(colour_video),
+        compare=str(colour_tflite["fp32"]), headless=True, output=str(out), record=str(rec),
+        threads=1, top_k=2), echo=lines.append)
+    assert summary.frames == N_FRAMES and summary.reason == "end of source"
+    assert summary.corrupt == 0 and summary.dropped == 0
+    assert set(summary.stages) == {"capture", "preprocess", "inference", "compare", "overlay"}
+    assert summary.agreement is not None and summary.agreement >= 0.9
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in records] == list(range(N_FRAMES))
+    for r in records:
+        assert {"frame", "timestamp", "top_k", "latency_ms", "compare_top_k", "agree"} <= set(r)
+        assert len(r["top_k"]) == 2 and set(r["latency_ms"]) == {"model_int8.tflite",
+                                                                  "model_fp32.tflite"}
+    predicted = [r["top_k"][0][0] for r in records]
+    assert predicted[:6] == ["red"] * 6 and predicted[-6:] == ["yellow"] * 6
+    video = cv2.VideoCapture(str(rec))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == N_FRAMES
+    ok, frame = video.read()
+    assert ok and frame.shape == (60, 80, 3)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+    assert "agreement" in summary.format()
+
+
+def test_max_frames_and_folder_of_images(colour_tflite, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, rgb in enumerate(COLOURS):
+        cv2.imwrite(str(folder / f"{i}_{LABELS[i]}.png"),
+                    np.full((30, 40, 3), rgb[::-1], np.uint8))
+    (folder / "9_broken.png").write_bytes(b"not a png")
+    summary = run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=str(folder),
+                                       headless=True, output=str(tmp_path / "o.jsonl")),
+                         echo=lambda s: None)
+    assert summary.frames == 4 and summary.corrupt == 1
+    labels = [json.loads(x)["top_k"][0][0] for x in (tmp_path / "o.jsonl").read_text().split("\n")
+              if x]
+    assert labels == LABELS
+    short = run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=str(folder),
+                                     headless=True, max_frames=2), echo=lambda s: None)
+    assert short.frames == 2 and short.reason == "--max-frames 2"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("7", "cannot open camera 7: cameras found"),
+    ("/no/such/video.mp4", "neither a camera index"),
+])
+def test_bad_source_fails_cleanly(colour_tflite, source, message):
+    with pytest.raises(TledgeError, match=message):
+        run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=source, headless=True),
+                   echo=lambda s: None)
+
+
+def test_missing_model_and_cli_one_line_error(colour_video, tmp_path):
+    with pytest.raises(TledgeError, match="does not exist"):
+        run_camera(CameraOptions(model=str(tmp_path / "none.tflite"), source=str(colour_video)))
+    proc = subprocess.run([sys.executable, "-m", "tledge.cli", "camera", "--model",
+                           str(tmp_path / "none.tflite"), "--source", str(colour_video),
+                           "--headless"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
