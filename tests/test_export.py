@@ -138,3 +138,23 @@ def test_truncated_tflite_is_refused(colour_run, tmp_path):
     path.write_bytes(raw[: len(raw) // 3])
     with pytest.raises(TledgeError, match="truncated or corrupt"):
         Classifier(path)
+
+
+def test_range_calibration_makes_a_fresh_qat_model_match_the_float_one(colour_run):
+    """Without it tfmot starts every activation range at [-6, 6] and the QAT model begins far
+    from the float model it wraps (here: at chance)."""
+    from tledge.data.pipeline import batches
+    from tledge.qat import calibrate_ranges
+
+    _, splits, model = colour_run
+    x = splits.val.x.astype(np.float32)
+    reference = model.predict(x, verbose=0)
+    qat = make_qat_model(model)
+    before = np.abs(qat.predict(x, verbose=0) - reference).max()
+    assert calibrate_ranges(qat, batches(splits.train.x, splits.train.y, 16).repeat().take(50))
+    after = qat.predict(x, verbose=0)
+    assert np.mean(after.argmax(1) == reference.argmax(1)) == 1.0
+    assert np.abs(after - reference).max() < 0.05 < before
+    preprocess_max = [v for v in qat.non_trainable_variables
+                      if v.name.startswith("quant_preprocess/output_max")][0]
+    assert abs(float(preprocess_max.numpy()) - 1.0) < 0.05  # x / 127.5 - 1 tops out at 1

@@ -131,3 +131,20 @@ def test_same_seed_same_run(tiny_splits, tmp_path):
     runs = [train(config, tmp_path / f"r{i}", splits=tiny_splits, echo=lambda s: None)
             for i in range(2)]
     assert runs[0].phases[-1].history == runs[1].phases[-1].history
+
+
+def test_init_from_a_run_skips_to_qat(tiny_splits, tmp_path):
+    from tledge.config import QATHParams
+    first = train(tiny_config(), tmp_path / "a", splits=tiny_splits, echo=lambda s: None)
+    config = tiny_config(frozen=PhaseHParams(epochs=0),
+                         finetune=tiny_config().train.finetune.__class__(epochs=0),
+                         qat=QATHParams(enabled=True, epochs=1, learning_rate=1e-5),
+                         init_from=str(tmp_path / "a"))
+    second = train(config, tmp_path / "b", splits=tiny_splits, echo=lambda s: None)
+    x = tiny_splits.val.x[:4].astype(np.float32)
+    np.testing.assert_allclose(second.model.predict(x, verbose=0),
+                               first.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert [p.name for p in second.phases] == ["qat"]
+    assert (tmp_path / "b" / rundir.QAT_MODEL).is_file()
+    with pytest.raises(TledgeError, match="takes 32px images"):
+        train(config.override(data={"image_size": 48}), tmp_path / "c", echo=lambda s: None)

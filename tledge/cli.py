@@ -109,13 +109,15 @@ D, M, F, FT, Q, T = DataOptions, ModelOptions, PhaseHParams, FineTuneHParams, QA
               help="float16 compute on GPU.  [default: off]")
 @click.option("--feature-cache/--no-feature-cache", default=None, help="Without augmentation, "
               "fit phase 1 on backbone features computed once.  [default: on]")
+@click.option("--init-from", type=click.Path(file_okay=False), help="Start from this run "
+              "folder's float model (e.g. to redo QAT: --epochs-frozen 0 --epochs-finetune 0).")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, backbone, alpha,
           weights, head_units, dropout, epochs_frozen, lr, epochs_finetune, lr_finetune,
           unfreeze, qat, epochs_qat, lr_qat, early_stop, seed, strategy, mixed_precision,
-          feature_cache, out, overwrite):
+          feature_cache, init_from, out, overwrite):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
     config = config.override(
@@ -128,7 +130,8 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                                  unfreeze=unfreeze),
                    qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy,
-                   mixed_precision=mixed_precision, feature_cache=feature_cache))
+                   mixed_precision=mixed_precision, feature_cache=feature_cache,
+                   init_from=init_from))
     from tledge import rundir
     from tledge.train import train as run_training
 

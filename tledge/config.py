@@ -152,6 +152,8 @@ class TrainOptions:
       mixed_precision: float16 compute on GPU (ignored, with a warning, on a CPU).
       feature_cache: when augmentation is off, phase 1 computes the backbone's features once and
         fits the head on them, then puts the head's weights back into the full model.
+      init_from: start from this run folder's float model instead of fresh backbone weights
+        (to redo QAT, or fine-tune further, without repeating the earlier phases).
     """
 
     frozen: PhaseHParams = field(default_factory=PhaseHParams)
@@ -162,6 +164,7 @@ class TrainOptions:
     strategy: str = "auto"
     mixed_precision: bool = False
     feature_cache: bool = True
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

@@ -329,8 +329,12 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
     result = TrainResult(out=out)
     with precision_policy(config.train.mixed_precision):
         with strategy.scope():
-            model = build_classifier(config.model, len(splits.class_names),
-                                     config.data.image_size)
+            if config.train.init_from:
+                model = load_initial_model(Path(config.train.init_from), splits,
+                                           config.data.image_size)
+            else:
+                model = build_classifier(config.model, len(splits.class_names),
+                                         config.data.image_size)
         result.model = model
         if overwrite:
             rundir.clear_stale(out)
@@ -376,6 +380,22 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
         write_reports(out, result.phases, splits, status="complete")
     echo(f"run saved in {out}")
     return result
+
+
+def load_initial_model(run: Path, splits: Splits, image_size: int):
+    """A run's float model, checked against this run's classes and input size."""
+    import tf_keras as keras
+
+    rundir.require_run(run)
+    labels = fileio.read_labels(run / rundir.LABELS)
+    if labels != list(splits.class_names):
+        raise TledgeError(f"--init-from {run} was trained on other classes ({', '.join(labels[:4])}"
+                          "...): start from a run on the same data")
+    model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
+    if tuple(model.input_shape[1:3]) != (image_size, image_size):
+        raise TledgeError(f"--init-from {run} takes {model.input_shape[1]}px images, not "
+                          f"{image_size}px: pass --image-size {model.input_shape[1]}")
+    return model
 
 
 def load_history(out: Path) -> dict:
