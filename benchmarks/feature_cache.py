@@ -14,7 +14,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import click
 

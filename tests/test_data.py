@@ -22,7 +22,10 @@ def mixed_folder(tmp_path):
     """Three classes, every supported format and mode, plus junk that must be skipped."""
     root = tmp_path / "pics"
     rng = np.random.default_rng(0)
-    rgb = lambda: Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+
+    def rgb():
+        return Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+
     for cls in ("cat", "dog", "fox"):
         _write(root / cls, "a.jpg", rgb())
         _write(root / cls, "b.png", rgb().convert("L"))          # grayscale

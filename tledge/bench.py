@@ -337,7 +337,8 @@ def to_markdown(report: dict) -> str:
     head = [h for h, _ in COLUMNS]
     lines = [f"# tledge bench: {m['machine_id']}", "",
              f"- machine: {m.get('board', m['cpu'])}, {m['cores']} cores, {m['arch']}, {m['os']}",
-             f"- Python {m['python']}; backend {report['results'][0]['backend'] if report['results'] else '-'}",
+             f"- Python {m['python']}; backends: "
+             f"{', '.join(sorted({r['backend'] for r in report['results']})) or '-'}",
              f"- {report['options']['runs']} timed runs after {report['options']['warmup']} "
              f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
              "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "

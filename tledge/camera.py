@@ -135,7 +135,6 @@ class Source:
 
 
 def open_source(spec: str) -> Source:
-    import cv2
 
     if spec.lower() in ("picamera", "picamera2"):
         return _open_picamera()

@@ -61,7 +61,8 @@ def main(verbose: bool) -> None:
     _quiet_tensorflow()
 
 
-D, M, F, FT, Q, T = DataOptions, ModelOptions, PhaseHParams, FineTuneHParams, QATHParams, TrainOptions
+D, M, T = DataOptions, ModelOptions, TrainOptions
+F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 
 
 @main.command()
@@ -102,7 +103,8 @@ D, M, F, FT, Q, T = DataOptions, ModelOptions, PhaseHParams, FineTuneHParams, QA
 @click.option("--lr-qat", type=float, help=f"[default: {_default(Q, 'learning_rate')}]")
 @click.option("--early-stop", type=int,
               help="Stop a phase after N epochs without better validation accuracy.")
-@click.option("--seed", type=int, help=f"Makes a run repeatable.  [default: {_default(T, 'seed')}]")
+@click.option("--seed", type=int,
+              help=f"Makes a run repeatable.  [default: {_default(T, 'seed')}]")
 @click.option("--strategy", type=click.Choice(STRATEGIES),
               help="auto: MirroredStrategy when more than one GPU is visible.  [default: auto]")
 @click.option("--mixed-precision/--no-mixed-precision", default=None,

@@ -282,7 +282,8 @@ class ExportOptions:
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
-            raise TledgeError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
+            raise TledgeError(
+                f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
         if self.calibration < 1:
             raise TledgeError(f"--calibration must be at least 1 image, got {self.calibration}")
         if self.max_drop < 0:

@@ -346,7 +346,8 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
             else:
                 model = float_model
         else:
-            qconfig = {"fp32": QuantizationConfig.for_float32, "fp16": QuantizationConfig.for_float16,
+            qconfig = {"fp32": QuantizationConfig.for_float32,
+                       "fp16": QuantizationConfig.for_float16,
                        "dynamic": QuantizationConfig.for_dynamic}[fmt]()
             model = float_model
         echo(f"converting {fmt} from the {qconfig.source} model"

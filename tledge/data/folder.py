@@ -6,13 +6,16 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from tqdm import tqdm
 
 from tledge.errors import TledgeError
 from tledge.runtime.preprocess import load_image
+
+if TYPE_CHECKING:
+    from tledge.data import ImageSet
 
 log = logging.getLogger(__name__)
 

@@ -77,9 +77,10 @@ def draw_shape(label: int, seed: int, split: str, index: int, size: int) -> np.n
         for a in (rot, rot + math.pi / 2):
             dx, dy = math.cos(a), math.sin(a)
             px, py = -dy * w, dx * w
-            draw.polygon([(cx - dx * r + px, cy - dy * r + py), (cx + dx * r + px, cy + dy * r + py),
-                          (cx + dx * r - px, cy + dy * r - py), (cx - dx * r - px, cy - dy * r - py)],
-                         fill=fill)
+            draw.polygon([(cx - dx * r + px, cy - dy * r + py),
+                          (cx + dx * r + px, cy + dy * r + py),
+                          (cx + dx * r - px, cy + dy * r - py),
+                          (cx - dx * r - px, cy - dy * r - py)], fill=fill)
     elif name == "ring":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(2, int(r * 0.3)))
     elif name == "star":
@@ -91,7 +92,8 @@ def generate(per_class: int, size: int, seed: int, split: str = "train"):
     """(x uint8 (N, size, size, 3), y int32 (N,)) with ``per_class`` images of every class."""
     x = np.empty((per_class * len(CLASSES), size, size, 3), np.uint8)
     y = np.repeat(np.arange(len(CLASSES), dtype=np.int32), per_class)
-    for i, (label, index) in enumerate((c, k) for c in range(len(CLASSES)) for k in range(per_class)):
+    pairs = ((c, k) for c in range(len(CLASSES)) for k in range(per_class))
+    for i, (label, index) in enumerate(pairs):
         x[i] = draw_shape(label, seed, split, index, size)
     return x, y
 

@@ -139,7 +139,7 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
 
 
 def backbone_layers(model) -> list:
-    """The backbone's layers of a flat classifier, input to output (no input, preprocess or head)."""
+    """The backbone's layers of a flat classifier, input to output (no input, preprocess, head)."""
     keras = _keras()
     return [layer for layer in model.layers
             if not isinstance(layer, keras.layers.InputLayer)
@@ -150,7 +150,8 @@ def head_layers(model) -> list:
     return [layer for layer in model.layers if layer.name in HEAD_LAYERS]
 
 
-def set_backbone_trainable(model, unfreeze: str | None, freeze_batchnorm: bool = True) -> int:
+def set_backbone_trainable(model, unfreeze: str | None,
+                           freeze_batchnorm: bool = True) -> int:
     """Freeze the backbone, then unfreeze its top: ``unfreeze`` is None (nothing), a count of
     top layers, a layer name (it and everything after), or 'all'.
 
