@@ -369,7 +369,9 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
                 result.phases.append(phase)
                 result.qat_model = qat_model
                 echo(f"phase qat: {len(phase.history.get('loss', []))} epoch(s) in "
-                     f"{phase.seconds:.1f}s, best val_accuracy {phase.val_accuracy:.4f}")
+                     f"{phase.seconds:.1f}s, best val_accuracy {phase.val_accuracy:.4f}"
+                     + (f", test accuracy {phase.test_accuracy:.4f}"
+                        if phase.test_accuracy is not None else ""))
         except KeyboardInterrupt:
             write_reports(out, result.phases, splits, status=f"interrupted during {current}")
             done = ", ".join(p.name for p in result.phases) or "none"

@@ -1,0 +1,88 @@
+"""End-to-end FPS of `tledge camera` on a video file against 1 / (p50 inference time).
+
+    python benchmarks/camera_fps.py --model benchmarks/models/mobilenet_v2_1_224/model_int8.tflite
+
+Writes a 640x480 video of generated shapes, times the model's bare inference at one thread
+(p50), then runs the camera pipeline headless on the video with --threads 1, so capture and
+drawing have the other core. Capture, preprocessing and drawing overlap inference when the
+pipeline works: FPS close to 1 / p50. Results: benchmarks/results/camera_<machine>.md and .json.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+@click.command()
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--frames", default=300, show_default=True)
+@click.option("--runs", default=100, show_default=True, help="Timed bare inferences.")
+@click.option("--results-dir", default=str(HERE / "results"), show_default=True)
+def main(model, frames, runs, results_dir):
+    import tempfile
+
+    import cv2
+
+    from tledge import fileio
+    from tledge.bench import latency_stats, machine_info
+    from tledge.camera import CameraOptions, run_camera
+    from tledge.data.shapes import CLASSES, draw_shape
+    from tledge.runtime import Classifier
+
+    tmp = Path(tempfile.mkdtemp())
+    video = tmp / "shapes.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
+    for i in range(frames):
+        square = draw_shape(i % len(CLASSES), 0, "test", i, 480)
+        frame = np.zeros((480, 640, 3), np.uint8)
+        frame[:, 80:560] = square
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+    clf = Classifier(model, threads=1)
+    x = clf.preprocess(np.zeros((480, 640, 3), np.uint8))[None]
+    for _ in range(10):
+        clf.invoke(x)
+    ms = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        clf.invoke(x)
+        ms.append(1000 * (time.perf_counter() - t0))
+    inference = latency_stats(ms)
+    summary = run_camera(CameraOptions(model=model, source=str(video), headless=True,
+                                       threads=1), echo=lambda s: None)
+    ideal = 1000.0 / inference["p50"]
+    ratio = summary.fps / ideal
+    info, _ = machine_info()
+    result = {"model": model, "frames": summary.frames, "fps": summary.fps,
+              "inference_ms": inference, "ideal_fps": ideal, "ratio": ratio,
+              "stages": summary.stages, "machine": info,
+              "command": f"python benchmarks/camera_fps.py --model {model} --frames {frames} "
+                         f"--runs {runs}"}
+    stem = Path(results_dir) / f"camera_{info['machine_id']}"
+    fileio.write_json(f"{stem}.json", result)
+    lines = [f"# tledge camera FPS on {info['machine_id']}", "",
+             f"Command: `{result['command']}`  ",
+             f"Machine: {info['cpu']}, {info['cores']} cores. Video: {frames} frames 640x480 "
+             "(generated shapes, mp4v). Interpreter threads: 1.", "",
+             "| measure | value |", "|---|---:|",
+             f"| bare inference p50 (1 thread) | {inference['p50']:.2f} ms |",
+             f"| 1 / p50 | {ideal:.1f} FPS |",
+             f"| camera end-to-end | {summary.fps:.1f} FPS ({summary.frames} frames) |",
+             f"| ratio | {100 * ratio:.1f}% |"]
+    for stage, s in summary.stages.items():
+        lines.append(f"| {stage} p50 / p90 | {s['p50']:.2f} / {s['p90']:.2f} ms |")
+    fileio.write_text(f"{stem}.md", "\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+    os.remove(video)
+
+
+if __name__ == "__main__":
+    main()
