@@ -40,8 +40,11 @@ def test_frozen_phase_changes_only_the_head(tiny_splits, augment):
                for k, v in _weights(head_layers(model)).items())
 
 
-def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(tiny_splits):
-    config = tiny_config().override(data={"augment": True})
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(tiny_splits,
+                                                                              schedule):
+    config = tiny_config().override(data={"augment": True},
+                                    train={"finetune": {"schedule": schedule}})
     model = _model(config, tiny_splits)
     layers = backbone_layers(model)
     before = _weights(layers)
@@ -55,6 +58,12 @@ def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(ti
     bn_stats = [w.name for layer in layers if isinstance(layer, keras.layers.BatchNormalization)
                 for w in layer.weights if "moving" in w.name]
     assert bn_stats and not changed.intersection(bn_stats)
+    lr = model.optimizer.learning_rate
+    if schedule == "cosine":  # decays to 1% of the phase's rate by its last step
+        steps = -(-len(tiny_splits.train) // config.data.batch_size)
+        assert float(lr(steps)) == pytest.approx(0.01 * 1e-3, rel=1e-3)
+    else:
+        assert float(lr.numpy()) == pytest.approx(1e-3)
 
 
 def test_feature_cache_gives_the_same_head_as_a_plain_fit(tiny_splits):

@@ -97,6 +97,8 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               help=f"Phase 2 learning rate.  [default: {_default(FT, 'learning_rate')}]")
 @click.option("--unfreeze", help="Phase 2: number of top backbone layers to unfreeze, the name "
               f"of the first one, or 'all'.  [default: {_default(FT, 'unfreeze')}]")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), help="Phase 2: "
+              "constant, or cosine decay to 1% over the phase.  [default: constant]")
 @click.option("--qat/--no-qat", default=None,
               help="Phase 3, quantization-aware training.  [default: qat]")
 @click.option("--epochs-qat", type=int, help=f"[default: {_default(Q, 'epochs')}]")
@@ -118,8 +120,8 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, backbone, alpha,
           weights, head_units, dropout, epochs_frozen, lr, epochs_finetune, lr_finetune,
-          unfreeze, qat, epochs_qat, lr_qat, early_stop, seed, strategy, mixed_precision,
-          feature_cache, init_from, out, overwrite):
+          unfreeze, lr_schedule, qat, epochs_qat, lr_qat, early_stop, seed, strategy,
+          mixed_precision, feature_cache, init_from, out, overwrite):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
     config = config.override(
@@ -129,7 +131,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    dropout=dropout),
         train=dict(frozen=dict(epochs=epochs_frozen, learning_rate=lr),
                    finetune=dict(epochs=epochs_finetune, learning_rate=lr_finetune,
-                                 unfreeze=unfreeze),
+                                 unfreeze=unfreeze, schedule=lr_schedule),
                    qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,

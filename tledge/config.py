@@ -19,6 +19,7 @@ from tledge.errors import TledgeError
 BACKBONES = ("mobilenet_v2", "resnet50")
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "none")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,22 @@ class FineTuneHParams(PhaseHParams):
       epochs: as in PhaseHParams.
       learning_rate: as in PhaseHParams; the Keras guide uses about 1/10 to 1/100 of phase 1's.
       unfreeze: how much of the backbone trains: a number of its top layers, the name of the
-        first layer to unfreeze (everything after it too), or ``all``. BatchNorm layers always
-        stay frozen, in inference mode.
+        first layer to unfreeze (everything after it too), or ``all``. BatchNorm layers of a
+        pretrained backbone stay frozen, in inference mode.
+      schedule: ``constant`` (the Keras tutorials) or ``cosine``: decay from learning_rate to
+        1% of it over the phase, so the last epochs refine at a small rate.
     """
 
     epochs: int = 5
     learning_rate: float = 1e-5
     unfreeze: str = "30"
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.schedule not in SCHEDULES:
+            raise TledgeError(f"unknown --lr-schedule {self.schedule!r}: choose one of "
+                              f"{', '.join(SCHEDULES)}")
 
 
 @dataclass(frozen=True)

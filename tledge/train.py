@@ -224,8 +224,14 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseR
     unfrozen = set_backbone_trainable(model, hp.unfreeze,
                                       freeze_batchnorm=is_pretrained(config))
     log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
+    learning_rate = hp.learning_rate
+    if hp.schedule == "cosine":
+        import tf_keras as keras
+        steps = hp.epochs * -(-len(splits.train) // data.batch_size)
+        learning_rate = keras.optimizers.schedules.CosineDecay(hp.learning_rate, steps,
+                                                               alpha=0.01)
     with strategy.scope():
-        compile_model(model, hp.learning_rate)
+        compile_model(model, learning_rate)
     train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
                        augment=data.augment, seed=seed + 1)
     val_ds = batches(splits.val.x, splits.val.y, data.batch_size)
