@@ -40,10 +40,21 @@ def test_frozen_phase_changes_only_the_head(tiny_splits, augment):
                for k, v in _weights(head_layers(model)).items())
 
 
+@pytest.fixture(scope="module")
+def backbone_weights_file(tmp_path_factory):
+    """A weights file for the tiny backbone: the code path of a pretrained backbone (BatchNorm
+    kept frozen) without downloading anything."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_0.35_no_top.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,
+                                   weights=None).save_weights(path)
+    return str(path)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(tiny_splits,
-                                                                              schedule):
+def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(
+        tiny_splits, backbone_weights_file, schedule):
     config = tiny_config().override(data={"augment": True},
+                                    model={"weights": backbone_weights_file},
                                     train={"finetune": {"schedule": schedule}})
     model = _model(config, tiny_splits)
     layers = backbone_layers(model)
@@ -58,12 +69,12 @@ def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(ti
     bn_stats = [w.name for layer in layers if isinstance(layer, keras.layers.BatchNormalization)
                 for w in layer.weights if "moving" in w.name]
     assert bn_stats and not changed.intersection(bn_stats)
-    lr = model.optimizer.learning_rate
-    if schedule == "cosine":  # decays to 1% of the phase's rate by its last step
-        steps = -(-len(tiny_splits.train) // config.data.batch_size)
-        assert float(lr(steps)) == pytest.approx(0.01 * 1e-3, rel=1e-3)
-    else:
-        assert float(lr.numpy()) == pytest.approx(1e-3)
+    # The rate of the phase's last step: cosine decays towards 1% of the phase's rate,
+    # lr(t) = 1e-3 * (0.01 + 0.99 * (1 + cos(pi * t / n)) / 2) for step t of n.
+    n = -(-len(tiny_splits.train) // config.data.batch_size)
+    cosine = 1e-3 * (0.01 + 0.99 * (1 + np.cos(np.pi * (n - 1) / n)) / 2)
+    final_lr = float(model.optimizer.learning_rate.numpy())
+    assert final_lr == pytest.approx(cosine if schedule == "cosine" else 1e-3, rel=1e-3)
 
 
 def test_feature_cache_gives_the_same_head_as_a_plain_fit(tiny_splits):
@@ -116,6 +127,16 @@ def test_zero_epoch_phase_is_skipped(tiny_splits, tmp_path):
     assert any("phase frozen: skipped" in line for line in lines)
     history = json.loads((tmp_path / "r" / rundir.HISTORY).read_text())
     assert list(history) == ["finetune"]
+
+
+def test_random_backbone_trains_its_batchnorm_in_finetune(tiny_splits):
+    """From random weights there are no statistics to keep: BatchNorm must learn them."""
+    config = tiny_config()
+    model = _model(config, tiny_splits)
+    finetune_phase(model, tiny_splits, config, resolve_strategy("none"))
+    bn = [layer for layer in backbone_layers(model)[-10:]
+          if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and all(layer.trainable and layer.momentum == 0.9 for layer in bn)
 
 
 def test_ctrl_c_keeps_finished_phases(tiny_splits, tmp_path, monkeypatch):
