@@ -77,16 +77,18 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @click.option("--limit", type=int, help="At most N training images per class (quick runs).")
 @click.option("--augment/--no-augment", default=None,
               help="Flip, rotation, zoom and contrast on training batches.  [default: augment]")
-@click.option("--batch-size", type=int, help=f"[default: {_default(D, 'batch_size')}]")
+@click.option("--batch-size", type=int, help="Images per training step (split across devices "
+              f"under MirroredStrategy).  [default: {_default(D, 'batch_size')}]")
 @click.option("--backbone", type=click.Choice(BACKBONES),
-              help=f"[default: {_default(M, 'backbone')}]")
+              help=f"Pretrained convolutional base.  [default: {_default(M, 'backbone')}]")
 @click.option("--alpha", type=float,
               help=f"MobileNetV2 width multiplier.  [default: {_default(M, 'alpha')}]")
 @click.option("--weights", help="imagenet (downloaded once by Keras), none (random), or the path "
               "of a backbone weights file without its top.  [default: imagenet]")
 @click.option("--head-units", type=int,
               help="Hidden dense layer in the head, 0 for none.  [default: 0]")
-@click.option("--dropout", type=float, help=f"[default: {_default(M, 'dropout')}]")
+@click.option("--dropout", type=float,
+              help=f"Dropout rate in the head.  [default: {_default(M, 'dropout')}]")
 @click.option("--epochs-frozen", type=int, help="Phase 1 epochs, head only on a frozen "
               f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
 @click.option("--lr", type=float,
@@ -101,8 +103,10 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               "constant, or cosine decay to 1% over the phase.  [default: constant]")
 @click.option("--qat/--no-qat", default=None,
               help="Phase 3, quantization-aware training.  [default: qat]")
-@click.option("--epochs-qat", type=int, help=f"[default: {_default(Q, 'epochs')}]")
-@click.option("--lr-qat", type=float, help=f"[default: {_default(Q, 'learning_rate')}]")
+@click.option("--epochs-qat", type=int,
+              help=f"Phase 3 epochs; 0 skips.  [default: {_default(Q, 'epochs')}]")
+@click.option("--lr-qat", type=float,
+              help=f"Phase 3 learning rate.  [default: {_default(Q, 'learning_rate')}]")
 @click.option("--early-stop", type=int,
               help="Stop a phase after N epochs without better validation accuracy.")
 @click.option("--seed", type=int,
