@@ -26,7 +26,8 @@ def main(out: str) -> None:
         "MobileNetV2 1.0, the offline pretrained backbone of `../shared/weights/` "
         "(ImageNet-initialised, fine-tuned on Stanford Dogs), 1,800 training and 200 "
         "validation images per class (`--limit 2000 --val-split 0.1`), accuracy on the full "
-        "10,000-image test split. 2 CPU cores.", "",
+        "10,000-image test split. 2 CPU cores; phase times include the test evaluation and "
+        "were taken with other jobs sharing the cores, so they are not speed figures.", "",
         "## Training", "",
         "| phase | transfer (pretrained) | scratch (`--weights none`) |", "|---|---:|---:|"]
     for phase in ("frozen", "finetune", "qat"):
