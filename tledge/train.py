@@ -246,10 +246,8 @@ def evaluate_accuracy(model, images: ImageSet, batch_size: int) -> float:
 
 
 def save_model(model, path: Path) -> None:
-    # No optimizer state: it triples the file, and a run restarts from the weights
-    # (--init-from) with a fresh optimizer anyway.
     with fileio.atomic_path(path) as tmp:
-        model.save(tmp, include_optimizer=False)
+        model.save(tmp)
 
 
 def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: str) -> None:

