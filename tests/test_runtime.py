@@ -188,7 +188,7 @@ def test_doctor_exits_nonzero_without_a_runtime(monkeypatch):
     from click.testing import CliRunner
     from tledge.cli import main
 
-    monkeypatch.setattr(rt, "available_backends", lambda: {
+    monkeypatch.setattr(rt, "available_backends", lambda include_tensorflow=True: {
         "litert": "unavailable (ImportError)", "tflite_runtime": "unavailable (ImportError)",
         "tensorflow": "unavailable (ImportError)"})
     result = CliRunner().invoke(main, ["doctor", "--no-tensorflow"])

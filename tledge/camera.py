@@ -377,30 +377,29 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
                 stop.set()
 
     def deliver(packet):
-        if True:
-            t0 = time.perf_counter()
-            annotated = draw_overlay(packet, models, agreement, status)
-            packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
-            if video_path is not None:
-                if writer_state["writer"] is None:
-                    h, w = annotated.shape[:2]
-                    writer_state["writer"] = cv2.VideoWriter(
-                        str(video_path), cv2.VideoWriter_fourcc(*"mp4v"),
-                        source.fps or 15.0, (w, h))
-                writer_state["writer"].write(annotated)
-            if jsonl is not None:
-                jsonl.write(json.dumps(frame_record(packet, models)) + "\n")
-            if window:
-                cv2.imshow("tledge camera", annotated)
-                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                    stop.set()
-            for stage, ms in packet.times.items():
-                timings[stage].append(ms)
-            status["frames"] += 1
-            now = time.perf_counter()
-            if not window and now - status["last"] >= 1.0:
-                echo(status_line(packet, models, agreement, status, timings, now))
-                status["last"], status["frames"] = now, 0
+        t0 = time.perf_counter()
+        annotated = draw_overlay(packet, models, agreement, status)
+        packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
+        if video_path is not None:
+            if writer_state["writer"] is None:
+                h, w = annotated.shape[:2]
+                writer_state["writer"] = cv2.VideoWriter(
+                    str(video_path), cv2.VideoWriter_fourcc(*"mp4v"),
+                    source.fps or 15.0, (w, h))
+            writer_state["writer"].write(annotated)
+        if jsonl is not None:
+            jsonl.write(json.dumps(frame_record(packet, models)) + "\n")
+        if window:
+            cv2.imshow("tledge camera", annotated)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                stop.set()
+        for stage, ms in packet.times.items():
+            timings[stage].append(ms)
+        status["frames"] += 1
+        now = time.perf_counter()
+        if not window and now - status["last"] >= 1.0:
+            echo(status_line(packet, models, agreement, status, timings, now))
+            status["last"], status["frames"] = now, 0
 
     threads = [threading.Thread(target=capture, name="capture", daemon=True),
                threading.Thread(target=sink, name="sink", daemon=True)]

@@ -15,7 +15,7 @@ import click
 from tledge import __version__, fileio
 from tledge.config import (BACKBONES, STRATEGIES, DataOptions, FineTuneHParams, ModelOptions,
                            PhaseHParams, QATHParams, RunConfig, TrainOptions)
-from tledge.errors import TledgeError
+from tledge.errors import Interrupted, TledgeError
 
 
 class Group(click.Group):
@@ -26,7 +26,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TledgeError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(130 if type(e).__name__ == "Interrupted" else 1)
+            sys.exit(130 if isinstance(e, Interrupted) else 1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
             sys.exit(130)

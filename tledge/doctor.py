@@ -51,8 +51,7 @@ def run_checks(check_tensorflow: bool = True) -> tuple[list[Check], bool]:
         checks.append(Check("board", board.read_text(errors="ignore").strip("\x00 \n")))
     numpy_major = int(np.__version__.split(".")[0])
     checks.append(Check("numpy", np.__version__))
-    backends = available_backends() if check_tensorflow else {
-        k: v for k, v in available_backends().items()}
+    backends = available_backends(include_tensorflow=check_tensorflow)
     usable = False
     for name, found in backends.items():
         ok = not found.startswith("unavailable")

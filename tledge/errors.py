@@ -3,3 +3,7 @@
 
 class TledgeError(Exception):
     """A problem the user can fix. The message names the problem and the fix, on one line."""
+
+
+class Interrupted(TledgeError):
+    """Ctrl-C during a long job; what it finished is saved. The CLI exits 130."""

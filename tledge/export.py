@@ -104,8 +104,10 @@ def convert(model, qconfig: QuantizationConfig) -> bytes:
         raise TledgeError(f"TFLite conversion to {qconfig.name} failed ({first[:200]})")
 
 
-def tensor_types(model_bytes: bytes) -> dict[str, int]:
-    """How many tensors of each dtype the model holds (weights and activations)."""
+def check_quantized(model_bytes: bytes, fmt: str) -> dict:
+    """Catch the converter pitfall of a model silently left float (or half-quantized): each
+    format must hold the tensor types it promises. Returns the counts of tensors (weights and
+    activations) per dtype and the I/O dtypes; raises otherwise."""
     from tledge.runtime import get_backend
 
     interpreter = get_backend().interpreter_cls(model_content=model_bytes)
@@ -113,16 +115,6 @@ def tensor_types(model_bytes: bytes) -> dict[str, int]:
     for detail in interpreter.get_tensor_details():
         name = np.dtype(detail["dtype"]).name
         counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def check_quantized(model_bytes: bytes, fmt: str) -> dict:
-    """Catch the converter pitfall of a model silently left float (or half-quantized): each
-    format must hold the tensor types it promises. Returns the counts; raises otherwise."""
-    from tledge.runtime import get_backend
-
-    counts = tensor_types(model_bytes)
-    interpreter = get_backend().interpreter_cls(model_content=model_bytes)
     in_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
     out_dtype = np.dtype(interpreter.get_output_details()[0]["dtype"]).name
     problem = None
@@ -286,10 +278,7 @@ def keras_probs(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
     return np.concatenate(out)
 
 
-def tflite_probs(path: Path, x: np.ndarray, desc: str, batch_size: int = 32) -> np.ndarray:
-    from tledge.runtime import Classifier
-
-    clf = Classifier(path)
+def tflite_probs(clf, x: np.ndarray, desc: str, batch_size: int = 32) -> np.ndarray:
     out = []
     for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False,
                       disable=None):
@@ -323,6 +312,8 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
                           "--out another folder")
 
     import tf_keras as keras
+
+    from tledge.runtime import Classifier
 
     config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
     labels = fileio.read_labels(run_dir / rundir.LABELS)
@@ -359,12 +350,11 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
                        f"tledge on {config.data.source}; {fmt}")
         blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
         path = fileio.write_bytes(targets[fmt], blob)
-        probs = tflite_probs(path, val.x, f"{fmt} TFLite")
+        clf = Classifier(path)
+        probs = tflite_probs(clf, val.x, f"{fmt} TFLite")
         stats = compare(reference, probs, val.y)
         drop = 100.0 * (float_acc - stats["accuracy"])
         passed = drop <= options.max_drop
-        from tledge.runtime import Classifier
-        clf = Classifier(path)
         quant.update(input_quantization=list(clf.input_quant),
                      output_quantization=list(clf.output_quant))
         if not passed:

@@ -20,13 +20,9 @@ import numpy as np
 from tledge import fileio, rundir
 from tledge.config import PhaseHParams, RunConfig
 from tledge.data import ImageSet, Splits
-from tledge.errors import TledgeError
+from tledge.errors import Interrupted, TledgeError
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(TledgeError):
-    """Ctrl-C during training; the phases finished before it are saved."""
 
 
 @dataclass

@@ -71,11 +71,11 @@ def _import_backend(name: str) -> Backend:
     return Backend(name, ver, module.Interpreter)
 
 
-def available_backends() -> dict[str, str]:
-    """{backend: version or the reason it cannot load}, without importing TensorFlow unless
-    it is asked about last and nothing lighter exists."""
+def available_backends(include_tensorflow: bool = True) -> dict[str, str]:
+    """{backend: version or the reason it cannot load}. Asking about the tensorflow backend
+    imports TensorFlow (seconds); ``include_tensorflow=False`` leaves it out."""
     found = {}
-    for name in BACKENDS:
+    for name in BACKENDS if include_tensorflow else BACKENDS[:-1]:
         try:
             found[name] = _import_backend(name).version
         except Exception as e:  # ImportError, and tflite-runtime's SystemError under numpy 2
