@@ -105,6 +105,7 @@ def _time_loop(fn: Callable[[int], None], runs: int, warmup: int) -> list[float]
 
 def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     """One TFLite model at one thread count, in this process."""
+    from tledge.evaluate import tflite_predictor
     from tledge.runtime import Classifier, make_interpreter
 
     rss0 = _rss_mb()
@@ -132,7 +133,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
             "input_dtype": clf.input_dtype.name, "load_ms": load_ms, "first_ms": first_ms,
             "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
             "memory_mb": _rss_mb() - rss0, "peak_rss_mb": _peak_rss_mb(),
-            "accuracy": _accuracy(path, options, backend=options.backend, threads=threads)}
+            "accuracy": _accuracy(options, lambda: tflite_predictor(clf))}
 
 
 def measure_keras(run: str, options: BenchOptions) -> dict:
@@ -142,6 +143,7 @@ def measure_keras(run: str, options: BenchOptions) -> dict:
     import tf_keras as keras
 
     from tledge import rundir
+    from tledge.evaluate import keras_predictor
     from tledge.runtime import top_classes
     from tledge.runtime.preprocess import resize_rgb
 
@@ -174,15 +176,16 @@ def measure_keras(run: str, options: BenchOptions) -> dict:
             "input_dtype": "float32", "load_ms": load_ms, "first_ms": first_ms,
             "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
             "memory_mb": _rss_mb() - rss0, "peak_rss_mb": _peak_rss_mb(),
-            "accuracy": _accuracy(run, options)}
+            "accuracy": _accuracy(options, lambda: keras_predictor(model, Path(run).name, labels))}
 
 
-def _accuracy(model: str, options: BenchOptions, **kwargs) -> Optional[float]:
+def _accuracy(options: BenchOptions, make_predictor) -> Optional[float]:
+    """Accuracy on --data with the model already loaded for timing (not loaded again)."""
     if not options.data:
         return None
-    from tledge.evaluate import evaluate, evaluation_images, load_predictor
+    from tledge.evaluate import evaluate, evaluation_images
 
-    predictor = load_predictor(model, **kwargs)
+    predictor = make_predictor()
     x, y, _ = evaluation_images(options.data, predictor, options.limit)
     return evaluate(predictor, x, y)["accuracy"]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from tledge import fileio, rundir
 from tledge.errors import TledgeError
@@ -45,16 +44,24 @@ def load_predictor(model: str | os.PathLike, qat: bool = False, backend: Optiona
         raise TledgeError("--qat applies to a run folder, not a .tflite file: drop --qat")
     from tledge.runtime import Classifier
 
-    clf = Classifier(path, backend=backend, threads=threads)
-    return Predictor(path.name, "tflite", clf.labels, (clf.height, clf.width),
-                     lambda x: clf.predict_batch(x))
+    return tflite_predictor(Classifier(path, backend=backend, threads=threads))
+
+
+def tflite_predictor(clf) -> Predictor:
+    """A loaded tledge.runtime.Classifier as a Predictor."""
+    return Predictor(clf.path.name, "tflite", clf.labels, (clf.height, clf.width),
+                     clf.predict_batch)
+
+
+def keras_predictor(model, name: str, labels: list, kind: str = "keras") -> Predictor:
+    """A loaded Keras classifier (raw 0..255 pixels in) as a Predictor."""
+    size = tuple(int(v) for v in model.input_shape[1:3])
+    return Predictor(name, kind, labels, size,
+                     lambda x: np.asarray(model.predict_on_batch(x.astype(np.float32))))
 
 
 def _keras_predictor(run: Path, qat: bool) -> Predictor:
     rundir.require_run(run)
-    from tledge.config import RunConfig
-
-    config = RunConfig.from_yaml(run / rundir.CONFIG)
     labels = fileio.read_labels(run / rundir.LABELS)
     if qat:
         if not (run / rundir.QAT_MODEL).is_file():
@@ -65,13 +72,8 @@ def _keras_predictor(run: Path, qat: bool) -> Predictor:
     else:
         import tf_keras as keras
         model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
-
-    def predict(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict_on_batch(x.astype(np.float32)))
-
-    size = config.data.image_size
-    return Predictor(f"{run.name}/{rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL}",
-                     "keras-qat" if qat else "keras", labels, (size, size), predict)
+    return keras_predictor(model, f"{run.name}/{rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL}",
+                           labels, "keras-qat" if qat else "keras")
 
 
 def evaluation_images(data: str, predictor: Predictor, limit: Optional[int], seed: int = 42):
@@ -109,13 +111,12 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
 def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray,
              batch_size: int = 32) -> dict:
     """Accuracy, per-class precision and recall, and the confusion matrix."""
-    probs = []
-    for start in tqdm(range(0, len(x), batch_size), desc=f"evaluating {predictor.name}",
-                      unit="batch", disable=None):
-        probs.append(predictor.predict(x[start:start + batch_size]))
-    probs = np.concatenate(probs)
-    pred = probs.argmax(1)
+    from tledge.runtime import in_batches
+
     n = len(predictor.labels)
+    probs = in_batches(predictor.predict, x, batch_size, f"evaluating {predictor.name}", n,
+                       leave=True)
+    pred = probs.argmax(1)
     cm = confusion(y, pred, n)
     tp = np.diag(cm).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):

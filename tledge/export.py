@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
 from tledge import fileio, rundir
 from tledge.config import ExportOptions, RunConfig
@@ -270,22 +269,6 @@ def _eval_images(config: RunConfig, options: ExportOptions, splits=None):
     return splits, val
 
 
-def keras_probs(model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    out = []
-    for start in tqdm(range(0, len(x), batch_size), desc="float Keras model", unit="batch",
-                      leave=False, disable=None):
-        out.append(model.predict_on_batch(x[start:start + batch_size].astype(np.float32)))
-    return np.concatenate(out)
-
-
-def tflite_probs(clf, x: np.ndarray, desc: str, batch_size: int = 32) -> np.ndarray:
-    out = []
-    for start in tqdm(range(0, len(x), batch_size), desc=desc, unit="batch", leave=False,
-                      disable=None):
-        out.append(clf.invoke(clf.to_input_dtype(x[start:start + batch_size])))
-    return np.concatenate(out)
-
-
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
     diff = np.abs(probs - reference)
     return {
@@ -313,7 +296,7 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
 
     import tf_keras as keras
 
-    from tledge.runtime import Classifier
+    from tledge.runtime import Classifier, in_batches
 
     config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
     labels = fileio.read_labels(run_dir / rundir.LABELS)
@@ -322,7 +305,8 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
     use_qat = "int8" in options.formats and qat_path.is_file() and not options.ptq
     echo(f"loading the data of {run_dir} for calibration and verification")
     splits, val = _eval_images(config, options, splits)
-    reference = keras_probs(float_model, val.x)
+    reference = in_batches(lambda x: float_model.predict_on_batch(x.astype(np.float32)),
+                           val.x, 64, "float Keras model")
     float_acc = float(np.mean(np.argmax(reference, 1) == val.y))
     echo(f"float Keras model: accuracy {float_acc:.4f} on {len(val)} validation images")
 
@@ -351,7 +335,7 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
         path = fileio.write_bytes(targets[fmt], blob)
         clf = Classifier(path)
-        probs = tflite_probs(clf, val.x, f"{fmt} TFLite")
+        probs = clf.predict_batch(val.x, desc=f"{fmt} TFLite")
         stats = compare(reference, probs, val.y)
         drop = 100.0 * (float_acc - stats["accuracy"])
         passed = drop <= options.max_drop

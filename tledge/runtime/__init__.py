@@ -245,12 +245,22 @@ class Classifier:
         """The top-k classes of one RGB uint8 image (any size)."""
         return top_classes(self.scores(image), self.labels, top_k)
 
-    def predict_batch(self, pixels: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    def predict_batch(self, pixels: np.ndarray, batch_size: int = 32,
+                      desc: Optional[str] = None) -> np.ndarray:
         """Scores for images already at the model's size (N, H, W, 3) uint8."""
-        out = []
-        for start in range(0, len(pixels), batch_size):
-            out.append(self.invoke(self.to_input_dtype(pixels[start:start + batch_size])))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        return in_batches(lambda x: self.invoke(self.to_input_dtype(x)), pixels, batch_size,
+                          desc, width=len(self.labels))
+
+
+def in_batches(predict, x: np.ndarray, batch_size: int, desc: Optional[str] = None,
+               width: int = 0, leave: bool = False) -> np.ndarray:
+    """``predict`` over ``x`` in batches, concatenated; a progress bar when ``desc`` is given."""
+    starts = range(0, len(x), batch_size)
+    if desc:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch", leave=leave, disable=None)
+    out = [predict(x[start:start + batch_size]) for start in starts]
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
 
 def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> list[Class]:
@@ -277,4 +287,4 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 __all__ = ["Class", "Classifier", "available_backends", "check_tflite_file", "get_backend",
-           "make_interpreter", "read_embedded_labels", "top_classes", "load_rgb"]
+           "in_batches", "make_interpreter", "read_embedded_labels", "top_classes", "load_rgb"]
