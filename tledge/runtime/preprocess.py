@@ -29,11 +29,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> np.ndarray:
     """Stretch an RGB image to ``size`` (an int for square, or (height, width)): uint8 HxWx3.
 
-    Shrinking by k >= 2 (the integer part of the smaller ratio) goes bilinear to k times the
-    target, then averages k x k boxes (OpenCV's INTER_AREA at an integer factor): antialiased
-    like a full-ratio bilinear filter (0.2 grey levels apart on average from Pillow's) at a
-    sixth of the cost (0.34 ms from 640x480 to 224x224 here, against 2.1 ms), which keeps the
-    classify path close to bare inference. Enlarging is plain bilinear.
+    Shrinking is antialiased the way image pyramids (and Pillow's ``reducing_gap``) do it: 2x2
+    box averages while the image is at least twice the target on both axes (OpenCV's INTER_AREA
+    at factor 2, its vectorised path; an odd last row or column is dropped), then bilinear for
+    the remaining factor, which is below 2 (OpenCV's exact area filter where one axis is still
+    2x over, for aspect ratios far from the model's). From 640x480 to 224x224 this costs 0.2 ms
+    here, against 1.45 ms for the exact area filter, and lands within a few grey levels of
+    Pillow's antialiased bilinear resize: a fast resize keeps the classify path close to bare
+    inference. Enlarging is plain bilinear.
     """
     import cv2
 
@@ -41,13 +44,14 @@ def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> 
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
+    while array.shape[0] >= 2 * height and array.shape[1] >= 2 * width:
+        h, w = array.shape[0] // 2, array.shape[1] // 2
+        array = cv2.resize(array[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
     if array.shape[:2] == (height, width):
         return np.ascontiguousarray(array)
-    k = min(array.shape[0] // height, array.shape[1] // width)
-    if k >= 2:
-        array = cv2.resize(array, (width * k, height * k), interpolation=cv2.INTER_LINEAR)
-        return cv2.resize(array, (width, height), interpolation=cv2.INTER_AREA)
-    return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
+    over = array.shape[0] >= 2 * height or array.shape[1] >= 2 * width
+    return cv2.resize(array, (width, height),
+                      interpolation=cv2.INTER_AREA if over else cv2.INTER_LINEAR)
 
 
 def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
