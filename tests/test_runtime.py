@@ -73,6 +73,29 @@ def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["int8", "fp32"])
+def test_classify_path_equals_plain_set_tensor(colour_tflite, fmt):
+    """scores() writes pixels straight into the input buffer (casting for a float model); it
+    must give what preprocess + set_tensor + invoke gives, for one image and for a batch."""
+    clf = rt.Classifier(colour_tflite[fmt])
+    reference = rt.make_interpreter(colour_tflite[fmt])
+    inp, out = reference.get_input_details()[0], reference.get_output_details()[0]
+    frames = np.random.default_rng(0).integers(0, 256, (3, 70, 50, 3), dtype=np.uint8)
+    for frame in frames:
+        reference.set_tensor(inp["index"], clf.preprocess(frame)[None])
+        reference.invoke()
+        expected = reference.get_tensor(out["index"])[0]
+        if clf.output_dtype != np.float32:
+            expected = rt.dequantize(expected, *clf.output_quant)
+        np.testing.assert_array_equal(clf.scores(frame), expected)
+    pixels = np.stack([clf.preprocess(f) for f in frames]).astype(np.uint8)
+    np.testing.assert_array_equal(clf.predict_batch(pixels),
+                                  np.stack([clf.scores(f) for f in frames]))
+    np.testing.assert_array_equal(clf.invoke(clf.to_input_dtype(pixels[:1]))[0],
+                                  clf.scores(frames[0]))
+
+
+@pytest.mark.slow
 def test_labels_from_metadata_then_labels_txt(colour_tflite, tmp_path):
     assert rt.Classifier(colour_tflite["int8"]).labels == LABELS  # embedded
     # The same model without its appended label archive: labels.txt beside it is used.

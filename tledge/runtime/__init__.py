@@ -226,20 +226,30 @@ class Classifier:
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch already in its input dtype; dequantized probabilities."""
+        return self._run(batch, raw=False)
+
+    def scores(self, image: np.ndarray) -> np.ndarray:
+        """Dequantized class scores for one RGB image."""
+        return self._run(resize_rgb(image, (self.height, self.width))[None], raw=True)[0]
+
+    def _run(self, batch: np.ndarray, raw: bool) -> np.ndarray:
+        """``batch``: raw 0..255 uint8 pixels at the model's size (raw) or its input dtype."""
         if len(batch) != self._batch:
             self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
             self.interpreter.allocate_tensors()
             self._batch = len(batch)
-        self.interpreter.set_tensor(self._input["index"], batch)
+        if raw and self.input_dtype != np.float32:
+            batch = self.to_input_dtype(batch)
+        # Write straight into the interpreter's input buffer: numpy casts uint8 pixels to a
+        # float input in the same pass, where astype + set_tensor would make two copies.
+        view = self.interpreter.tensor(self._input["index"])()
+        view[...] = batch
+        del view  # the interpreter refuses to run while a view of its buffers is alive
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self._output["index"])
         if self.output_dtype != np.float32:
             out = dequantize(out, *self.output_quant)
         return out
-
-    def scores(self, image: np.ndarray) -> np.ndarray:
-        """Dequantized class scores for one RGB image."""
-        return self.invoke(self.preprocess(image)[None])[0]
 
     def classify(self, image: np.ndarray, top_k: int = 1) -> list[Class]:
         """The top-k classes of one RGB uint8 image (any size)."""
@@ -248,7 +258,7 @@ class Classifier:
     def predict_batch(self, pixels: np.ndarray, batch_size: int = 32,
                       desc: Optional[str] = None) -> np.ndarray:
         """Scores for images already at the model's size (N, H, W, 3) uint8."""
-        return in_batches(lambda x: self.invoke(self.to_input_dtype(x)), pixels, batch_size,
+        return in_batches(lambda x: self._run(x, raw=True), pixels, batch_size,
                           desc, width=len(self.labels))
 
 
