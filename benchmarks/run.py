@@ -1,6 +1,6 @@
 """`make bench`: build the reference models when missing, time them all, write the results.
 
-    python benchmarks/run.py [--weights PATH|imagenet|none] [--runs 50] [--threads 1,2]
+    python benchmarks/run.py [--weights PATH|imagenet|none] [--runs 100] [--threads 1,2]
 
 Reference models (benchmarks/models/, not committed): MobileNetV2 1.0 at 224 and at 96, and
 ResNet50 at 224, each as a run folder (the float Keras model) and as fp32, fp16, dynamic and
@@ -67,7 +67,7 @@ def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> P
 @click.command()
 @click.option("--weights", default="imagenet", show_default=True,
               help="MobileNetV2 backbone weights (latency does not depend on them).")
-@click.option("--runs", default=50, show_default=True)
+@click.option("--runs", default=100, show_default=True)
 @click.option("--warmup", default=5, show_default=True)
 @click.option("--threads", default=None, help="Comma-separated thread counts [default: 1 and "
               "all cores].")

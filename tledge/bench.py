@@ -92,15 +92,24 @@ def _peak_rss_mb() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
 
-def _time_loop(fn: Callable[[int], None], runs: int, warmup: int) -> list[float]:
+def _time_paired(bare: Callable[[int], None], full: Callable[[int], None], runs: int,
+                 warmup: int) -> tuple[list[float], list[float]]:
+    """Times ``bare`` and ``full`` alternately, ``runs`` times each, after ``warmup`` untimed
+    rounds: on a shared, noisy machine both series see the same moments, so their ratio is not
+    skewed by a slow spell that hit only one of them."""
     for i in range(warmup):
-        fn(i)
-    out = []
+        bare(i)
+        full(i)
+    bare_ms, full_ms = [], []
     for i in range(runs):
         start = time.perf_counter()
-        fn(i)
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
+        bare(i)
+        middle = time.perf_counter()
+        full(i)
+        end = time.perf_counter()
+        bare_ms.append((middle - start) * 1000.0)
+        full_ms.append((end - middle) * 1000.0)
+    return bare_ms, full_ms
 
 
 def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
@@ -125,9 +134,9 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     interpreter.invoke()
     first_ms = (time.perf_counter() - start) * 1000
     interpreter.set_tensor(index, prepared[:1])
-    invoke_ms = _time_loop(bare, options.runs, options.warmup)
-    classify_ms = _time_loop(lambda i: clf.classify(inputs[i % len(inputs)], top_k=5),
-                             options.runs, options.warmup)
+    invoke_ms, classify_ms = _time_paired(
+        bare, lambda i: clf.classify(inputs[i % len(inputs)], top_k=5), options.runs,
+        options.warmup)
     backend = interpreter._tledge_backend
     return {"backend": f"{backend.name} {backend.version}", "device": "cpu",
             "input_dtype": clf.input_dtype.name, "load_ms": load_ms, "first_ms": first_ms,
@@ -170,8 +179,7 @@ def measure_keras(run: str, options: BenchOptions) -> dict:
     start = time.perf_counter()
     bare(0)  # traces the function
     first_ms = (time.perf_counter() - start) * 1000
-    invoke_ms = _time_loop(bare, options.runs, options.warmup)
-    classify_ms = _time_loop(classify, options.runs, options.warmup)
+    invoke_ms, classify_ms = _time_paired(bare, classify, options.runs, options.warmup)
     return {"backend": f"tensorflow {tf.__version__}", "device": device,
             "input_dtype": "float32", "load_ms": load_ms, "first_ms": first_ms,
             "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
@@ -345,7 +353,7 @@ def to_markdown(report: dict) -> str:
              f"- {report['options']['runs']} timed runs after {report['options']['warmup']} "
              f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
              "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "
-             "p50 over bare invoke() p50",
+             "p50 over bare invoke() p50, the two timed alternately",
              f"- measured {report['time']}", ""]
     lines += [f"> WARNING: {w}" for w in report["warnings"]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
