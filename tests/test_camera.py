@@ -76,6 +76,36 @@ def test_max_frames_and_folder_of_images(colour_tflite, tmp_path):
     assert short.frames == 2 and short.reason == "--max-frames 2"
 
 
+def test_live_dropout_is_retried_with_backoff_then_reported(colour_tflite, monkeypatch):
+    """A live camera that stops giving frames is reopened with a growing delay; frames after a
+    reconnection are classified; after --retries failures in a row the run ends and says why."""
+    import time
+
+    from tledge import camera
+
+    bgr = np.full((60, 80, 3), COLOURS[2][::-1], np.uint8)
+    script = ["frame"] * 3 + ["gone"] + ["frame"] * 3
+    reopened = []
+
+    def read():
+        time.sleep(0.01)
+        return (True, bgr.copy()) if script and script.pop(0) == "frame" else (False, None)
+
+    monkeypatch.setattr(camera, "open_source", lambda spec: camera.Source(
+        "fake camera", True, read, lambda: reopened.append(time.perf_counter()), lambda: None))
+    lines = []
+    start = time.perf_counter()
+    summary = run_camera(CameraOptions(model=str(colour_tflite["int8"]), source="0",
+                                       headless=True, retries=2), echo=lines.append)
+    assert summary.reason == "fake camera dropped out"
+    assert summary.frames + summary.dropped == 6 and summary.frames >= 2
+    # one drop-out in the middle (0.5 s), then two in a row at the end (0.5 s, 1 s)
+    assert len(reopened) == 3
+    assert reopened[2] - reopened[1] >= 0.9 and reopened[-1] - start >= 2.0
+    warnings = [line for line in lines if "gave no frame" in line]
+    assert [w.split("retry ")[1].split(" ")[0] for w in warnings] == ["1/2", "1/2", "2/2"]
+
+
 @pytest.mark.parametrize("source, message", [
     ("7", "cannot open camera 7: cameras found"),
     ("/no/such/video.mp4", "neither a camera index"),
