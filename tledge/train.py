@@ -292,8 +292,9 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
             if start:
                 ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
             ax.text(start + 0.6, 1.0, p.name, transform=ax.get_xaxis_transform(), va="top",
-                    fontsize=8, color="grey")
+                    fontsize=8, color="grey", in_layout=False)
             start += n
+        ax.set_xlim(0.5, max(start, 1) + 0.5)  # one epoch alone: autoscale would hide labels
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
