@@ -93,6 +93,13 @@ def test_classify_path_equals_plain_set_tensor(colour_tflite, fmt):
                                   np.stack([clf.scores(f) for f in frames]))
     np.testing.assert_array_equal(clf.invoke(clf.to_input_dtype(pixels[:1]))[0],
                                   clf.scores(frames[0]))
+    # what set_tensor refused must not turn into a silent cast or broadcast
+    for bad in (pixels[:1, :, :, :1], pixels[:1].astype(np.float64)):
+        with pytest.raises(TledgeError, match="takes \\(N, "):
+            clf.predict_batch(bad)
+    wrong = np.int8 if clf.input_dtype != np.int8 else np.uint8
+    with pytest.raises(TledgeError, match=clf.input_dtype.name):
+        clf.invoke(pixels[:1].astype(wrong))
 
 
 @pytest.mark.slow

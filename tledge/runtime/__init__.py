@@ -238,6 +238,13 @@ class Classifier:
             self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
             self.interpreter.allocate_tensors()
             self._batch = len(batch)
+        # set_tensor checked these; an assignment would silently cast or broadcast instead.
+        if batch.dtype != (np.uint8 if raw else self.input_dtype) or \
+                tuple(batch.shape[1:]) != (self.height, self.width, 3):
+            expected = "uint8 pixels" if raw else self.input_dtype.name
+            raise TledgeError(f"{self.path.name} takes (N, {self.height}, {self.width}, 3) "
+                              f"{expected}, got {batch.shape} {batch.dtype}: resize with "
+                              "tledge.runtime.preprocess.resize_rgb first")
         if raw and self.input_dtype != np.float32:
             batch = self.to_input_dtype(batch)
         # Write straight into the interpreter's input buffer: numpy casts uint8 pixels to a
