@@ -234,10 +234,6 @@ class Classifier:
 
     def _run(self, batch: np.ndarray, raw: bool) -> np.ndarray:
         """``batch``: raw 0..255 uint8 pixels at the model's size (raw) or its input dtype."""
-        if len(batch) != self._batch:
-            self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
-            self.interpreter.allocate_tensors()
-            self._batch = len(batch)
         # set_tensor checked these; an assignment would silently cast or broadcast instead.
         if batch.dtype != (np.uint8 if raw else self.input_dtype) or \
                 tuple(batch.shape[1:]) != (self.height, self.width, 3):
@@ -245,6 +241,10 @@ class Classifier:
             raise TledgeError(f"{self.path.name} takes (N, {self.height}, {self.width}, 3) "
                               f"{expected}, got {batch.shape} {batch.dtype}: resize with "
                               "tledge.runtime.preprocess.resize_rgb first")
+        if len(batch) != self._batch:
+            self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
+            self.interpreter.allocate_tensors()
+            self._batch = len(batch)
         if raw and self.input_dtype != np.float32:
             batch = self.to_input_dtype(batch)
         # Write straight into the interpreter's input buffer: numpy casts uint8 pixels to a
