@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Backend probe results go to a cache of the test session's own (tledge.runtime.probe).
+os.environ["TLEDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tledge-test-cache-")
 
 import numpy as np
 import pytest

@@ -12,7 +12,7 @@ import pytest
 import tledge.runtime as rt
 from tledge.errors import TledgeError
 
-from conftest import LABELS
+from conftest import COLOURS, LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,26 +20,28 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_backend_order_and_fallback(monkeypatch):
     tried = []
 
-    def fake_import(name):
+    def fake_load(name):
         tried.append(name)
         if name != "tensorflow":
             raise ImportError(f"No module named {name}")
         return rt.Backend("tensorflow", "9.9", object)
 
-    monkeypatch.setattr(rt, "_import_backend", fake_import)
+    monkeypatch.setattr(rt, "_load", fake_load)
+    monkeypatch.setattr(rt, "_loaded", {})
     assert rt.get_backend().name == "tensorflow"
     assert tried == ["litert", "tflite_runtime", "tensorflow"]
-    with pytest.raises(TledgeError, match="no TFLite interpreter.*litert: ImportError"):
+    with pytest.raises(TledgeError, match="no TFLite interpreter.*litert: not installed"):
         rt.get_backend("litert")
 
 
 def test_tflite_runtime_under_numpy2_is_reported_not_crashed(monkeypatch):
-    def fake_import(name):
+    def fake_load(name):
         if name == "tflite_runtime":
             raise SystemError("<built-in function ...> returned a result with an exception set")
-        raise ImportError(name)
+        raise ImportError(f"No module named {name}")
 
-    monkeypatch.setattr(rt, "_import_backend", fake_import)
+    monkeypatch.setattr(rt, "_load", fake_load)
+    monkeypatch.setattr(rt, "_loaded", {})
     found = rt.available_backends()
     assert found["tflite_runtime"].startswith("unavailable (SystemError")
     with pytest.raises(TledgeError, match="no TFLite interpreter"):
@@ -165,6 +167,29 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
     doctor = subprocess.run([str(tledge), "doctor"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert doctor.returncode == 0 and "tensorflow" in doctor.stdout
+    # The README's other Pi commands, pictures included, and one line for what needs TF.
+    data = tmp_path / "data"
+    for label, rgb in zip(LABELS, COLOURS):
+        (data / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (30, 30), tuple(int(v) for v in rgb)).save(data / label / f"{i}.png")
+    model = str(colour_tflite["int8"])
+    commands = [
+        (["evaluate", model, "--data", str(data), "--out", str(tmp_path / "ev")], 0),
+        (["bench", model, "--threads", "1", "--runs", "3", "--warmup", "0",
+          "--chart", str(tmp_path / "b.png"), "--json", str(tmp_path / "b.json")], 0),
+        (["train", "--data", "shapes", "--out", str(tmp_path / "run")], 1),
+        (["predict", str(colour_tflite["run"]), str(image)], 1),
+    ]
+    for args, rc in commands:
+        done = subprocess.run([str(tledge), *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == rc, (args, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+        if rc:
+            assert 'pip install "tledge[train]"' in done.stderr, done.stderr
+    assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 0
+    assert (tmp_path / "b.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -218,9 +243,7 @@ def test_doctor_exits_nonzero_without_a_runtime(monkeypatch):
     from click.testing import CliRunner
     from tledge.cli import main
 
-    monkeypatch.setattr(rt, "available_backends", lambda include_tensorflow=True: {
-        "litert": "unavailable (ImportError)", "tflite_runtime": "unavailable (ImportError)",
-        "tensorflow": "unavailable (ImportError)"})
+    monkeypatch.setattr(rt, "installed_version", lambda name: None)
     result = CliRunner().invoke(main, ["doctor", "--no-tensorflow"])
     assert result.exit_code == 1
     assert "no TFLite runtime can load a model" in result.output

@@ -202,7 +202,10 @@ def describe_model(model: str) -> dict:
     path = Path(model)
     if path.is_dir():
         from tledge import rundir
+        from tledge.errors import require_training_stack
         rundir.require_run(path)
+        require_training_stack(f"timing the run folder {path} (its float Keras model)",
+                               ("tensorflow", "tf_keras"))
         size = (path / rundir.FLOAT_MODEL).stat().st_size
         return {"model": str(path), "name": path.name, "format": "keras-float",
                 "size_bytes": size}
@@ -224,6 +227,10 @@ def machine_info() -> tuple[dict, list[str]]:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                  if line.lower().startswith(("model name", "hardware"))]
         info["cpu"] = names[0] if names else platform.processor() or platform.machine()
+        flags = next((line.split(":", 1)[1] for line in cpuinfo.splitlines()
+                      if line.lower().startswith("flags")), "")
+        if flags:
+            info["isa"] = int8_isa(flags)
     except OSError:
         info["cpu"] = platform.processor() or platform.machine()
     board = Path("/proc/device-tree/model")
@@ -251,9 +258,22 @@ def machine_info() -> tuple[dict, list[str]]:
     return info, warnings
 
 
+def int8_isa(flags: str) -> str:
+    """The x86 instruction set class that decides int8 speed (XNNPACK picks kernels by it):
+    two CPUs sold under one name ("AMD EPYC") can differ here by 5x in int8 latency."""
+    flags = set(flags.split())
+    for flag, name in (("amx_int8", "amx"), ("avx512_vnni", "avx512vnni"),
+                       ("avx_vnni", "avxvnni"), ("avx2", "avx2")):
+        if flag in flags:
+            return name
+    return ""
+
+
 def machine_id(info: dict) -> str:
-    """A short file-name-safe name for the machine class: the board, else CPU and cores."""
-    base = info.get("board") or f"{info.get('cpu', 'cpu')}-{info.get('cores')}core"
+    """A short file-name-safe name for the machine class: the board, else CPU, cores and (on
+    x86) the int8 instruction set class."""
+    base = info.get("board") or "-".join(filter(None, [
+        info.get("cpu", "cpu"), f"{info.get('cores')}core", info.get("isa")]))
     keep = "".join(c if c.isalnum() else "-" for c in base.lower())
     while "--" in keep:
         keep = keep.replace("--", "-")

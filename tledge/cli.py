@@ -15,7 +15,8 @@ import click
 from tledge import __version__, fileio
 from tledge.config import (BACKBONES, STRATEGIES, DataOptions, FineTuneHParams, ModelOptions,
                            PhaseHParams, QATHParams, RunConfig, TrainOptions)
-from tledge.errors import Interrupted, TledgeError
+from tledge.errors import Interrupted, TledgeError, missing_training_stack, \
+    require_training_stack
 
 
 class Group(click.Group):
@@ -27,6 +28,13 @@ class Group(click.Group):
         except TledgeError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(130 if isinstance(e, Interrupted) else 1)
+        except ImportError as e:
+            # The training stack imported where a [pi] install lacks it: one line, not a trace.
+            error = missing_training_stack(e)
+            if error is None:
+                raise
+            click.secho(f"Error: {error}", fg="red", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
             sys.exit(130)
@@ -140,6 +148,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    early_stop=early_stop, seed=seed, strategy=strategy,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    init_from=init_from))
+    require_training_stack("tledge train")
     from tledge import rundir
     from tledge.train import train as run_training
 
@@ -172,6 +181,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, eval_
     """Convert a run to TFLite and verify every file against the float model."""
     from tledge.config import ExportOptions
 
+    require_training_stack("tledge export (the TFLite converter)")
     formats = tuple(f for f, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic),
                                     ("int8", int8)) if on) or ("fp32",)
     options = ExportOptions(formats=formats, calibration=calibration, ptq=ptq,
@@ -243,6 +253,18 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers like 1,2,4, got {value!r}")
 
 
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT like 320x240, got {value!r}")
+    if width < 1 or height < 1:
+        raise click.BadParameter(f"width and height must be positive, got {value!r}")
+    return width, height
+
+
 @main.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--threads", callback=_int_list, help="Comma-separated thread counts for TFLite "
@@ -275,11 +297,14 @@ def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_pa
 
 @main.command()
 @click.option("--no-tensorflow", is_flag=True, help="Skip the TensorFlow checks (faster).")
-def doctor(no_tensorflow):
-    """Check this machine: Python, runtimes, numpy conflicts, OpenCV, cameras, GPUs."""
+@click.option("--reprobe", is_flag=True, help="Probe every backend again instead of using the "
+              "cached results (after installing another version).")
+def doctor(no_tensorflow, reprobe):
+    """Check this machine: Python, runtimes (each probed in a child process), numpy conflicts,
+    OpenCV, cameras, GPUs."""
     from tledge.doctor import format_checks, run_checks
 
-    checks, usable = run_checks(check_tensorflow=not no_tensorflow)
+    checks, usable = run_checks(check_tensorflow=not no_tensorflow, reprobe=reprobe)
     click.echo(format_checks(checks))
     if not usable:
         raise TledgeError("no TFLite runtime can load a model here: pip install 'tledge[pi]'")
@@ -301,9 +326,12 @@ def doctor(no_tensorflow):
 @click.option("--top-k", type=int, default=3, show_default=True, help="Labels shown per frame.")
 @click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
               help="TFLite interpreter.  [default: the first installed]")
+@click.option("--capture-size", callback=_size, help="WxH to ask a camera for.  [default: the "
+              "smallest common size at or above the model's input when --headless without "
+              "--record, else the camera's own]")
 @click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
 def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
-           top_k, backend, overwrite):
+           top_k, backend, capture_size, overwrite):
     """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
     from tledge.camera import CameraOptions, run_camera
 
@@ -312,7 +340,8 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
             raise TledgeError(f"{path} already exists: pass --overwrite or another file name")
     options = CameraOptions(model=model, source=source, compare=compare, headless=headless,
                             output=output, record=record, max_frames=max_frames,
-                            duration=duration, threads=threads, top_k=top_k, backend=backend)
+                            duration=duration, threads=threads, top_k=top_k, backend=backend,
+                            capture_size=capture_size)
     summary = run_camera(options, echo=click.echo)
     click.echo(summary.format())
 

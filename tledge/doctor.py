@@ -36,11 +36,14 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
-def run_checks(check_tensorflow: bool = True) -> tuple[list[Check], bool]:
-    """(checks, whether some backend can load a model)."""
+def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[list[Check], bool]:
+    """(checks, whether some backend can load a model). Each installed backend is probed: it
+    loads and runs a tiny int8 model in a child process (cached per machine; ``reprobe`` runs
+    the probes again), so a backend that would crash shows here as a line, not a segfault."""
     import numpy as np
 
-    from tledge.runtime import available_backends
+    from tledge import runtime
+    from tledge.runtime.probe import last_line
 
     checks = [Check("python", f"{platform.python_version()} ({platform.machine()})",
                     ok=(3, 10) <= tuple(map(int, platform.python_version_tuple()[:2])) <= (3, 12),
@@ -51,26 +54,50 @@ def run_checks(check_tensorflow: bool = True) -> tuple[list[Check], bool]:
         checks.append(Check("board", board.read_text(errors="ignore").strip("\x00 \n")))
     numpy_major = int(np.__version__.split(".")[0])
     checks.append(Check("numpy", np.__version__))
-    backends = available_backends(include_tensorflow=check_tensorflow)
     usable = False
-    for name, found in backends.items():
-        ok = not found.startswith("unavailable")
-        usable |= ok
-        fix = ""
-        if not ok and name == "litert":
-            fix = "pip install ai-edge-litert (wheels for x86-64 and aarch64, numpy 2)"
-        if name == "tflite_runtime" and _version("tflite-runtime") and numpy_major >= 2:
+    for name in runtime.BACKENDS:
+        ver = runtime.installed_version(name)
+        if ver is None:
+            fix = "pip install ai-edge-litert (wheels for x86-64 and aarch64, numpy 2)" \
+                if name == "litert" else ""
+            checks.append(Check(f"backend {name}", "not installed",
+                                ok=False if name == "litert" else None, fix=fix))
+            continue
+        if name == "tensorflow" and not check_tensorflow:
+            checks.append(Check(f"backend {name}", f"{ver}, not probed (--no-tensorflow)"))
+            continue
+        result = runtime.probe_backend(name, refresh=reprobe)
+        ok, fix = result.ok, ""
+        value = f"{ver}, probe: {last_line(result)}"
+        if name == "tflite_runtime" and numpy_major >= 2:
             ok, fix = False, ("tflite-runtime 2.14 is built for numpy 1.x and fails under numpy "
                               f"{np.__version__}: use ai-edge-litert instead (pip uninstall "
                               "tflite-runtime; pip install ai-edge-litert), or pin numpy<2")
-        checks.append(Check(f"backend {name}", found, ok=ok if name == "litert" or fix else None,
-                            fix=fix))
+        elif name == "tensorflow" and not ok and "Interpreter" in result.detail:
+            value = f"{ver}: has no tf.lite.Interpreter"
+            fix = "not needed: LiteRT (ai-edge-litert) runs the models"
+        elif not ok and result.detail.startswith("crashed"):
+            fix = ("this backend dies loading a model here; tledge uses the next one. Try "
+                   "another version (pip install 'ai-edge-litert<2.2'); under qemu, show the "
+                   "guest an ARM /proc/cpuinfo")
+        elif not ok:
+            fix = "reinstall it, or use another backend (--backend)"
+        usable |= ok
+        checks.append(Check(f"backend {name}", value,
+                            ok=ok if (name == "litert" or not ok) else None, fix=fix))
     if not usable:
-        checks.append(Check("runtime", "no TFLite interpreter can be loaded", ok=False,
+        checks.append(Check("runtime", "no TFLite interpreter can load a model", ok=False,
                             fix="pip install 'tledge[pi]'"))
     checks += _opencv_checks()
     checks += _camera_checks()
-    if check_tensorflow and importlib.util.find_spec("tensorflow") is not None:
+    tf_version = _version("tensorflow") or _version("tensorflow-cpu")
+    if tf_version is None:
+        checks.append(Check("tensorflow", "not installed (not needed to run .tflite models)",
+                            fix='pip install "tledge[train]" to train and export'))
+    elif not check_tensorflow:
+        checks.append(Check("tensorflow", f"{tf_version} installed, not checked "
+                                          "(--no-tensorflow)"))
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
         gpus = tf.config.list_physical_devices("GPU")
@@ -79,9 +106,7 @@ def run_checks(check_tensorflow: bool = True) -> tuple[list[Check], bool]:
         for dist in ("tf-keras", "tensorflow-model-optimization"):
             v = _version(dist)
             checks.append(Check(dist, v or "not installed", ok=None if v else False,
-                                fix="" if v else "pip install 'tledge[train]' to train and export"))
-    else:
-        checks.append(Check("tensorflow", "not installed (not needed to run .tflite models)"))
+                                fix="" if v else 'pip install "tledge[train]" to train and export'))
     return checks, usable
 
 

@@ -61,7 +61,12 @@ def keras_predictor(model, name: str, labels: list, kind: str = "keras") -> Pred
 
 
 def _keras_predictor(run: Path, qat: bool) -> Predictor:
+    from tledge.errors import require_training_stack
+
     rundir.require_run(run)
+    require_training_stack(f"the run folder {run} (a Keras model)",
+                           ("tensorflow", "tf_keras") + (("tensorflow_model_optimization",)
+                                                         if qat else ()))
     labels = fileio.read_labels(run / rundir.LABELS)
     if qat:
         if not (run / rundir.QAT_MODEL).is_file():

@@ -1,0 +1,1 @@
+"""A TFLite backend stand-in that segfaults, to run beside the real LiteRT (tests only)."""

@@ -1,0 +1,1 @@
+"""A stand-in for LiteRT that dies like a native crash (tests only)."""

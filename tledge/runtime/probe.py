@@ -1,0 +1,164 @@
+"""Probe a TFLite backend in a child process before this process first uses it.
+
+A backend is native code, and native code can die where Python cannot catch it: LiteRT 2.2 and
+newer segfault while reading an unexpected /proc/cpuinfo (seen under qemu, which shows an arm64
+guest the x86 host's), and tflite-runtime 2.14 fails under numpy 2. A crash inside
+``Interpreter(...)`` would take the user's command down with a bare "Segmentation fault", so each
+backend first loads and runs a tiny int8 classifier (``probe.tflite``, beside this file) in a
+child process. A backend whose child dies is skipped with a one-line warning and the next one is
+used; ``tledge doctor`` shows every probe's result.
+
+Results are cached per backend version, install location, Python and machine (the CPU's model
+lines from /proc/cpuinfo, not its clock figures), in ``$TLEDGE_CACHE_DIR`` or
+``~/.cache/tledge/backend_probe.json``, so the probe costs one child process once per machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+PROBE_MODEL = Path(__file__).with_name("probe.tflite")
+CACHE_FILE = "backend_probe.json"
+TIMEOUT_S = 300  # Python + numpy + a backend start in a few seconds; under qemu, far slower
+
+# The child imports nothing of tledge: only the backend, numpy, and the probe model.
+_CHILD = r"""
+import importlib, sys, numpy as np
+spec, model = sys.argv[1], sys.argv[2]
+module, _, path = spec.partition(":")
+Interpreter = importlib.import_module(module)
+for attr in (path or "Interpreter").split("."):
+    Interpreter = getattr(Interpreter, attr)
+interpreter = Interpreter(model_path=model, num_threads=1)
+interpreter.allocate_tensors()
+inp = interpreter.get_input_details()[0]
+interpreter.set_tensor(inp["index"], np.full(inp["shape"], 128, inp["dtype"]))
+interpreter.invoke()
+out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+assert out.shape[-1] == 2, out.shape
+print("ok")
+"""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What loading and running the probe model in a child process showed.
+
+    Attributes:
+      ok: the backend loaded and ran the model.
+      detail: "ok", or why not in a few words ("crashed with SIGSEGV", the error's last line).
+      cached: the result came from the cache, not a new child process.
+    """
+
+    ok: bool
+    detail: str
+    cached: bool = False
+
+
+def cache_path() -> Path:
+    base = os.environ.get("TLEDGE_CACHE_DIR")
+    if base:
+        return Path(base) / CACHE_FILE
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "tledge" / CACHE_FILE
+
+
+def machine_id() -> str:
+    """This machine as a backend sees it: name, architecture and the CPU's identity lines."""
+    keep = ("model name", "flags", "features", "cpu implementer", "cpu part", "hardware", "model")
+    lines = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in keep:
+                    lines.add(line.strip())
+    except OSError:
+        pass
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
+    return f"{platform.node()}/{platform.machine()}/{digest}"
+
+
+def probe_key(module: str, version: str) -> str:
+    top = module.split(":")[0].split(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)  # locates the package without importing it
+        origin = spec.origin if spec else None
+    except (ImportError, ValueError):
+        origin = None
+    return "|".join([module, version, str(origin), sys.executable, platform.python_version(),
+                     machine_id()])
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(cache_path().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(key: str, result: ProbeResult) -> None:
+    from tledge import fileio
+
+    data = _read_cache()
+    data[key] = {"ok": result.ok, "detail": result.detail}
+    try:
+        fileio.write_json(cache_path(), data)
+    except OSError:
+        pass  # a read-only home: probe again next time rather than fail
+
+
+def run_child(module: str, timeout: float = TIMEOUT_S) -> ProbeResult:
+    """Load and run the probe model in a fresh Python with the Interpreter that ``module``
+    names ("package.module", or "package:attr.path" for a class not called Interpreter at the
+    module's top level)."""
+    env = dict(os.environ)
+    # The child must find the same packages as this process, including any sys.path changes.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, module, str(PROBE_MODEL)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"did not finish in {timeout:.0f} s")
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return ProbeResult(True, "ok")
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return ProbeResult(False, f"crashed with {name}")
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return ProbeResult(False, (lines[-1][:160] if lines else f"exit code {proc.returncode}"))
+
+
+def probe(module: str, version: str, refresh: bool = False) -> ProbeResult:
+    """The cached probe result for a backend, probing it first if this machine has none."""
+    if os.environ.get("TLEDGE_NO_PROBE") == "1":
+        return ProbeResult(True, "not probed (TLEDGE_NO_PROBE=1)")
+    key = probe_key(module, version)
+    if not refresh:
+        hit = _read_cache().get(key)
+        if isinstance(hit, dict) and "ok" in hit:
+            return ProbeResult(bool(hit["ok"]), str(hit.get("detail", "")), cached=True)
+    result = run_child(module)
+    if not result.detail.startswith("did not finish"):  # a slow machine may do better next time
+        _write_cache(key, result)
+    return result
+
+
+def last_line(result: Optional[ProbeResult]) -> str:
+    if result is None:
+        return "not probed"
+    return result.detail + (" (cached)" if result.cached else "")
