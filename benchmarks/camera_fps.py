@@ -5,7 +5,13 @@
 Writes a 640x480 video of generated shapes, times the model's bare inference at one thread
 (p50), then runs the camera pipeline headless on the video with --threads 1, so capture and
 drawing have the other core. Capture, preprocessing and drawing overlap inference when the
-pipeline works: FPS close to 1 / p50. Results: benchmarks/results/camera_<machine>.md and .json.
+pipeline works: FPS close to 1 / p50.
+
+Then the same run on the same pictures at each of --capture-sizes: what the CPU spends per frame
+before inference when the camera delivers frames near the model's input (tledge camera asks a
+V4L2 camera for the smallest common size at or above it when nothing needs full frames, and the
+Pi camera's ISP scales its lores stream to the model's input at no CPU cost; a video of that size
+stands in for both). Results: benchmarks/results/camera_<machine>.md and .json.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ HERE = Path(__file__).resolve().parent
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--frames", default=300, show_default=True)
 @click.option("--runs", default=100, show_default=True, help="Timed bare inferences.")
+@click.option("--capture-sizes", default="640x480,320x240,224x224", show_default=True,
+              help="Frame sizes to compare, WxH, comma-separated (the first is the main run).")
 @click.option("--results-dir", default=str(HERE / "results"), show_default=True)
-def main(model, frames, runs, results_dir):
+def main(model, frames, runs, capture_sizes, results_dir):
     import tempfile
 
     import cv2
@@ -37,14 +45,22 @@ def main(model, frames, runs, results_dir):
     from tledge.runtime import Classifier
 
     tmp = Path(tempfile.mkdtemp())
-    video = tmp / "shapes.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
-    for i in range(frames):
-        square = draw_shape(i % len(CLASSES), 0, "test", i, 480)
-        frame = np.zeros((480, 640, 3), np.uint8)
-        frame[:, 80:560] = square
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in capture_sizes.split(",")]
+
+    def make_video(width, height):
+        path = tmp / f"shapes_{width}x{height}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0,
+                                 (width, height))
+        for i in range(frames):
+            square = draw_shape(i % len(CLASSES), 0, "test", i, 480)
+            frame = np.zeros((480, 640, 3), np.uint8)
+            frame[:, 80:560] = square
+            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        return path
+
+    video = make_video(*sizes[0])
 
     clf = Classifier(model, threads=1)
     x = clf.preprocess(np.zeros((480, 640, 3), np.uint8))[None]
@@ -58,14 +74,22 @@ def main(model, frames, runs, results_dir):
     inference = latency_stats(ms)
     summary = run_camera(CameraOptions(model=model, source=str(video), headless=True,
                                        threads=1), echo=lambda s: None)
+    by_size = []
+    for width, height in sizes:
+        path = video if (width, height) == sizes[0] else make_video(width, height)
+        run = summary if path == video else run_camera(
+            CameraOptions(model=model, source=str(path), headless=True, threads=1),
+            echo=lambda s: None)
+        by_size.append({"size": f"{width}x{height}", "fps": run.fps, "stages": run.stages})
+        os.remove(path)
     ideal = 1000.0 / inference["p50"]
     ratio = summary.fps / ideal
     info, _ = machine_info()
     result = {"model": model, "frames": summary.frames, "fps": summary.fps,
               "inference_ms": inference, "ideal_fps": ideal, "ratio": ratio,
-              "stages": summary.stages, "machine": info,
+              "stages": summary.stages, "by_capture_size": by_size, "machine": info,
               "command": f"python benchmarks/camera_fps.py --model {model} --frames {frames} "
-                         f"--runs {runs}"}
+                         f"--runs {runs} --capture-sizes {capture_sizes}"}
     stem = Path(results_dir) / f"camera_{info['machine_id']}"
     fileio.write_json(f"{stem}.json", result)
     lines = [f"# tledge camera FPS on {info['machine_id']}", "",
@@ -79,9 +103,18 @@ def main(model, frames, runs, results_dir):
              f"| ratio | {100 * ratio:.1f}% |"]
     for stage, s in summary.stages.items():
         lines.append(f"| {stage} p50 / p90 | {s['p50']:.2f} / {s['p90']:.2f} ms |")
+    lines += ["", "By the size of the frames that reach inference (same pictures, same run of "
+              "this script; capture = decode here, the camera's own work on a device):", "",
+              "| frame size | capture p50 | preprocess p50 / p90 | before inference | "
+              "inference p50 | end to end |", "|---|---:|---:|---:|---:|---:|"]
+    for row in by_size:
+        st = row["stages"]
+        before = st["capture"]["p50"] + st["preprocess"]["p50"]
+        lines.append(f"| {row['size']} | {st['capture']['p50']:.2f} ms | "
+                     f"{st['preprocess']['p50']:.2f} / {st['preprocess']['p90']:.2f} ms | "
+                     f"{before:.2f} ms | {st['inference']['p50']:.2f} ms | {row['fps']:.1f} FPS |")
     fileio.write_text(f"{stem}.md", "\n".join(lines) + "\n")
     click.echo("\n".join(lines))
-    os.remove(video)
 
 
 if __name__ == "__main__":

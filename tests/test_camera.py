@@ -89,9 +89,10 @@ def test_live_dropout_is_retried_with_backoff_then_reported(colour_tflite, monke
 
     def read():
         time.sleep(0.01)
-        return (True, bgr.copy()) if script and script.pop(0) == "frame" else (False, None)
+        return (True, bgr.copy(), None) if script and script.pop(0) == "frame" else \
+            (False, None, None)
 
-    monkeypatch.setattr(camera, "open_source", lambda spec: camera.Source(
+    monkeypatch.setattr(camera, "open_source", lambda spec, *sizes: camera.Source(
         "fake camera", True, read, lambda: reopened.append(time.perf_counter()), lambda: None))
     lines = []
     start = time.perf_counter()

@@ -56,6 +56,10 @@ class CameraOptions:
       top_k: labels shown per frame.
       backend: TFLite backend (None: the first installed).
       retries: reconnection attempts for a live source that drops out (backoff 0.5 s, doubling).
+      capture_size: (width, height) to ask a camera for; None picks one: the smallest common
+        size at or above the model's input when nothing needs full frames (headless, no
+        --record), else the camera's own. The Pi camera always delivers full frames on its
+        main stream and feeds inference from its ISP-scaled lores stream.
     """
 
     model: str
@@ -70,6 +74,7 @@ class CameraOptions:
     top_k: int = 3
     backend: Optional[str] = None
     retries: int = 5
+    capture_size: Optional[tuple] = None
 
 
 # ------------------------------------------------------------------ models
@@ -83,12 +88,14 @@ class FrameModel:
       labels: class labels.
       prepare: RGB frame -> model input (resized, quantized).
       run: model input -> dequantized scores.
+      size: the model's input (height, width).
     """
 
     name: str
     labels: list
     prepare: Callable[[np.ndarray], np.ndarray]
     run: Callable[[np.ndarray], np.ndarray]
+    size: tuple = (224, 224)
 
 
 def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) -> FrameModel:
@@ -100,11 +107,12 @@ def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) 
         predictor = load_predictor(p)
         return FrameModel(predictor.name, predictor.labels,
                           lambda rgb: resize_rgb(rgb, predictor.image_size),
-                          lambda x: predictor.predict(x[None])[0])
+                          lambda x: predictor.predict(x[None])[0], tuple(predictor.image_size))
     from tledge.runtime import Classifier
 
     clf = Classifier(p, backend=backend, threads=threads)
-    return FrameModel(p.name, clf.labels, clf.preprocess, lambda x: clf.invoke(x[None])[0])
+    return FrameModel(p.name, clf.labels, clf.preprocess, lambda x: clf.invoke(x[None])[0],
+                      (clf.height, clf.width))
 
 
 # ------------------------------------------------------------------ sources
@@ -120,7 +128,9 @@ class Source:
     Attributes:
       description: for messages.
       live: a camera or stream (drop stale frames, reconnect on drop-out) vs a file or folder.
-      read: () -> (ok, BGR frame or None); ok False at the end of a file.
+      read: () -> (ok, BGR frame or None, RGB frame for inference or None); ok False at the
+        end of a file. The third is a smaller frame the camera scaled itself (the Pi's ISP
+        lores stream); None means inference uses the BGR frame.
       reopen: () -> None, for live sources that dropped out.
       release: () -> None.
       fps: the source's nominal frame rate (for --record), or None.
@@ -134,14 +144,30 @@ class Source:
     fps: Optional[float] = None
 
 
-def open_source(spec: str) -> Source:
+# Common camera sizes (width, height), smallest first: V4L2 drivers snap a request to one of
+# theirs, and these are the ones nearly every UVC camera has.
+CAPTURE_SIZES = ((160, 120), (176, 144), (320, 240), (352, 288), (640, 480), (800, 600),
+                 (1280, 720), (1280, 960), (1920, 1080))
 
+
+def capture_size_for(model_size: tuple) -> tuple:
+    """The smallest common camera size (width, height) at or above the model's input (h, w)."""
+    height, width = model_size
+    return next(((w, h) for w, h in CAPTURE_SIZES if w >= width and h >= height),
+                CAPTURE_SIZES[-1])
+
+
+def open_source(spec: str, model_size: Optional[tuple] = None,
+                capture_size: Optional[tuple] = None) -> Source:
+    """``model_size`` (h, w): the Pi camera's lores stream is scaled to it by the ISP.
+    ``capture_size`` (w, h): asked of a V4L2 camera (None: its own default)."""
     if spec.lower() in ("picamera", "picamera2"):
-        return _open_picamera()
+        return _open_picamera(model_size)
     path = Path(spec)
     if spec.isdigit() or spec.startswith("/dev/video"):
         target = int(spec) if spec.isdigit() else spec
-        return _open_capture(target, live=True, description=f"camera {spec}")
+        return _open_capture(target, live=True, description=f"camera {spec}",
+                             size=capture_size)
     if "://" in spec:
         return _open_capture(spec, live=True, description=f"stream {spec}")
     if path.is_dir():
@@ -153,10 +179,20 @@ def open_source(spec: str) -> Source:
                       f"{', '.join(list_cameras()) or 'none'})")
 
 
-def _open_capture(target, live: bool, description: str) -> Source:
+def _open_capture(target, live: bool, description: str,
+                  size: Optional[tuple] = None) -> Source:
     import cv2
 
-    state = {"cap": cv2.VideoCapture(target)}
+    def open_it():
+        cap = cv2.VideoCapture(target)
+        if size and cap.isOpened():
+            # The driver snaps this to the nearest size it has; a smaller frame costs the CPU
+            # less to convert, copy and resize before inference.
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, size[0])
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, size[1])
+        return cap
+
+    state = {"cap": open_it()}
     if not state["cap"].isOpened():
         state["cap"].release()
         if isinstance(target, int) or str(target).startswith("/dev/video"):
@@ -170,10 +206,13 @@ def _open_capture(target, live: bool, description: str) -> Source:
 
     def reopen():
         state["cap"].release()
-        state["cap"] = cv2.VideoCapture(target)
+        state["cap"] = open_it()
 
-    return Source(description, live, lambda: state["cap"].read(), reopen,
-                  lambda: state["cap"].release(), fps)
+    def read():
+        ok, bgr = state["cap"].read()
+        return ok, bgr, None
+
+    return Source(description, live, read, reopen, lambda: state["cap"].release(), fps)
 
 
 def _open_folder(folder: Path) -> Source:
@@ -188,24 +227,68 @@ def _open_folder(folder: Path) -> Source:
         try:
             path = next(it)
         except StopIteration:
-            return False, None
-        return True, cv2.imread(str(path), cv2.IMREAD_COLOR)  # None if unreadable: corrupt
+            return False, None, None
+        return True, cv2.imread(str(path), cv2.IMREAD_COLOR), None  # None if unreadable
 
     return Source(f"folder {folder} ({len(files)} images)", False, read, lambda: None,
                   lambda: None, None)
 
 
-def _open_picamera() -> Source:
+# Picamera2 names formats after DRM fourcc codes, which are little-endian: "RGB888" arrives as
+# [B, G, R] per pixel (what OpenCV calls BGR) and "BGR888" as [R, G, B]; the X formats add a
+# fourth byte of 255 ("XRGB8888" is [B, G, R, 255]). See the Picamera2 manual, section 4.2.2.4.
+PICAMERA_MAIN = {"format": "RGB888", "size": (640, 480)}
+
+
+def picamera_lores_size(model_size: tuple, main_size: tuple = PICAMERA_MAIN["size"]) -> tuple:
+    """The lores stream's (width, height): the model's input, rounded up to even sizes (YUV420
+    halves both for its colour planes) and at most the main stream's."""
+    height, width = model_size
+    width, height = width + width % 2, height + height % 2
+    return min(width, main_size[0]), min(height, main_size[1])
+
+
+def _open_picamera(model_size: Optional[tuple] = None) -> Source:
+    import cv2
+
     try:
         from picamera2 import Picamera2
     except ImportError:
         raise TledgeError("Picamera2 is not installed: sudo apt install python3-picamera2 and "
                           "create the venv with --system-site-packages")
-    cam = Picamera2()
-    cam.configure(cam.create_video_configuration(main={"format": "BGR888", "size": (640, 480)}))
+    try:
+        cam = Picamera2()
+    except (IndexError, RuntimeError) as e:  # no camera attached, or held by another process
+        raise TledgeError(f"cannot open the Pi camera ({type(e).__name__}: {e}): check its "
+                          "cable and that no other program (rpicam-hello, another tledge) uses it")
+    # main: full frames for the window, --record and the overlay. lores: the same field of view
+    # scaled by the ISP to about the model's input, free of CPU, which feeds inference. A Pi 4's
+    # lores stream must be YUV420.
+    lores = None
+    if model_size:
+        lores = {"format": "YUV420", "size": picamera_lores_size(model_size)}
+    config = cam.create_video_configuration(main=dict(PICAMERA_MAIN), lores=lores)
+    if hasattr(cam, "align_configuration"):
+        cam.align_configuration(config)  # sizes the ISP can produce (widths to its alignment)
+    cam.configure(config)
+    lores_w, lores_h = config["lores"]["size"] if lores else (0, 0)
     cam.start()
-    return Source("Pi camera module", True, lambda: (True, cam.capture_array()), lambda: None,
-                  cam.stop, 30.0)
+
+    def read():
+        if lores is None:
+            bgr = cam.capture_array("main")
+            return True, np.ascontiguousarray(bgr[..., :3]), None
+        (bgr, yuv), _ = cam.capture_arrays(["main", "lores"])
+        # I420 planar; rows may be padded to the stride, so convert at the stride and crop.
+        rgb = cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB_I420)[:lores_h, :lores_w]
+        return True, np.ascontiguousarray(bgr[..., :3]), np.ascontiguousarray(rgb)
+
+    def release():
+        cam.stop()
+        if hasattr(cam, "close"):
+            cam.close()
+
+    return Source("Pi camera module", True, read, lambda: None, release, 30.0)
 
 
 # ------------------------------------------------------------------ the pipeline
@@ -294,8 +377,11 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
         if not Path(options.compare).exists():
             raise TledgeError(f"compare model {options.compare} does not exist")
         models.append(load_frame_model(options.compare, options.backend, options.threads))
-    source = open_source(options.source)
     window = not options.headless and _display_available()
+    capture_size = options.capture_size
+    if capture_size is None and not window and not options.record:
+        capture_size = capture_size_for(models[0].size)  # nothing needs more than inference
+    source = open_source(options.source, models[0].size, capture_size)
     if not options.headless and not window:
         echo("WARNING: no display for a window (or a headless OpenCV): running headless")
 
@@ -311,7 +397,7 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
         try:
             while not stop.is_set():
                 t0 = time.perf_counter()
-                ok, bgr = source.read()
+                ok, bgr, small = source.read()
                 if not ok:
                     if not source.live:
                         counters["ended"] = "end of source"
@@ -332,7 +418,7 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
                     counters["corrupt"] += 1
                     continue
                 t1 = time.perf_counter()
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb = small if small is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 inputs = [m.prepare(rgb) for m in models]
                 t2 = time.perf_counter()
                 packet = Packet(index, time.time(), bgr, inputs,
@@ -528,30 +614,60 @@ def frame_record(packet: Packet, models: list) -> dict:
     return record
 
 
-def draw_overlay(packet: Packet, models: list, agreement: dict, status: dict) -> np.ndarray:
-    """Top-k labels and scores, latency per model, FPS and agreement, on a copy of the frame."""
-    import cv2
+FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
-    img = packet.bgr.copy()
-    h = img.shape[0]
-    scale = max(0.4, h / 720)
-    line = int(26 * scale)
-    y = line
 
-    def text(s: str, colour=(255, 255, 255)):
-        nonlocal y
-        cv2.putText(img, s, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, s, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
-        y += line
-
+def overlay_lines(packet: Packet, models: list, agreement: dict) -> list:
+    """(text, BGR colour) per line: each model's latency and top-k, then the agreement."""
+    lines = []
     for i, (model, result) in enumerate(zip(models, packet.results)):
         key = "inference" if i == 0 else "compare"
         colour = (80, 255, 80) if i == 0 else (255, 200, 80)
-        text(f"{model.name}: {packet.times.get(key, 0):.1f} ms", colour)
-        for c in result:
-            text(f"  {c.label} {c.score:.2f}", colour)
+        lines.append((f"{model.name}: {packet.times.get(key, 0):.1f} ms", colour))
+        lines += [(f"  {c.label} {c.score:.2f}", colour) for c in result]
     if agreement["n"]:
-        text(f"agreement {100 * agreement['agree'] / agreement['n']:.1f}% of {agreement['n']}")
+        lines.append((f"agreement {100 * agreement['agree'] / agreement['n']:.1f}% of "
+                      f"{agreement['n']}", (255, 255, 255)))
+    return lines
+
+
+def draw_text_panel(img: np.ndarray, lines: list, origin: tuple = (0, 0)) -> tuple:
+    """Draw ``lines`` on a darkened panel sized from the text itself; returns the panel's
+    (x0, y0, x1, y1).
+
+    Readable on any background, and with any OpenCV: the panel is measured with the very
+    thickness the text is drawn with (OpenCV 5's text width grows with thickness, so a thick
+    outline behind thin text no longer lines up with it).
+    """
+    import cv2
+
+    h, w = img.shape[:2]
+    scale = max(0.4, h / 720)
+    thickness = 1 if scale < 0.9 else 2
+    pad, gap = max(3, int(6 * scale)), max(2, int(6 * scale))
+    sizes = [cv2.getTextSize(text, FONT, scale, thickness) for text, _ in lines]
+    if not sizes:
+        return origin + origin
+    ascent = max(size[0][1] for size in sizes)
+    step = ascent + max(size[1] for size in sizes) + gap  # one line height: even spacing
+    x0, y0 = origin
+    x1 = min(w, x0 + 2 * pad + max(size[0][0] for size in sizes))
+    y1 = min(h, y0 + 2 * pad + len(lines) * step - gap)
+    if x1 <= x0 or y1 <= y0:
+        return x0, y0, x0, y0
+    roi = img[y0:y1, x0:x1]
+    roi[...] = (roi.astype(np.uint16) * 3 // 10).astype(np.uint8)  # 70% towards black
+    for i, (text, colour) in enumerate(lines):
+        baseline_y = y0 + pad + ascent + i * step
+        cv2.putText(img, text, (x0 + pad, baseline_y), FONT, scale, colour, thickness,
+                    cv2.LINE_AA)
+    return x0, y0, x1, y1
+
+
+def draw_overlay(packet: Packet, models: list, agreement: dict, status: dict) -> np.ndarray:
+    """Top-k labels and scores, latency per model and agreement, on a copy of the frame."""
+    img = packet.bgr.copy()
+    draw_text_panel(img, overlay_lines(packet, models, agreement))
     return img
 
 
