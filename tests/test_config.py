@@ -26,7 +26,7 @@ def test_override_ignores_unset_flags_and_never_mutates():
 def test_unknown_key_is_a_clear_error(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  sorce: shapes\n")
-    with pytest.raises(TledgeError, match="unknown key.*sorce.*config.data"):
+    with pytest.raises(TledgeError, match="unknown key.*sorce.*in data"):
         RunConfig.from_yaml(path)
 
 

@@ -17,9 +17,98 @@ import yaml
 from tledge.errors import TledgeError
 
 BACKBONES = ("mobilenet_v2", "resnet50")
+# MobileNetV2 widths that Keras has ImageNet weights for.
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "none")
 SCHEDULES = ("constant", "cosine")
+
+
+# Where a field lives in config.yaml, and the flag that sets it (for error messages).
+_SECTIONS = {"DataOptions": "data", "ModelOptions": "model", "PhaseHParams": "train.frozen",
+             "FineTuneHParams": "train.finetune", "QATHParams": "train.qat",
+             "TrainOptions": "train", "RunConfig": "", "ExportOptions": "export"}
+_FLAGS = {
+    "data.source": "--data", "data.image_size": "--image-size", "data.val_split": "--val-split",
+    "data.limit": "--limit", "data.augment": "--augment", "data.batch_size": "--batch-size",
+    "model.backbone": "--backbone", "model.alpha": "--alpha", "model.weights": "--weights",
+    "model.head_units": "--head-units", "model.dropout": "--dropout",
+    "train.frozen.epochs": "--epochs-frozen", "train.frozen.learning_rate": "--lr",
+    "train.finetune.epochs": "--epochs-finetune", "train.finetune.learning_rate": "--lr-finetune",
+    "train.finetune.unfreeze": "--unfreeze", "train.finetune.schedule": "--lr-schedule",
+    "train.qat.enabled": "--qat", "train.qat.epochs": "--epochs-qat",
+    "train.qat.learning_rate": "--lr-qat", "train.early_stop": "--early-stop",
+    "train.seed": "--seed", "train.strategy": "--strategy",
+    "train.mixed_precision": "--mixed-precision", "train.feature_cache": "--feature-cache",
+    "train.init_from": "--init-from", "export.calibration": "--calibration",
+    "export.max_drop": "--max-drop", "export.eval_limit": "--eval-limit",
+}
+
+
+def _key(obj: Any, name: str) -> str:
+    section = _SECTIONS.get(type(obj).__name__, "")
+    key = f"{section}.{name}" if section else name
+    flag = _FLAGS.get(key)
+    return f"{flag} ({key})" if flag else key
+
+
+def _fail(obj: Any, name: str, expected: str) -> TledgeError:
+    value = getattr(obj, name)
+    shown = repr(value) if not isinstance(value, (bytes, bytearray)) else "binary data"
+    return TledgeError(f"{_key(obj, name)} must be {expected}, got {shown[:60]}")
+
+
+def _check_types(obj: Any) -> None:
+    """Every field of a frozen options dataclass has its annotated type: the one place where
+    flags and YAML values alike are checked (YAML gives strings, lists, nulls where numbers
+    belong). Integers are accepted for floats and made floats; numbers must be finite; a bool
+    is never taken for a number."""
+    import math
+
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        optional = kind.startswith("Optional[")
+        kind = kind[len("Optional["):-1] if optional else kind
+        if value is None:
+            if optional:
+                continue
+            raise _fail(obj, f.name, f"set (a {kind})")
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _fail(obj, f.name, "a whole number")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _fail(obj, f.name, "a number")
+            if not math.isfinite(value):
+                raise _fail(obj, f.name, "a finite number")
+            object.__setattr__(obj, f.name, float(value))
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise _fail(obj, f.name, "true or false")
+        elif kind == "str":
+            if isinstance(value, int) and not isinstance(value, bool) and f.name == "unfreeze":
+                object.__setattr__(obj, f.name, str(value))  # YAML reads "unfreeze: 30" as 30
+            elif not isinstance(value, str) or not value.strip() or "\x00" in value:
+                raise _fail(obj, f.name, "a non-empty text")
+        elif kind == "tuple":
+            if isinstance(value, list):
+                object.__setattr__(obj, f.name, tuple(value))
+            elif not isinstance(value, tuple):
+                raise _fail(obj, f.name, "a list")
+
+
+def _check_range(obj: Any, name: str, low=None, high=None, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    value = getattr(obj, name)
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "" if low is None else f"{'above' if low_open else 'at least'} {low:,}"
+        right = "" if high is None else f"{'below' if high_open else 'at most'} {high:,}"
+        raise _fail(obj, name, " and ".join(filter(None, [left, right])))
 
 
 @dataclass(frozen=True)
@@ -47,14 +136,12 @@ class DataOptions:
     shapes_per_class: int = 120
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.val_split < 1.0:
-            raise TledgeError(f"--val-split must be between 0 and 1, got {self.val_split}")
-        if self.image_size < 32:
-            raise TledgeError(f"--image-size must be at least 32 pixels, got {self.image_size}")
-        if self.limit is not None and self.limit < 2:
-            raise TledgeError(f"--limit must be at least 2 images per class, got {self.limit}")
-        if self.batch_size < 1:
-            raise TledgeError(f"--batch-size must be positive, got {self.batch_size}")
+        _check_types(self)
+        _check_range(self, "val_split", 0.0, 1.0, low_open=True, high_open=True)
+        _check_range(self, "image_size", 32, 2048)
+        _check_range(self, "limit", 2)
+        _check_range(self, "batch_size", 1, 65536)
+        _check_range(self, "shapes_per_class", 2, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -77,13 +164,17 @@ class ModelOptions:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
+        _check_types(self)
         if self.backbone not in BACKBONES:
             raise TledgeError(
                 f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise TledgeError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.head_units < 0:
-            raise TledgeError(f"--head-units must be 0 or more, got {self.head_units}")
+        _check_range(self, "dropout", 0.0, 1.0, high_open=True)
+        _check_range(self, "head_units", 0, 65536)
+        _check_range(self, "alpha", 0.0, 4.0, low_open=True)
+        if (self.backbone == "mobilenet_v2" and self.weights == "imagenet"
+                and self.alpha not in IMAGENET_ALPHAS):
+            raise TledgeError(f"--alpha {self.alpha:g} has no ImageNet weights: choose one of "
+                              f"{', '.join(f'{a:g}' for a in IMAGENET_ALPHAS)}, or --weights none")
 
 
 @dataclass(frozen=True)
@@ -99,10 +190,9 @@ class PhaseHParams:
     learning_rate: float = 1e-3
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise TledgeError(f"epochs must be 0 or more, got {self.epochs}")
-        if self.learning_rate <= 0:
-            raise TledgeError(f"learning rates must be positive, got {self.learning_rate}")
+        _check_types(self)
+        _check_range(self, "epochs", 0, 100_000)
+        _check_range(self, "learning_rate", 0.0, 10.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -129,6 +219,10 @@ class FineTuneHParams(PhaseHParams):
         if self.schedule not in SCHEDULES:
             raise TledgeError(f"unknown --lr-schedule {self.schedule!r}: choose one of "
                               f"{', '.join(SCHEDULES)}")
+        spec = self.unfreeze.strip()
+        if not (spec == "all" or spec.isdigit() or spec.replace("_", "").isalnum()):
+            raise TledgeError(f"--unfreeze {self.unfreeze!r} is neither a number of layers, "
+                              "'all' nor a layer name: pass e.g. --unfreeze 30")
 
 
 @dataclass(frozen=True)
@@ -177,11 +271,16 @@ class TrainOptions:
     init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        for name, cls in (("frozen", PhaseHParams), ("finetune", FineTuneHParams),
+                          ("qat", QATHParams)):
+            if type(getattr(self, name)) is not cls:
+                raise TledgeError(f"train.{name} must be a {cls.__name__}")
         if self.strategy not in STRATEGIES:
             raise TledgeError(
                 f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if self.early_stop is not None and self.early_stop < 1:
-            raise TledgeError(f"--early-stop must be at least 1 epoch, got {self.early_stop}")
+        _check_range(self, "early_stop", 1, 100_000)
+        _check_range(self, "seed", 0, 2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -203,7 +302,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RunConfig":
-        return _build(cls, d, "config")
+        return _build(cls, d, "")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -214,6 +313,14 @@ class RunConfig:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise TledgeError(f"config file {path} does not exist: pass an existing YAML file")
+        except IsADirectoryError:
+            raise TledgeError(f"config file {path} is a folder: pass a YAML file (a run's "
+                              "config.yaml)")
+        except PermissionError:
+            raise TledgeError(f"config file {path} cannot be read (permission denied)")
+        except (UnicodeDecodeError, ValueError):
+            raise TledgeError(f"config file {path} is not a text file: pass a YAML file (a "
+                              "run's config.yaml)")
         except yaml.YAMLError as e:
             raise TledgeError(f"config file {path} is not valid YAML ({_first_line(e)}): fix it")
         if not isinstance(raw, dict):
@@ -232,6 +339,12 @@ class RunConfig:
             cfg = dataclasses.replace(cfg, **{name: _replace(current, values)})
         return cfg
 
+    def __post_init__(self) -> None:
+        for name, cls in (("data", DataOptions), ("model", ModelOptions),
+                          ("train", TrainOptions)):
+            if type(getattr(self, name)) is not cls:
+                raise TledgeError(f"{name} must be a mapping of {cls.__name__} keys")
+
 
 def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
     changes = {}
@@ -246,17 +359,19 @@ def _replace(obj: Any, values: Mapping[str, Any]) -> Any:
 
 
 def _build(cls: type, d: Mapping[str, Any], where: str) -> Any:
+    name_of = where or "the config"
     if not isinstance(d, Mapping):
-        raise TledgeError(f"{where} must be a mapping, got {type(d).__name__}")
+        raise TledgeError(f"{name_of} must be a mapping of keys, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
+    unknown = sorted(map(repr, set(d) - set(fields)))
     if unknown:
-        raise TledgeError(
-            f"unknown key(s) {', '.join(unknown)} in {where}: expected some of {', '.join(fields)}")
+        raise TledgeError(f"unknown key(s) {', '.join(unknown)[:200]} in {name_of}: expected some "
+                          f"of {', '.join(fields)}")
     kwargs = {}
     for name, value in d.items():
         sub = _nested_type(cls, name)
-        kwargs[name] = _build(sub, value, f"{where}.{name}") if sub is not None else value
+        path = f"{where}.{name}" if where else name
+        kwargs[name] = _build(sub, value, path) if sub is not None else value
     return cls(**kwargs)
 
 
@@ -290,11 +405,11 @@ class ExportOptions:
     eval_limit: Optional[int] = None
 
     def __post_init__(self) -> None:
+        _check_types(self)
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise TledgeError(
                 f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
-        if self.calibration < 1:
-            raise TledgeError(f"--calibration must be at least 1 image, got {self.calibration}")
-        if self.max_drop < 0:
-            raise TledgeError(f"--max-drop must be 0 or more points, got {self.max_drop}")
+        _check_range(self, "calibration", 1, 1_000_000)
+        _check_range(self, "max_drop", 0.0, 100.0)
+        _check_range(self, "eval_limit", 1)

@@ -12,6 +12,10 @@ TRAINING_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization")
 class TledgeError(Exception):
     """A problem the user can fix. The message names the problem and the fix, on one line."""
 
+    def __str__(self) -> str:
+        # One line whatever went into it (a file name or a YAML key may hold a newline).
+        return " ".join(super().__str__().split("\n"))
+
 
 class Interrupted(TledgeError):
     """Ctrl-C during a long job; what it finished is saved. The CLI exits 130."""
@@ -32,3 +36,6 @@ def require_training_stack(what: str, modules: tuple = TRAINING_MODULES) -> None
     if missing:
         raise TledgeError(f"{what} needs TensorFlow ({', '.join(missing)} not installed here): "
                           f"{TRAIN_EXTRA}; a [pi] install runs .tflite files only")
+    from tledge.quiet import import_tensorflow
+
+    import_tensorflow()  # now, without its start-up noise, before anything else imports it

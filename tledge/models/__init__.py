@@ -150,6 +150,24 @@ def head_layers(model) -> list:
     return [layer for layer in model.layers if layer.name in HEAD_LAYERS]
 
 
+def unfreeze_start(model, unfreeze: str | None) -> int:
+    """Index of the first backbone layer that ``unfreeze`` unfreezes; a one-line error for a
+    layer name the backbone does not have (train checks this before the first phase)."""
+    layers = backbone_layers(model)
+    if unfreeze is None:
+        return len(layers)
+    if unfreeze == "all":
+        return 0
+    if str(unfreeze).isdigit():
+        return max(0, len(layers) - int(unfreeze))
+    names = [layer.name for layer in layers]
+    if unfreeze not in names:
+        raise TledgeError(
+            f"--unfreeze {unfreeze!r} is neither a number, 'all' nor a layer of this backbone "
+            f"(its last ones are {', '.join(names[-3:])}): pass a number or one of its names")
+    return names.index(unfreeze)
+
+
 def set_backbone_trainable(model, unfreeze: str | None,
                            freeze_batchnorm: bool = True) -> int:
     """Freeze the backbone, then unfreeze its top: ``unfreeze`` is None (nothing), a count of
@@ -163,20 +181,7 @@ def set_backbone_trainable(model, unfreeze: str | None,
     Returns the number of layers with weights that were unfrozen."""
     keras = _keras()
     layers = backbone_layers(model)
-    start = len(layers)
-    if unfreeze is None:
-        start = len(layers)
-    elif unfreeze == "all":
-        start = 0
-    elif str(unfreeze).isdigit():
-        start = max(0, len(layers) - int(unfreeze))
-    else:
-        names = [layer.name for layer in layers]
-        if unfreeze not in names:
-            raise TledgeError(
-                f"--unfreeze {unfreeze!r} is neither a number, 'all' nor a backbone layer name "
-                f"(the last ones are {', '.join(names[-3:])})")
-        start = names.index(unfreeze)
+    start = unfreeze_start(model, unfreeze)
     count = 0
     for i, layer in enumerate(layers):
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
