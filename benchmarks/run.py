@@ -96,8 +96,8 @@ def main(weights, runs, warmup, threads, models_dir, results_dir, build_only):
                          for f in folders}
     click.echo(bench.format_table(report))
     stem = Path(results_dir) / report["machine"]["machine_id"]
-    for path in bench.write_outputs(report, f"{stem}.json", None, f"{stem}.md", f"{stem}.png"):
-        click.echo(f"wrote {path}")
+    bench.write_outputs(report, f"{stem}.json", None, f"{stem}.md", f"{stem}.png",
+                        echo=click.echo)
 
 
 if __name__ == "__main__":

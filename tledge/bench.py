@@ -287,7 +287,8 @@ def run_worker(spec: dict) -> dict:
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        err = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+        err = [line.removeprefix("Error:").strip() for line in proc.stderr.splitlines()
+               if line.startswith("Error:")]
         tail = err[-1] if err else (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise TledgeError(f"benchmarking {spec['model']} failed: {tail[:200]}")
     return json.loads(lines[-1])
@@ -300,6 +301,10 @@ def bench(models: Sequence[str], options: BenchOptions,
 
     described = [describe_model(m) for m in models]  # fail fast on a bad path
     info, warnings = machine_info()
+    cores = os.cpu_count() or 1
+    if max(options.threads) > cores:
+        warnings.append(f"--threads {max(options.threads)} is more than this machine's {cores} "
+                        "cores: those rows measure oversubscription, not a faster model")
     for w in warnings:
         echo(f"WARNING: {w}")
     jobs = []
@@ -336,9 +341,11 @@ def _worker_main(spec_json: str) -> None:
 
 # ---------------------------------------------------------------- reports
 
-COLUMNS = [("model", 34), ("format", 11), ("thr", 3), ("size MB", 7), ("load ms", 7),
-           ("1st ms", 7), ("invoke p50", 10), ("classify p50", 12), ("p90", 7), ("p99", 7),
-           ("img/s", 6), ("overhead", 8), ("mem MB", 6), ("acc", 6)]
+# (header, what the column holds)
+COLUMNS = [("model", "name"), ("format", ""), ("thr", "threads"), ("size MB", ""),
+           ("load ms", ""), ("1st ms", "first inference"), ("invoke p50", ""),
+           ("classify p50", ""), ("p90", ""), ("p99", ""), ("img/s", ""), ("overhead", ""),
+           ("mem MB", "peak RSS"), ("acc", "accuracy")]
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -356,10 +363,12 @@ def table_rows(report: dict) -> list[list[str]]:
 
 
 def format_table(report: dict) -> str:
-    widths = [max(w, len(h)) for h, w in COLUMNS]
+    rows = table_rows(report)
+    # each column as wide as its widest cell: a model's name is never cut
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, (h, _) in enumerate(COLUMNS)]
     lines = ["  ".join(h.ljust(w) for (h, _), w in zip(COLUMNS, widths))]
-    for row in table_rows(report):
-        lines.append("  ".join(c[:w].ljust(w) for c, w in zip(row, widths)))
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
     return "\n".join(lines)
 
 
@@ -425,17 +434,28 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_outputs(report: dict, json_path=None, csv_path=None, md_path=None,
-                  chart_path=None) -> list[Path]:
-    written = []
-    if json_path:
-        written.append(fileio.write_json(json_path, report))
-    if csv_path:
-        written.append(fileio.write_text(csv_path, to_csv(report)))
-    if md_path:
-        written.append(fileio.write_text(md_path, to_markdown(report)))
-    if chart_path:
-        plot(report, Path(chart_path))
-        written.append(Path(chart_path))
+                  chart_path=None, echo: Callable[[str], None] = print) -> list[Path]:
+    """Write every output asked for. One that fails (a disk filled up during the run) does not
+    cost the others: each is tried, and the failures are reported together at the end."""
+    jobs = [(json_path, lambda p: fileio.write_json(p, report)),
+            (csv_path, lambda p: fileio.write_text(p, to_csv(report))),
+            (md_path, lambda p: fileio.write_text(p, to_markdown(report))),
+            (chart_path, lambda p: plot(report, Path(p)))]
+    written, failed = [], []
+    for path, write in jobs:
+        if not path:
+            continue
+        try:
+            write(path)
+        except OSError as e:
+            failed.append(f"{path} ({e.strerror or type(e).__name__})")
+            continue
+        written.append(Path(path))
+        echo(f"wrote {path}")
+    if failed:
+        raise TledgeError(f"could not write {', '.join(failed)}; the measurements are in the "
+                          "table above" + (" and in " + ", ".join(map(str, written))
+                                           if written else ""))
     return written
 
 

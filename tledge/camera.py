@@ -537,7 +537,8 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
         if video_tmp is not None:
             video_tmp.__exit__(None, None, None) if frames else _discard(video_tmp)
         if jsonl is not None:
-            jsonl.commit()
+            # No frame, no file: an empty --output would block the rerun ("already exists").
+            jsonl.commit() if frames else jsonl.discard()
         if window:
             cv2.destroyAllWindows()
     if counters["error"] is not None:
@@ -553,6 +554,10 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
     if frames == 0 and counters["corrupt"]:
         raise TledgeError(f"no frame of {source.description} could be decoded "
                           f"({counters['corrupt']} corrupt)")
+    if frames == 0 and summary.reason != "interrupted":
+        raise TledgeError(f"{source.description} delivered no frame ({summary.reason}): check "
+                          "that it is connected and not used by another program, or try another "
+                          "--source")
     return summary
 
 
@@ -597,6 +602,10 @@ class _AtomicLines:
     def commit(self) -> None:
         self._f.close()
         self._ctx.__exit__(None, None, None)
+
+    def discard(self) -> None:
+        self._f.close()
+        _discard(self._ctx)
 
 
 def open_atomic(path: Optional[str]) -> Optional[_AtomicLines]:

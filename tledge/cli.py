@@ -35,9 +35,32 @@ class Group(click.Group):
                 raise
             click.secho(f"Error: {error}", fg="red", err=True)
             sys.exit(1)
+        except OSError as e:
+            message = disk_error(e)
+            if message is None:
+                raise
+            click.secho(f"Error: {message}", fg="red", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
             sys.exit(130)
+
+
+def disk_error(e: OSError) -> str | None:
+    """One line for a write that the disk refused (full, read-only, no permission), else None.
+    h5py and Keras wrap these in their own messages, so the text is read too."""
+    import errno
+
+    text = str(e)
+    where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "errno = 28" in text:
+        return (f"no space left on the device{where}: free some space or write to another "
+                "disk (--out); files already there were left as they were")
+    if e.errno == errno.EROFS or "Read-only file system" in text:
+        return f"the file system is read-only{where}: write to another folder (--out)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: write to a folder you own (--out)"
+    return None
 
 
 def _quiet_tensorflow() -> None:
@@ -197,10 +220,11 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, eval_
 @click.option("--data", required=True, help="A folder with one subfolder per class (evaluated "
               "whole), or a built-in data set (its test split).")
 @click.option("--qat", is_flag=True, help="With a run folder: evaluate its QAT model.")
-@click.option("--limit", type=int, help="At most N images per class.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N images per class.")
 @click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
               help="TFLite interpreter.  [default: the first installed]")
-@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Interpreter threads.  [default: all cores]")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.  [default: "
               "RUN_DIR/evaluation or <model>_evaluation beside the .tflite]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
@@ -210,6 +234,7 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
 
     out_dir = Path(out) if out else ev.default_eval_dir(Path(model))
     report_path = out_dir / "evaluation.json"
+    fileio.check_output_dir(out_dir, "--out")
     if report_path.exists() and not overwrite:
         raise TledgeError(f"{report_path} already exists: pass --overwrite or another --out")
     predictor = ev.load_predictor(model, qat=qat, backend=backend, threads=threads)
@@ -225,11 +250,13 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--top-k", type=int, default=3, show_default=True, help="Classes per image.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Classes per image.")
 @click.option("--qat", is_flag=True, help="With a run folder: use its QAT model.")
 @click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
               help="TFLite interpreter.  [default: the first installed]")
-@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Interpreter threads.  [default: all cores]")
 def predict(model, images, top_k, qat, backend, threads):
     """Top-k labels and scores for each IMAGE (a .tflite MODEL needs no TensorFlow)."""
     from tledge.evaluate import load_predictor
@@ -237,20 +264,32 @@ def predict(model, images, top_k, qat, backend, threads):
     from tledge.runtime.preprocess import resize_rgb
 
     predictor = load_predictor(model, qat=qat, backend=backend, threads=threads)
-    for image in images:
-        pixels = resize_rgb(load_rgb(image), predictor.image_size)
+    failed = []
+    for image in images:  # every file gets its line; a bad one does not stop the others
+        try:
+            pixels = resize_rgb(load_rgb(image), predictor.image_size)
+        except TledgeError as e:
+            failed.append(image)
+            click.secho(f"{image}: error: {e}", fg="red", err=True)
+            continue
         scores = predictor.predict(pixels[None])[0]
         ranked = top_classes(scores, predictor.labels, top_k)
         click.echo(f"{image}: " + ", ".join(f"{c.label} ({c.score:.3f})" for c in ranked))
+    if failed:
+        raise TledgeError(f"{len(failed)} of {len(images)} image(s) could not be read: "
+                          f"{', '.join(failed[:3])}{'...' if len(failed) > 3 else ''}")
 
 
 def _int_list(ctx, param, value):
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        counts = tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers like 1,2,4, got {value!r}")
+    if not counts or any(c < 1 for c in counts):
+        raise click.BadParameter(f"thread counts must be 1 or more, like 1,2,4; got {value!r}")
+    return counts
 
 
 def _size(ctx, param, value):
@@ -269,10 +308,13 @@ def _size(ctx, param, value):
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--threads", callback=_int_list, help="Comma-separated thread counts for TFLite "
               "models.  [default: 1 and all cores]")
-@click.option("--runs", type=int, default=50, show_default=True, help="Timed inferences.")
-@click.option("--warmup", type=int, default=5, show_default=True, help="Untimed inferences first.")
+@click.option("--runs", type=click.IntRange(min=3), default=50, show_default=True,
+              help="Timed inferences.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed inferences first.")
 @click.option("--data", help="Also measure accuracy on this data (folder or built-in name).")
-@click.option("--limit", type=int, help="With --data: at most N images per class.")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="With --data: at most N images per class.")
 @click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
               help="TFLite interpreter.  [default: the first installed]")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
@@ -286,13 +328,15 @@ def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_pa
     """Latency, size, memory (and accuracy) of .tflite files and run folders, side by side."""
     from tledge import bench as b
 
+    for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (md_path, "--markdown"),
+                       (chart_path, "--chart")):
+        fileio.check_output_file(path, flag)
     options = b.BenchOptions(**{k: v for k, v in dict(
         threads=threads, runs=runs, warmup=warmup, data=data, limit=limit,
         backend=backend).items() if v is not None})
     report = b.bench(models, options, echo=click.echo)
     click.echo(b.format_table(report))
-    for path in b.write_outputs(report, json_path, csv_path, md_path, chart_path):
-        click.echo(f"wrote {path}")
+    b.write_outputs(report, json_path, csv_path, md_path, chart_path, echo=click.echo)
 
 
 @main.command()
@@ -320,10 +364,13 @@ def doctor(no_tensorflow, reprobe):
 @click.option("--headless", is_flag=True, help="No window; print a status line per second.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Write one JSON line per frame.")
 @click.option("--record", type=click.Path(dir_okay=False), help="Write the annotated video (.mp4).")
-@click.option("--max-frames", type=int, help="Stop after N frames.")
-@click.option("--duration", type=float, help="Stop after S seconds.")
-@click.option("--threads", type=int, help="Interpreter threads.  [default: all cores]")
-@click.option("--top-k", type=int, default=3, show_default=True, help="Labels shown per frame.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N frames.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True, max=1e7),
+              help="Stop after S seconds.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Interpreter threads.  [default: all cores]")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Labels shown per frame.")
 @click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
               help="TFLite interpreter.  [default: the first installed]")
 @click.option("--capture-size", callback=_size, help="WxH to ask a camera for.  [default: the "
@@ -335,7 +382,8 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
     """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
     from tledge.camera import CameraOptions, run_camera
 
-    for path in (output, record):
+    for path, flag in ((output, "--output"), (record, "--record")):
+        fileio.check_output_file(path, flag)
         if path and Path(path).exists() and not overwrite:
             raise TledgeError(f"{path} already exists: pass --overwrite or another file name")
     options = CameraOptions(model=model, source=source, compare=compare, headless=headless,

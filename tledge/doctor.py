@@ -98,8 +98,9 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
         checks.append(Check("tensorflow", f"{tf_version} installed, not checked "
                                           "(--no-tensorflow)"))
     else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
+        from tledge.quiet import import_tensorflow
+
+        tf = import_tensorflow()
         gpus = tf.config.list_physical_devices("GPU")
         checks.append(Check("tensorflow", f"{tf.__version__}, {len(gpus)} GPU(s)"
                             + (f": {', '.join(g.name for g in gpus)}" if gpus else "")))

@@ -9,9 +9,11 @@ fails, so a collapsed int8 model never passes for a good one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +99,12 @@ def convert(model, qconfig: QuantizationConfig) -> bytes:
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
     try:
-        return converter.convert()
+        import warnings
+
+        with warnings.catch_warnings():
+            # QAT and our uint8 input have no "input statistics"; the converter warns anyway.
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            return converter.convert()
     except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TledgeError(f"TFLite conversion to {qconfig.name} failed ({first[:200]})")
@@ -284,25 +291,67 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
     """Convert a run's models to every format asked, verify each, write files, card, report.
     Raises TledgeError (after writing everything) when a file fails the accuracy gate.
 
+    Every file is verified under a temporary name and published under its final name only when
+    all formats are done, together with the labels, report and model card that describe it: an
+    export killed during verification leaves the old files (or none), never an unverified one.
+
     ``splits`` (tledge.data.Splits) replaces the run's own data: calibration comes from its
     train split, verification from its val split."""
     run_dir = rundir.require_run(Path(run_dir))
     out = Path(out) if out else run_dir / "export"
+    fileio.check_output_dir(out, "--out")
     targets = {fmt: out / f"model_{fmt}.tflite" for fmt in options.formats}
     existing = [str(p) for p in targets.values() if p.exists()]
     if existing and not overwrite:
         raise TledgeError(f"{existing[0]} already exists: pass --overwrite to replace it, or "
                           "--out another folder")
+    # The run folder is read, the export folder written: neither may change under us.
+    with rundir.lock(run_dir, rundir.command_line()), \
+            rundir.lock(out, rundir.command_line()), contextlib.ExitStack() as staged:
+        return _export(run_dir, options, out, targets, echo, splits, staged)
 
-    import tf_keras as keras
 
+def _load_run(run_dir: Path, need_qat: bool):
+    """(config, labels, float model), each failure one line naming the file."""
+    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
+    labels_path = run_dir / rundir.LABELS
+    if not labels_path.is_file():
+        raise TledgeError(f"{labels_path} is missing: the run is incomplete; train it again "
+                          "(or restore the file: one class name per line, in training order)")
+    labels = fileio.read_labels(labels_path)
+    float_model = load_keras_file(run_dir / rundir.FLOAT_MODEL)
+    if int(float_model.output_shape[-1]) != len(labels):
+        raise TledgeError(f"{labels_path} names {len(labels)} classes but the model has "
+                          f"{float_model.output_shape[-1]} outputs: restore the run's own "
+                          "labels.txt")
+    return config, labels, float_model
+
+
+def load_keras_file(path: Path, qat: bool = False):
+    """A run's Keras model; a truncated or corrupt file is one line naming it."""
+    if not Path(path).is_file():
+        raise TledgeError(f"{path} is missing: train the run again")
+    try:
+        if qat:
+            from tledge.qat import load_qat_model
+            return load_qat_model(path)
+        import tf_keras as keras
+        return keras.models.load_model(path, compile=False)
+    except TledgeError:
+        raise
+    except Exception as e:  # zipfile/h5py/Keras each raise their own kinds for a bad file
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise TledgeError(f"{path} cannot be loaded ({first}): the file is "
+                          "truncated or corrupt; train the run again (or with --init-from "
+                          "another run)")
+
+
+def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
     from tledge.runtime import Classifier, in_batches
 
-    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
-    labels = fileio.read_labels(run_dir / rundir.LABELS)
-    float_model = keras.models.load_model(run_dir / rundir.FLOAT_MODEL, compile=False)
     qat_path = run_dir / rundir.QAT_MODEL
     use_qat = "int8" in options.formats and qat_path.is_file() and not options.ptq
+    config, labels, float_model = _load_run(run_dir, use_qat)
     echo(f"loading the data of {run_dir} for calibration and verification")
     splits, val = _eval_images(config, options, splits)
     reference = in_batches(lambda x: float_model.predict_on_batch(x.astype(np.float32)),
@@ -311,15 +360,12 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
     echo(f"float Keras model: accuracy {float_acc:.4f} on {len(val)} validation images")
 
     results: list[FormatResult] = []
+    publish: list[tuple[Path, Path]] = []  # (verified temporary file, final name)
     for fmt in options.formats:
         if fmt == "int8":
             calib = splits.train.x[:options.calibration]
             qconfig = QuantizationConfig.for_int8(calib, from_qat=use_qat)
-            if use_qat:
-                from tledge.qat import load_qat_model
-                model = load_qat_model(qat_path)
-            else:
-                model = float_model
+            model = load_keras_file(qat_path, qat=True) if use_qat else float_model
         else:
             qconfig = {"fp32": QuantizationConfig.for_float32,
                        "fp16": QuantizationConfig.for_float16,
@@ -333,22 +379,22 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         description = (f"{config.model.backbone} classifier of {len(labels)} classes trained by "
                        f"tledge on {config.data.source}; {fmt}")
         blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
-        path = fileio.write_bytes(targets[fmt], blob)
-        clf = Classifier(path)
+        # Verified under a temporary name; removed on any failure or interruption.
+        tmp = out / f".model_{fmt}.tflite.{os.getpid()}.verifying"
+        staged.callback(tmp.unlink, missing_ok=True)
+        fileio.write_bytes(tmp, blob)
+        clf = Classifier(tmp)
         probs = clf.predict_batch(val.x, desc=f"{fmt} TFLite")
         stats = compare(reference, probs, val.y)
         drop = 100.0 * (float_acc - stats["accuracy"])
         passed = drop <= options.max_drop
         quant.update(input_quantization=list(clf.input_quant),
                      output_quantization=list(clf.output_quant))
-        if not passed:
-            rejected = path.with_name(f"model_{fmt}.REJECTED.tflite")
-            path.replace(rejected)
-            path = rejected
-        results.append(FormatResult(fmt, str(path), path.stat().st_size, qconfig.source,
+        final = targets[fmt] if passed else targets[fmt].with_name(f"model_{fmt}.REJECTED.tflite")
+        publish.append((tmp, final))
+        results.append(FormatResult(fmt, str(final), len(blob), qconfig.source,
                                     drop_points=drop, passed=passed, quantization=quant, **stats))
 
-    fileio.write_labels(out / "labels.txt", labels)
     report = {
         "run": str(run_dir),
         "evaluation": {"split": "validation", "images": len(val)},
@@ -356,8 +402,17 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         "max_drop_points": options.max_drop,
         "formats": [r.__dict__ for r in results],
     }
+    card = model_card(run_dir, config, labels, results, float_acc, len(val))
+    # Publish: the files, then what describes them, in one quick run of renames.
+    for tmp, final in publish:
+        os.replace(tmp, final)  # written and fsynced by fileio.write_bytes
+        if final.name.endswith(".REJECTED.tflite"):
+            final.with_name(final.name.replace(".REJECTED", "")).unlink(missing_ok=True)
+        else:
+            final.with_name(final.stem + ".REJECTED.tflite").unlink(missing_ok=True)
+    fileio.write_labels(out / "labels.txt", labels)
     fileio.write_json(out / REPORT, report)
-    fileio.write_json(out / CARD, model_card(run_dir, config, labels, results, float_acc, len(val)))
+    fileio.write_json(out / CARD, card)
     echo(format_table(float_acc, results))
     failed = [r for r in results if not r.passed]
     if failed:

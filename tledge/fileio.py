@@ -80,9 +80,74 @@ def _jsonable(obj: Any) -> Any:
 
 
 def read_labels(path: str | os.PathLike) -> list[str]:
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip()]
+    """One label per line; a missing or unreadable file is one line naming it."""
+    from tledge.errors import TledgeError
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TledgeError(f"{path} is missing: restore it (one class name per line, in the "
+                          "model's output order) or train the run again")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TledgeError(f"{path} cannot be read as labels ({type(e).__name__}): one class "
+                          "name per line, UTF-8")
+    labels = [line.strip() for line in lines if line.strip()]
+    if not labels:
+        raise TledgeError(f"{path} holds no labels: one class name per line")
+    return labels
 
 
 def write_labels(path: str | os.PathLike, labels: list[str]) -> Path:
     return write_text(path, "".join(f"{label}\n" for label in labels))
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe_write(folder: Path, what: str, path: Path) -> None:
+    """Create and remove a file in ``folder``: the only test that a read-only mount, /proc, a
+    full disk or missing permissions all fail the same way as the real write will."""
+    from tledge.errors import TledgeError
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tledge-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise TledgeError(f"{what} {path} cannot be written: {folder} is not writable "
+                          f"({e.strerror or type(e).__name__}): choose another path")
+
+
+def check_output_file(path: str | os.PathLike | None, what: str) -> None:
+    """Refuse, before any work starts, a file path that cannot be written: under a regular
+    file, in a read-only or virtual folder, or naming a folder."""
+    from tledge.errors import TledgeError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise TledgeError(f"{what} {path} is a folder: pass a file path")
+    ancestor = _nearest_existing(path.parent)
+    if not ancestor.is_dir():
+        raise TledgeError(f"{what} {path} cannot be created: {ancestor} is a file, not a "
+                          "folder: choose another path")
+    _probe_write(ancestor, what, path)
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> None:
+    """The same for a folder that will be created if needed."""
+    from tledge.errors import TledgeError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TledgeError(f"{what} {path} is a file: pass a folder path")
+    ancestor = _nearest_existing(path)
+    if not ancestor.is_dir():
+        raise TledgeError(f"{what} {path} cannot be created: {ancestor} is a file, not a "
+                          "folder: choose another path")
+    _probe_write(ancestor, what, path)

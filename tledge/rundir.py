@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
+import os
+import socket
+import sys
+import time
 from pathlib import Path
+from typing import Iterator
 
 from tledge.config import RunConfig
 from tledge.errors import TledgeError
@@ -28,18 +35,111 @@ def default_out(config: RunConfig, root: str | Path = "models") -> Path:
     return Path(root) / f"{data}-{model}-{config.data.image_size}px-{stamp}"
 
 
+LOCK = ".tledge.lock"
+
+
 def prepare(out: Path, overwrite: bool) -> Path:
     """Make sure ``out`` can take a new run: refuse an existing run unless ``overwrite``."""
+    from tledge import fileio
+
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TledgeError(f"--out {out} is a file: pass a folder path for the run")
+    fileio.check_output_dir(out, "--out")
+    holder = read_lock(out) if out.is_dir() else None
+    if holder is not None and not (holder.get("pid") == os.getpid()
+                                   and holder.get("host") == socket.gethostname()):
+        raise TledgeError(
+            f"{out} is in use by another tledge process ({holder.get('command', '?')}, PID "
+            f"{holder.get('pid')} on {holder.get('host', '?')} since {holder.get('started', '?')})"
+            f": wait for it or choose another --out; if that process is gone, delete "
+            f"{out / LOCK}")
     existing = [name for name in ARTIFACTS if (out / name).exists()]
     if existing and not overwrite:
         raise TledgeError(
             f"{out} already holds a run ({', '.join(existing[:3])}...): pass --overwrite to "
             "replace it, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def read_lock(folder: Path) -> dict | None:
+    """The lock's holder ({pid, host, command, started}) if a live process holds ``folder``;
+    None if it is free or its lock is stale (the process is gone)."""
+    path = Path(folder) / LOCK
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(holder, dict):
+            raise ValueError
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        # half-written by a process killed between create and write: stale after a minute
+        try:
+            return None if time.time() - path.stat().st_mtime > 60 else {"pid": "?"}
+        except OSError:
+            return None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
+            and not _alive(holder["pid"]):
+        return None
+    return holder
+
+
+@contextlib.contextmanager
+def lock(folder: Path, command: str) -> Iterator[Path]:
+    """Hold ``folder`` for this process: a second tledge process that would write there is
+    refused in one line. The lock file names the PID and host; a lock whose process is gone
+    (same host) is stale and taken over. The folder is created if needed; if this process
+    created it and the work fails before writing anything, it is removed again."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+          "started": _dt.datetime.now().isoformat(timespec="seconds")}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(folder)
+            if holder is None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()  # stale: its process is gone
+                continue
+            if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
+                yield folder  # already ours (export inside train's own folder, say)
+                return
+            raise TledgeError(
+                f"{folder} is in use by another tledge process ({holder.get('command', '?')}, "
+                f"PID {holder.get('pid')} on {holder.get('host', '?')} since "
+                f"{holder.get('started', '?')}): wait for it or choose another folder; if that "
+                f"process is gone, delete {path}")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise TledgeError(f"could not lock {folder}: another process keeps taking {path}")
+    ok = False
+    try:
+        yield folder
+        ok = True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if created and not ok:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: a failed run leaves no empty folder behind
+
+
+def command_line() -> str:
+    return " ".join(["tledge", *sys.argv[1:]])[:200]
 
 
 def clear_stale(out: Path) -> None:

@@ -67,6 +67,14 @@ class TrainResult:
     qat_model: object = None
 
 
+def progress_verbosity() -> int:
+    """Keras' per-step progress bar on a terminal; one line per epoch in a log or CI (a bar
+    redrawn per step floods a file with thousands of lines)."""
+    import sys
+
+    return 1 if sys.stdout.isatty() else 2
+
+
 class KeepBest:
     """Keras callback factory: remember the weights of the best validation epoch, restore them
     when the phase ends (EarlyStopping restores only when it stops early)."""
@@ -146,15 +154,20 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
     import tf_keras as keras
 
     keep = KeepBest()
-    callbacks = [keep]
+    callbacks = [keep, keras.callbacks.TerminateOnNaN()]
     if early_stop:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=early_stop))
     start = time.perf_counter()
     hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=hp.epochs,
-                         callbacks=callbacks, verbose="auto")
+                         callbacks=callbacks, verbose=progress_verbosity())
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    losses = history.get("loss", [])
+    if any(not np.isfinite(v) for v in losses):
+        raise TledgeError(f"phase {name}: the loss became NaN or infinite (epoch "
+                          f"{len(losses) or 1}): lower this phase's learning rate "
+                          f"({hp.learning_rate:g}) and check the images")
     return PhaseResult(name=name, history=history, best_epoch=keep.best_epoch,
                        val_accuracy=float(keep.best), seconds=seconds,
                        trainable_weights=len(model.trainable_weights))
@@ -198,9 +211,9 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseRes
     log.info("phase frozen: computing backbone features once (no augmentation)")
     start = time.perf_counter()
     f_train = extractor.predict(batches(splits.train.x, splits.train.y, data.batch_size),
-                                verbose="auto")
+                                verbose=progress_verbosity())
     f_val = extractor.predict(batches(splits.val.x, splits.val.y, data.batch_size),
-                              verbose="auto")
+                              verbose=progress_verbosity())
     train_ds = batches(f_train, splits.train.y, data.batch_size, shuffle=True, seed=seed)
     val_ds = batches(f_val, splits.val.y, data.batch_size)
     result = fit_phase(model, head, train_ds, val_ds, hp, config.train.early_stop, "frozen")
@@ -307,8 +320,16 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
           splits: Optional[Splits] = None,
           echo: Callable[[str], None] = print) -> TrainResult:
-    """Run the recipe described by ``config`` into the run folder ``out``."""
+    """Run the recipe described by ``config`` into the run folder ``out``, which this process
+    holds (rundir.lock) until it is done: a second writer is refused in one line."""
     out = rundir.prepare(Path(out), overwrite)
+    with rundir.lock(out, rundir.command_line()):
+        out = rundir.prepare(out, overwrite)  # again, now that no one else can write there
+        return _train(config, out, overwrite=overwrite, splits=splits, echo=echo)
+
+
+def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Splits],
+           echo: Callable[[str], None]) -> TrainResult:
     import tensorflow as tf
     import tf_keras as keras
 
@@ -339,6 +360,9 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
                 model = build_classifier(config.model, len(splits.class_names),
                                          config.data.image_size)
         result.model = model
+        if config.train.finetune.epochs:
+            from tledge.models import unfreeze_start
+            unfreeze_start(model, config.train.finetune.unfreeze)  # a bad name fails now
         if overwrite:
             rundir.clear_stale(out)
         fileio.write_text(out / rundir.CONFIG, config.to_yaml())
@@ -380,6 +404,13 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
             done = ", ".join(p.name for p in result.phases) or "none"
             raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
                               f"are saved in {out}")
+        except Exception as e:
+            # Whatever stopped it (a NaN loss, a full disk), metrics.json must not go on saying
+            # "running". On a full disk this small write may fail too: the old file then stays.
+            why = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            with contextlib.suppress(Exception):
+                write_reports(out, result.phases, splits, status=f"failed during {current}: {why}")
+            raise
         if not result.phases:
             save_model(model, out / rundir.FLOAT_MODEL)
         write_reports(out, result.phases, splits, status="complete")

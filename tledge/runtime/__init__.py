@@ -66,6 +66,7 @@ _DISTS = {"litert": ("ai-edge-litert", "ai-edge-litert-nightly"),
           "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly", "tensorflow-aarch64")}
 _TRAIN_HINT = 'pip install "tledge[train]"'
 _loaded: dict = {}   # name -> Backend, or the one-line reason it cannot be used
+_warned_threads: set = set()
 _warned: set = set()
 
 
@@ -230,7 +231,16 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     backend; ``threads`` defaults to all cores."""
     path = check_tflite_file(path)
     chosen = get_backend(backend)
-    threads = threads or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    if threads is not None and threads < 1:
+        raise TledgeError(f"--threads must be 1 or more, got {threads}")
+    if threads and threads > cores and threads not in _warned_threads:
+        import logging
+        _warned_threads.add(threads)
+        logging.getLogger("tledge").warning(
+            "--threads %d is more than this machine's %d cores: inference will not get faster, "
+            "and may get slower", threads, cores)
+    threads = threads or cores
     try:
         interpreter = chosen.interpreter_cls(model_path=str(path), num_threads=threads)
         interpreter.allocate_tensors()
@@ -240,6 +250,29 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
                           "file is truncated or corrupt; export it again")
     interpreter._tledge_backend = chosen  # what bench and doctor report
     return interpreter
+
+
+def check_image_classifier(path, inputs: list, outputs: list) -> None:
+    """One line, once, for a model that is not an image classifier: one (1, H, W, 3) image input
+    of uint8, int8 or float32, and one (1, classes) score output."""
+    fix = "pass an image classifier exported by tledge export (or any with that shape)"
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise TledgeError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image "
+                          f"classifier has one of each: {fix}")
+    shape = [int(v) for v in inputs[0]["shape"]]
+    if len(shape) != 4 or shape[-1] != 3 or min(shape[1:3]) < 1:
+        raise TledgeError(f"{path} takes input of shape {tuple(shape)}, not an RGB image "
+                          f"(1, height, width, 3): {fix}")
+    if np.dtype(inputs[0]["dtype"]) not in (np.uint8, np.int8, np.float32):
+        raise TledgeError(f"{path} takes {np.dtype(inputs[0]['dtype']).name} input; an image "
+                          f"classifier takes uint8, int8 or float32: {fix}")
+    out = [int(v) for v in outputs[0]["shape"]]
+    if len(out) != 2 or out[1] < 1:
+        raise TledgeError(f"{path} outputs shape {tuple(out)}, not a vector of class scores "
+                          f"(1, classes): {fix}")
+    if np.dtype(outputs[0]["dtype"]) not in (np.uint8, np.int8, np.float32):
+        raise TledgeError(f"{path} outputs {np.dtype(outputs[0]['dtype']).name}; class scores "
+                          f"are uint8, int8 or float32: {fix}")
 
 
 def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
@@ -300,11 +333,11 @@ class Classifier:
                  labels: Optional[Sequence[str]] = None):
         self.path = Path(path)
         self.interpreter = interpreter or make_interpreter(path, backend, threads)
-        self._input = self.interpreter.get_input_details()[0]
-        self._output = self.interpreter.get_output_details()[0]
-        _, self.height, self.width, channels = (int(v) for v in self._input["shape"])
-        if channels != 3:
-            raise TledgeError(f"{path} takes {channels}-channel input; tledge models take RGB")
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        check_image_classifier(self.path, inputs, outputs)
+        self._input, self._output = inputs[0], outputs[0]
+        _, self.height, self.width, _ = (int(v) for v in self._input["shape"])
         self.input_dtype = np.dtype(self._input["dtype"])
         self.output_dtype = np.dtype(self._output["dtype"])
         self.input_quant = tuple(self._input["quantization"])
@@ -397,15 +430,19 @@ def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> li
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to RGB uint8 at its own size; a one-line error if it is not one."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
-    from tledge.runtime.preprocess import to_rgb
+    from tledge.runtime.preprocess import ImageTooLarge, open_image, to_rgb
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             return np.asarray(to_rgb(image), dtype=np.uint8)
     except FileNotFoundError:
         raise TledgeError(f"image {path} does not exist: check the path")
+    except IsADirectoryError:
+        raise TledgeError(f"{path} is a folder: pass image files")
+    except ImageTooLarge as e:
+        raise TledgeError(f"{path} is too large to decode ({e}): resize it first")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise TledgeError(f"{path} is not a readable image ({type(e).__name__}): pass a jpg, "
                           "png, bmp or webp file")

@@ -9,14 +9,57 @@ resizes: no TensorFlow.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from PIL import Image, ImageOps
+
+# Images larger than this many pixels are refused as unreadable (a PNG header can claim
+# 20000x20000 in a few bytes: decoding it would take gigabytes). TLEDGE_MAX_IMAGE_PIXELS
+# changes it; the default, 100 megapixels, is above any camera's photo.
+MAX_IMAGE_PIXELS = int(os.environ.get("TLEDGE_MAX_IMAGE_PIXELS", 100_000_000))
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class ImageTooLarge(ValueError):
+    """An image over MAX_IMAGE_PIXELS (counted as unreadable, like a corrupt file)."""
+
+
+def open_image(path) -> Image.Image:
+    """Pillow's Image.open with tledge's size limit checked from the header, before decoding."""
+    Image.MAX_IMAGE_PIXELS = None  # tledge checks the limit itself, below, with its own message
+    image = Image.open(path)
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                            "(TLEDGE_MAX_IMAGE_PIXELS)")
+    return image
+
+
+def _wide_grey_to_l(image: Image.Image) -> Image.Image:
+    """16-bit (and 32-bit integer or float) greyscale -> 8-bit, scaled, not clipped: Pillow's
+    convert("L") clips 16-bit values at 255, which turns almost any 16-bit image white."""
+    a = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if a.size and np.nanmax(a) <= 1.0 else 255.0
+    elif image.mode == "I" and a.size and a.max() > 65535:
+        top = float(2**32 - 1)
+    elif image.mode == "I" and a.size and a.max() <= 255:
+        top = 255.0  # an 8-bit image stored as 32-bit integers
+    else:
+        top = 65535.0
+    a = np.nan_to_num(a * (255.0 / top), nan=0.0)
+    return Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image -> RGB. Grayscale is repeated, a palette expanded, alpha composited
-    onto white (a transparent background must not turn into arbitrary colour)."""
+    onto white (a transparent background must not turn into arbitrary colour), 16-bit scaled
+    to 8-bit."""
     image = ImageOps.exif_transpose(image)
+    if image.mode in _WIDE_GREY:
+        image = _wide_grey_to_l(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -60,6 +103,6 @@ def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
     Raises OSError / ValueError (from Pillow) for unreadable files; callers decide whether that
     is an error or a skip.
     """
-    with Image.open(path) as image:
+    with open_image(path) as image:
         image.load()
         return resize_rgb(to_rgb(image), size)

@@ -1,0 +1,517 @@
+"""The bad-input and fault campaign: every case ends in one line naming the problem and the
+fix, a non-zero exit, no traceback, and nothing the user had lost or half-written.
+
+T is the campaign's tiny training command (MobileNetV2 0.35 at 64 px, random weights, a few
+seconds an epoch)."""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tledge import fileio, rundir
+from tledge.cli import main
+from tledge.errors import TledgeError
+
+T = ["train", "--data", "shapes", "--backbone", "mobilenet_v2", "--alpha", "0.35",
+     "--image-size", "64", "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune",
+     "1", "--epochs-qat", "0", "--limit", "40"]
+
+
+def tledge(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tledge.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def one_line_error(proc, *fragments):
+    """Exit 1, no traceback, exactly one 'Error:' line, containing every fragment."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    assert errors[0].count("Error:") == 1, errors[0]  # never "Error: ... failed: Error: ..."
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def cli_error(result, *fragments):
+    assert result.exit_code in (1, 2), (result.exit_code, result.output)
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception,
+                                                                     SystemExit), result.exception
+    for fragment in fragments:
+        assert fragment in result.output, result.output
+    return result.output
+
+
+# ---------------------------------------------------------------- 1. one writer per run folder
+
+def _holder(folder: Path, seconds: float = 30):
+    """Another process that holds ``folder``'s lock."""
+    code = ("import sys, time; from tledge import rundir\n"
+            f"with rundir.lock({str(folder)!r}, 'tledge train (test holder)'):\n"
+            "    print('locked', flush=True); time.sleep(float(sys.argv[1]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_folder_belongs_to_one_process(tmp_path):
+    run = tmp_path / "R"
+    holder = _holder(run)
+    try:
+        with pytest.raises(TledgeError, match=r"in use by another tledge process .*PID "
+                                              rf"{holder.pid} on .*delete .*\.tledge\.lock"):
+            with rundir.lock(run, "second"):
+                pass
+        # the CLI: refused in one line, before loading any data; the holder's folder untouched
+        one_line_error(tledge(*T, "--out", run), "in use by another tledge process")
+        assert sorted(p.name for p in run.iterdir()) == [rundir.LOCK]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock is stale and taken over
+    assert (run / rundir.LOCK).exists()
+    with rundir.lock(run, "after") as folder:
+        holder_now = json.loads((folder / rundir.LOCK).read_text())
+        assert holder_now["pid"] == os.getpid() and holder_now["command"] == "after"
+    assert not (run / rundir.LOCK).exists()
+
+
+@pytest.mark.slow
+def test_two_trains_into_one_folder_never_mix(tmp_path):
+    """The campaign's case: T --epochs-frozen 3 --out R & then T --image-size 48 --out R."""
+    run = tmp_path / "R"
+    first = subprocess.Popen([sys.executable, "-m", "tledge.cli", *T, "--epochs-frozen", "3",
+                              "--out", str(run)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / rundir.LOCK).exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    second = tledge(*[a if a != "64" else "48" for a in T], "--out", run)
+    third = tledge(*[a if a != "64" else "48" for a in T], "--out", run, "--overwrite")
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    one_line_error(second, "in use by another tledge process")
+    one_line_error(third, "in use by another tledge process")  # --overwrite or not
+    assert "image_size: 64" in (run / rundir.CONFIG).read_text()
+    # TensorFlow's start-up noise is gone, and Keras prints one line per epoch in a log
+    for noise in ("cuInit", "I0000", "E0000", "NodeDef", "absl::InitializeLog", "oneDNN"):
+        assert noise not in err, err[-2000:]
+    assert "\r" not in out and "\x08" not in out
+    import re
+    epoch_lines = [line for line in out.splitlines() if re.match(r"\d+/\d+ - .*val_accuracy", line)]
+    assert len(epoch_lines) == 3 + 1, out
+
+
+# ---------------------------------------------------------------- 2. export: verify, then publish
+
+@pytest.mark.slow
+def test_an_interrupted_export_leaves_no_unverified_file(colour_run, tmp_path, monkeypatch):
+    from tledge import export as ex
+    from tledge.config import ExportOptions
+
+    run, splits, _ = colour_run
+    out = tmp_path / "export"
+    calls = []
+
+    class Interrupting:
+        def __init__(self, path, *a, **k):
+            calls.append(Path(path))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("tledge.runtime.Classifier", Interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        ex.export(run, ExportOptions(formats=("int8",)), out=out, splits=splits,
+                  echo=lambda s: None)
+    assert calls and calls[0].name != "model_int8.tflite"  # verified under a temporary name
+    assert not list(out.glob("*")) or sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.undo()
+    # a rerun is not blocked by "already exists", and publishes file, report and card together
+    ex.export(run, ExportOptions(formats=("int8",), max_drop=100), out=out, splits=splits,
+              echo=lambda s: None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export_report.json", "labels.txt", "model_card.json", "model_int8.tflite"]
+
+
+# ---------------------------------------------------------------- 3. a full disk
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a 3 MB tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_a_failed_status(tiny_disk):
+    run = tiny_disk / "run"
+    proc = tledge(*T, "--out", run)
+    one_line_error(proc, "no space left on the device")
+    metrics = run / rundir.METRICS
+    if metrics.exists():  # written while there was room; must not claim to be running
+        assert json.loads(metrics.read_text())["status"].startswith("failed")
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name], "half-written temporary files"
+
+
+@pytest.mark.slow
+def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(colour_run, tiny_disk):
+    # fill the disk but for a few kilobytes: the lock fits, the model files do not
+    with open(tiny_disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    (tiny_disk / "filler").write_bytes((tiny_disk / "filler").read_bytes()[:-16384])
+    out = tiny_disk / "export"
+    proc = tledge("export", colour_run[0], "--fp32", "--int8", "--out", out)
+    one_line_error(proc, "no space left on the device")
+    left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert left == [], left  # no half-written or unverified file, no lock
+
+
+def test_disk_errors_from_h5py_and_keras_are_recognised():
+    from tledge.cli import disk_error
+
+    assert "no space left" in disk_error(OSError(28, "No space left on device", "/x/m.keras"))
+    assert "no space left" in disk_error(OSError(
+        "Unable to synchronously create file (file write failed: errno = 28, error message = "
+        "'No space left on device')"))
+    assert "read-only" in disk_error(OSError(30, "Read-only file system", "/ro/x"))
+    assert disk_error(OSError(2, "No such file")) is None
+
+
+# ---------------------------------------------------------------- 4, 5. unwritable outputs
+
+@pytest.mark.parametrize("args", [
+    ["train", "--out", "{file}/run"],
+    ["train", "--out", "/proc/tledge-run"],
+    ["evaluate", "{model}", "--data", "shapes", "--out", "{file}/eval"],
+    ["bench", "{model}", "--json", "{file}/b.json"],
+    ["bench", "{model}", "--markdown", "{file}/b.md"],
+    ["camera", "--model", "{model}", "--output", "{file}/f.jsonl", "--headless"],
+    ["camera", "--model", "{model}", "--record", "{file}/r.mp4", "--headless"],
+])
+def test_unwritable_outputs_are_refused_before_any_work(args, tmp_path):
+    regular = tmp_path / "a_file"
+    regular.write_text("precious")
+    args = [a.replace("{file}", str(regular)).replace("{model}", str(tmp_path / "m.tflite"))
+            for a in args]
+    (tmp_path / "m.tflite").write_bytes(b"junk")  # never reached: outputs are checked first
+    started = time.time()
+    out = cli_error(cli(*args), "cannot")
+    assert "a_file" in out or "/proc" in out
+    assert time.time() - started < 20
+    assert regular.read_text() == "precious"
+
+
+def test_read_only_mount_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m",
+                                            "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    try:
+        cli_error(cli("train", "--out", ro / "run"), "not writable", "Read-only")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_bench_keeps_its_measurements_when_one_output_fails(tmp_path, monkeypatch):
+    from tledge import bench
+
+    report = {"machine": {"machine_id": "m", "cpu": "c", "cores": 1, "arch": "x", "os": "o",
+                          "python": "3"}, "warnings": [], "options": {"runs": 3, "warmup": 0},
+              "threads": [1], "results": [], "time": "now"}
+    real = fileio.write_text
+
+    def failing(path, text):
+        if str(path).endswith(".md"):
+            raise OSError(28, "No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(bench.fileio, "write_text", failing)
+    with pytest.raises(TledgeError, match=r"could not write .*b\.md .*No space.*b\.json"):
+        bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.md",
+                            None, echo=lambda s: None)
+    assert json.loads((tmp_path / "b.json").read_text())["machine"]["machine_id"] == "m"
+    assert (tmp_path / "b.csv").is_file()
+
+
+def test_a_failed_train_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    one_line_error(tledge(*T, "--unfreeze", "no_such_layer", "--out", out), "no_such_layer")
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 6, 7. images
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header then claims another size (a decompression bomb's header)."""
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12:ihdr + 13])) & 0xFFFFFFFF
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def test_an_image_claiming_20000x20000_is_skipped_as_unreadable(tmp_path):
+    from tledge.data.folder import load_folder
+    from tledge.runtime import load_rgb
+
+    bomb = tmp_path / "data" / "a" / "bomb.png"
+    bomb.parent.mkdir(parents=True)
+    bomb.write_bytes(_png_claiming(20000, 20000))
+    for label in "ab":
+        for i in range(3):
+            (tmp_path / "data" / label).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (200, 10 * i, 0)).save(tmp_path / "data" / label / f"{i}.png")
+    with pytest.raises(TledgeError, match="too large to decode.*20000x20000"):
+        load_rgb(bomb)
+    images, classes, skipped = load_folder(tmp_path / "data", 32, None, 0)
+    assert skipped == 1 and len(images) == 6
+
+
+@pytest.mark.parametrize("writer", ["pillow", "opencv"])
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path, writer):
+    from tledge.runtime import load_rgb
+    from tledge.runtime.preprocess import load_image
+
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    if writer == "pillow":
+        Image.fromarray(ramp).save(path)
+    else:
+        import cv2
+        cv2.imwrite(str(path), ramp)
+    with Image.open(path) as check:
+        assert check.mode.startswith("I")  # a 16-bit PNG indeed
+    expected = np.round(ramp / 257.0)
+    rgb = load_rgb(path)
+    assert rgb.shape == (48, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0] - expected).max() <= 1
+    assert (rgb == 255).mean() < 0.01  # before: 99% of pixels clipped to white
+    assert abs(load_image(path, 32).mean() - 127.5) < 3  # training reads it the same way
+
+
+# ---------------------------------------------------------------- 8-10. values
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--lr", "nan"], ["--lr", "finite"]),
+    (["--lr-finetune", "inf"], ["--lr-finetune", "finite"]),
+    (["--seed", "-1"], ["--seed", "at least 0"]),
+    (["--alpha", "-1"], ["--alpha", "above 0"]),
+    (["--unfreeze", "foo bar"], ["--unfreeze"]),
+    (["--image-size", "100000"], ["--image-size", "at most"]),
+])
+def test_bad_values_are_refused_up_front(args, fragments, tmp_path):
+    out = cli_error(cli(*T, *args, "--out", tmp_path / "r"), *fragments)
+    assert not (tmp_path / "r").exists(), out
+
+
+@pytest.mark.parametrize("yaml_text, fragments", [
+    ("data:\n  image_size: abc\n", ["data.image_size", "whole number"]),
+    ("train:\n  seed: abc\n", ["train.seed", "whole number"]),
+    ("data:\n  val_split: '0.5'\n", ["data.val_split", "a number"]),
+    ("train:\n  frozen: 3\n", ["train.frozen", "mapping"]),
+    ("model:\n  dropout: [1, 2]\n", ["model.dropout", "a number"]),
+    ("data:\n  augment: maybe\n", ["data.augment", "true or false"]),
+    ("- a\n- b\n", ["mapping"]),
+])
+def test_config_values_of_the_wrong_type_name_the_key(yaml_text, fragments, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    cli_error(cli("train", "--config", path, "--out", tmp_path / "r"), *fragments)
+
+
+def test_a_binary_config_file_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    cli_error(cli("train", "--config", path, "--out", tmp_path / "r"), "not a text file")
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_phase_with_a_failed_status(tiny_splits, tmp_path, monkeypatch):
+    import tf_keras as keras
+
+    from tledge import train as tr
+    from conftest import tiny_config
+
+    def poisoned(model, *args, **kwargs):
+        # the loss goes NaN in the first steps, as with a huge learning rate or bad data
+        layer = model.get_layer("predictions")
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel * np.nan, bias])
+        return real(model, *args, **kwargs)
+
+    real = tr.frozen_phase
+    monkeypatch.setattr(tr, "frozen_phase", poisoned)
+    keras.backend.clear_session()
+    with pytest.raises(TledgeError, match="phase frozen: the loss became NaN"):
+        tr.train(tiny_config(feature_cache=False), tmp_path / "run", splits=tiny_splits,
+                 echo=lambda s: None)
+    metrics = json.loads((tmp_path / "run" / rundir.METRICS).read_text()) \
+        if (tmp_path / "run" / rundir.METRICS).exists() else {"status": "failed (none saved)"}
+    assert metrics["status"].startswith("failed")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["export", "{run}", "--eval-limit", "0"], ["--eval-limit", "at least 1"]),
+    (["export", "{run}", "--eval-limit", "-5"], ["--eval-limit", "at least 1"]),
+    (["export", "{run}", "--max-drop", "nan"], ["--max-drop", "finite"]),
+    (["predict", "{model}", "x.png", "--threads", "-1"], ["--threads", "-1"]),
+    (["predict", "{model}", "x.png", "--top-k", "0"], ["--top-k", "0"]),
+    (["bench", "{model}", "--threads", "0"], ["--threads", "1 or more"]),
+    (["bench", "{model}", "--threads", "a,b"], ["--threads", "integers"]),
+    (["camera", "--model", "{model}", "--max-frames", "0"], ["--max-frames"]),
+])
+def test_bad_command_options(args, fragments, tmp_path):
+    (tmp_path / "run").mkdir()
+    args = [a.replace("{run}", str(tmp_path / "run")).replace("{model}", str(tmp_path / "m"))
+            for a in args]
+    output = cli_error(cli(*args), *fragments)
+    assert "(0,)" not in output and "Traceback" not in output
+
+
+def test_more_threads_than_cores_is_said(colour_tflite, caplog):
+    import logging
+
+    from tledge.runtime import Classifier
+
+    with caplog.at_level(logging.WARNING, logger="tledge"):
+        Classifier(colour_tflite["int8"], threads=(os.cpu_count() or 1) + 2)
+    assert "more than this machine's" in caplog.text
+
+
+# ---------------------------------------------------------------- 11, 12. models
+
+@pytest.fixture(scope="module")
+def not_classifiers(tmp_path_factory):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    folder = tmp_path_factory.mktemp("not_classifiers")
+    vector_in = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
+    image_out = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3)])
+    paths = {}
+    for name, model in (("vector_in", vector_in), ("image_out", image_out)):
+        paths[name] = folder / f"{name}.tflite"
+        paths[name].write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which, fragment", [("vector_in", "not an RGB image"),
+                                             ("image_out", "not a vector of class scores")])
+def test_a_tflite_that_is_not_an_image_classifier(not_classifiers, which, fragment, tmp_path):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(image)
+    model = not_classifiers[which]
+    for args in (["predict", model, image], ["evaluate", model, "--data", "shapes"],
+                 ["camera", "--model", model, "--source", tmp_path, "--headless"],
+                 ["bench", model, "--runs", "3"]):
+        one_line_error(tledge(*args), fragment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncate model.keras", "truncate model_qat.h5",
+                                    "delete labels.txt"])
+def test_a_damaged_run_is_one_line_naming_the_file(colour_run, tmp_path, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(colour_run[0], run)
+    verb, name = damage.split()
+    if verb == "truncate":
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 3])
+    else:
+        (run / name).unlink()
+    image = tmp_path / "x.png"
+    Image.new("RGB", (20, 20)).save(image)
+    one_line_error(tledge("export", run, "--int8", "--out", tmp_path / "e"), name)
+    if name != "model_qat.h5":
+        one_line_error(tledge("predict", run, image), name)
+    else:
+        one_line_error(tledge("predict", run, image, "--qat"), name)
+
+
+# ---------------------------------------------------------------- 13, 14. camera, predict
+
+def test_a_source_that_never_delivers_a_frame_fails(colour_tflite, tmp_path, monkeypatch):
+    from tledge import camera
+    from tledge.camera import CameraOptions, run_camera
+
+    monkeypatch.setattr(camera, "open_source", lambda spec, *sizes: camera.Source(
+        "fake camera", True, lambda: (False, None, None), lambda: None, lambda: None))
+    out = tmp_path / "frames.jsonl"
+    with pytest.raises(TledgeError, match="fake camera delivered no frame"):
+        run_camera(CameraOptions(model=str(colour_tflite["int8"]), source="0", headless=True,
+                                 retries=0, output=str(out)), echo=lambda s: None)
+    assert not out.exists()  # no 0-byte file to block the rerun
+
+
+def test_an_all_corrupt_folder_leaves_no_output_file(colour_tflite, tmp_path):
+    from tledge.camera import CameraOptions, run_camera
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(b"not a png")
+    out = tmp_path / "frames.jsonl"
+    with pytest.raises(TledgeError, match="could be decoded"):
+        run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=str(folder),
+                                 headless=True, output=str(out)), echo=lambda s: None)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_predict_reports_every_file_then_fails(colour_tflite, tmp_path):
+    good = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (50, 60, 220)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    proc = tledge("predict", colour_tflite["int8"], good, bad, tmp_path / "missing.jpg", good)
+    assert proc.stdout.count(f"{good}: blue") == 2  # the files after the bad ones still ran
+    assert f"{bad}: error:" in proc.stderr and "missing.jpg: error:" in proc.stderr
+    one_line_error(proc, "2 of 4 image(s) could not be read")
+
+
+# ---------------------------------------------------------------- 15. bench's messages
+
+@pytest.mark.slow
+def test_bench_names_are_whole_and_errors_not_doubled(colour_tflite, not_classifiers, tmp_path):
+    from tledge import bench
+
+    long = tmp_path / "model_dynamic_with_a_long_name.tflite"
+    long.write_bytes(colour_tflite["int8"].read_bytes())
+    report = bench.bench([str(long)], bench.BenchOptions(threads=(1,), runs=3, warmup=0),
+                         echo=lambda s: None)
+    assert long.name in bench.format_table(report)
+    with pytest.raises(TledgeError) as e:
+        bench.run_worker({"model": str(not_classifiers["vector_in"]), "threads": 1,
+                          "options": {"runs": 3, "warmup": 0}})
+    assert "Error" not in str(e.value) and "not an RGB image" in str(e.value)

@@ -1,0 +1,115 @@
+"""Import TensorFlow without its noise.
+
+TensorFlow 2.16+ logs through absl, and everything logged before ``absl::InitializeLog()``
+goes to stderr whatever TF_CPP_MIN_LOG_LEVEL says: "oneDNN custom operations are on",
+"Could not find cuda drivers", "failed call to cuInit: ... (303)" on a machine without a GPU,
+CPU-instruction notices; later, tf.data logs "NodeDef mentions attribute use_unbounded_threadpool"
+at ERROR level (a harmless version skew between tf_keras and TensorFlow). They look like errors
+to a user and say nothing about their run.
+
+``import_tensorflow`` routes file descriptor 2 (native code's stderr, and Python's) through a
+pipe for the rest of the process: a thread passes every byte on to the real stderr at once,
+except whole lines that match the known noise. Progress bars (carriage returns, no newline)
+pass through live.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "failed call to cuInit",
+    "cuda_platform.cc",
+    "cudart_stub.cc",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions",
+    "Unable to register cu",
+    "computation placer already registered",
+    "TF-TRT Warning",
+    "Attempting to register factory for plugin",
+    "NodeDef mentions attribute use_unbounded_threadpool",
+    "fully_quantize: 0, inference_type:",  # the TFLite converter's debug print
+)
+# absl's line prefixes: a partial line starting like this is held until its newline, to be
+# judged whole; anything else is passed on at once.
+_ABSL = ("I0000", "W0000", "E0000", "WARNING: All log messages")
+_done = False
+_filter = None
+
+
+def is_noise(line: str) -> bool:
+    return any(pattern in line for pattern in NOISE)
+
+
+class _LiveFilter:
+    """fd 2 -> pipe -> this thread -> the original stderr, minus noise lines."""
+
+    def __init__(self):
+        import atexit
+        import threading
+
+        sys.stderr.flush()
+        self.out = os.dup(2)
+        read_fd, write_fd = os.pipe()
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.read_fd = read_fd
+        self.thread = threading.Thread(target=self._pump, name="stderr-filter", daemon=True)
+        self.thread.start()
+        atexit.register(self.close)
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self.out, data):]
+
+    def _pump(self) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not is_noise(line.decode("utf-8", errors="replace")):
+                    self._write(line + b"\n")
+            if pending and not pending.lstrip().startswith(tuple(p.encode() for p in _ABSL)):
+                self._write(pending)  # a progress bar's partial line: show it now
+                pending = b""
+        if pending and not is_noise(pending.decode("utf-8", errors="replace")):
+            self._write(pending)
+
+    def close(self) -> None:
+        """Put the real stderr back (EOF for the pump) and let it finish writing."""
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.out, 2)
+        self.thread.join(timeout=2)
+
+
+def import_tensorflow():
+    """``import tensorflow`` (and its GPU discovery) with its noise filtered from stderr for
+    the rest of the process; once."""
+    global _done, _filter
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _done or "tensorflow" in sys.modules:
+        import tensorflow as tf
+        return tf
+    if _filter is None and os.environ.get("TLEDGE_RAW_STDERR") != "1":
+        try:
+            _filter = _LiveFilter()
+        except OSError:  # no fd 2, or no pipes: show the noise rather than fail
+            _filter = False
+    import tensorflow as tf
+    tf.config.list_physical_devices("GPU")
+    _done = True
+    return tf
