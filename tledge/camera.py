@@ -35,7 +35,7 @@ from tledge.runtime import Class, top_classes
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-STAGES = ("capture", "preprocess", "inference", "compare", "overlay")
+STAGES = ("capture", "preprocess", "inference", "compare", "overlay", "jpeg")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,11 @@ class CameraOptions:
         size at or above the model's input when nothing needs full frames (headless, no
         --record), else the camera's own. The Pi camera always delivers full frames on its
         main stream and feeds inference from its ISP-scaled lores stream.
+      loop: play a video file or folder again from the start when it ends (demos, --serve).
+      serve: [HOST:]PORT to serve a live page (MJPEG stream, figures, JSON) on; None: none.
+        HOST defaults to 127.0.0.1.
+      serve_token: a secret the page's URLs must carry (?token=...); None: none.
+      serve_fps: JPEGs a second at most on the page's stream (0: every frame).
     """
 
     model: str
@@ -75,6 +80,10 @@ class CameraOptions:
     backend: Optional[str] = None
     retries: int = 5
     capture_size: Optional[tuple] = None
+    loop: bool = False
+    serve: Optional[str] = None
+    serve_token: Optional[str] = None
+    serve_fps: float = 15.0
 
 
 # ------------------------------------------------------------------ models
@@ -221,16 +230,19 @@ def _open_folder(folder: Path) -> Source:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise TledgeError(f"folder {folder} has no images (jpg, png, bmp, webp)")
-    it = iter(files)
+    state = {"it": iter(files)}
 
     def read():
         try:
-            path = next(it)
+            path = next(state["it"])
         except StopIteration:
             return False, None, None
         return True, cv2.imread(str(path), cv2.IMREAD_COLOR), None  # None if unreadable
 
-    return Source(f"folder {folder} ({len(files)} images)", False, read, lambda: None,
+    def reopen():
+        state["it"] = iter(files)
+
+    return Source(f"folder {folder} ({len(files)} images)", False, read, reopen,
                   lambda: None, None)
 
 
@@ -365,10 +377,338 @@ class _Latest:
 _END = object()
 
 
+# ------------------------------------------------------------------ outputs
+
+@dataclass
+class RunInfo:
+    """What every output may read about the run: the models, the source, the shared figures.
+
+    Attributes:
+      models: the FrameModels (the first is the model shown; a second is --compare).
+      source: the opened Source.
+      agreement: {"n": frames compared, "agree": frames whose top-1 labels agree}.
+      timings: stage -> list of milliseconds, appended as frames go through.
+      echo: prints a line for the user.
+    """
+
+    models: list
+    source: Source
+    agreement: dict
+    timings: dict
+    echo: Callable[[str], None]
+
+
+class Output:
+    """Where frames go once classified. A new output is one small subclass: ``frame`` is called
+    in the sink thread for every frame, in order; nothing here runs in the inference thread.
+
+    Attributes:
+      annotated: wants the frame with the overlay drawn (the overlay is skipped when no output
+        does, which saves a headless Pi that work).
+      full_frames: needs the camera's full-size frames (a window, a video, a web page), so the
+        camera is not asked for frames near the model's input size.
+    """
+
+    annotated = False
+    full_frames = False
+
+    def start(self, run: RunInfo) -> None:
+        self.run = run
+
+    def frame(self, packet: "Packet", annotated: Optional[np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def wants_stop(self) -> bool:
+        return False
+
+    def close(self, frames: int) -> None:
+        """The run ended after ``frames`` frames: commit (or, with none, discard) what was
+        written."""
+
+
+class WindowOutput(Output):
+    annotated = full_frames = True
+
+    def frame(self, packet, annotated):
+        import cv2
+
+        cv2.imshow("tledge camera", annotated)
+        self._stop = cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+
+    def wants_stop(self):
+        return getattr(self, "_stop", False)
+
+    def close(self, frames):
+        import cv2
+
+        cv2.destroyAllWindows()
+
+
+class StatusLineOutput(Output):
+    """A line a second: FPS, latency, top-1 (and the compare model's)."""
+
+    def start(self, run):
+        super().start(run)
+        self.status = {"last": time.perf_counter(), "frames": 0}
+
+    def frame(self, packet, annotated):
+        self.status["frames"] += 1
+        now = time.perf_counter()
+        if now - self.status["last"] >= 1.0:
+            self.run.echo(status_line(packet, self.run.models, self.run.agreement, self.status,
+                                      self.run.timings, now))
+            self.status["last"], self.status["frames"] = now, 0
+
+
+class RecordOutput(Output):
+    """--record: the annotated video, written to a temporary file, renamed at the end."""
+
+    annotated = full_frames = True
+
+    def __init__(self, path: str):
+        self.path, self.writer = path, None
+        self._ctx = fileio.atomic_path(path)
+        self._tmp = self._ctx.__enter__()
+
+    def frame(self, packet, annotated):
+        import cv2
+
+        if self.writer is None:
+            h, w = annotated.shape[:2]
+            self.writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          self.run.source.fps or 15.0, (w, h))
+        self.writer.write(annotated)
+
+    def close(self, frames):
+        if self.writer is not None:
+            self.writer.release()
+        self._ctx.__exit__(None, None, None) if frames else _discard(self._ctx)
+
+
+class JsonLinesOutput(Output):
+    """--output: one JSON line per frame."""
+
+    def __init__(self, path: str):
+        self.lines = _AtomicLines(path)
+
+    def frame(self, packet, annotated):
+        self.lines.write(json.dumps(frame_record(packet, self.run.models)) + "\n")
+
+    def close(self, frames):
+        # No frame, no file: an empty --output would block the rerun ("already exists").
+        self.lines.commit() if frames else self.lines.discard()
+
+
+def make_outputs(options: CameraOptions, echo: Callable[[str], None]) -> list:
+    """The outputs ``options`` asks for, in the order they get each frame."""
+    outputs: list = []
+    window = not options.headless and _display_available()
+    if not options.headless and not window:
+        echo("WARNING: no display for a window (or a headless OpenCV): running headless")
+    outputs.append(WindowOutput() if window else StatusLineOutput())
+    if options.record:
+        outputs.append(RecordOutput(options.record))
+    if options.output:
+        outputs.append(JsonLinesOutput(options.output))
+    if options.serve:
+        from tledge.serve import ServeOutput
+        outputs.append(ServeOutput(options.serve, options.serve_token, options.serve_fps))
+    return outputs
+
+
+# ------------------------------------------------------------------ the run
+
+class Pipeline:
+    """capture thread -> inference (the calling thread) -> sink thread -> outputs."""
+
+    def __init__(self, source: Source, models: list, options: CameraOptions, outputs: list,
+                 echo: Callable[[str], None]):
+        self.source, self.models, self.options, self.outputs = source, models, options, outputs
+        self.echo = echo
+        self.stop = threading.Event()
+        self.frames_q: "queue.Queue" = queue.Queue(maxsize=4)  # files: every frame, in order
+        self.latest = _Latest()                                # live: newest frame only
+        self.out_q: "queue.Queue" = queue.Queue(maxsize=8)
+        self.counters = {"corrupt": 0, "ended": "", "error": None}
+        self.timings: dict = defaultdict(list)
+        self.agreement = {"n": 0, "agree": 0}
+        self.annotate = any(o.annotated for o in outputs)
+
+    # capture: read, convert, resize and quantize for each model
+    def capture(self) -> None:
+        import cv2
+
+        index, failures, source, options = 0, 0, self.source, self.options
+        try:
+            while not self.stop.is_set():
+                t0 = time.perf_counter()
+                ok, bgr, small = source.read()
+                if not ok:
+                    if not source.live:
+                        if options.loop and index:
+                            source.reopen()  # --loop: play the file again
+                            continue
+                        self.counters["ended"] = "end of source"
+                        break
+                    if failures >= options.retries:
+                        self.counters["ended"] = f"{source.description} dropped out"
+                        break
+                    delay = 0.5 * 2 ** failures
+                    failures += 1
+                    self.echo(f"WARNING: {source.description} gave no frame; retry {failures}/"
+                              f"{options.retries} in {delay:.1f}s")
+                    if self.stop.wait(delay):
+                        break
+                    source.reopen()
+                    continue
+                failures = 0
+                if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
+                    self.counters["corrupt"] += 1
+                    continue
+                t1 = time.perf_counter()
+                rgb = small if small is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                inputs = [m.prepare(rgb) for m in self.models]
+                t2 = time.perf_counter()
+                packet = Packet(index, time.time(), bgr, inputs,
+                                {"capture": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)})
+                index += 1
+                if source.live:
+                    self.latest.put(packet)
+                else:
+                    while not self.stop.is_set():
+                        try:
+                            self.frames_q.put(packet, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            self.counters["error"] = e
+        finally:
+            if source.live:
+                self.latest.put(_END)
+            else:  # a full queue that nobody reads any more (the run stopped) must not block
+                while True:
+                    try:
+                        self.frames_q.put(_END, timeout=0.1)
+                        break
+                    except queue.Full:
+                        if self.stop.is_set():
+                            break
+
+    # sink: overlay once, then every output
+    def sink(self) -> None:
+        failed = False
+        while True:
+            packet = self.out_q.get()
+            if packet is _END:
+                return
+            if failed:
+                continue  # drain, so the main thread never blocks on a dead sink
+            try:
+                annotated = None
+                if self.annotate:
+                    t0 = time.perf_counter()
+                    annotated = draw_overlay(packet, self.models, self.agreement, {})
+                    packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
+                for stage, ms in packet.times.items():
+                    self.timings[stage].append(ms)
+                for output in self.outputs:
+                    output.frame(packet, annotated)
+                    if output.wants_stop():
+                        self.stop.set()
+            except Exception as e:  # noqa: BLE001 - reported by the main thread
+                self.counters["error"], failed = e, True
+                self.stop.set()
+
+    def run(self) -> Summary:
+        options = self.options
+        info = RunInfo(self.models, self.source, self.agreement, self.timings, self.echo)
+        started = []
+        try:
+            for output in self.outputs:
+                output.start(info)
+                started.append(output)
+        except BaseException:
+            for output in started:
+                output.close(0)
+            raise
+        threads = [threading.Thread(target=self.capture, name="capture", daemon=True),
+                   threading.Thread(target=self.sink, name="sink", daemon=True)]
+        for t in threads:
+            t.start()
+        summary = Summary()
+        first = last = None
+        frames = 0
+        try:
+            start = time.perf_counter()
+            while True:
+                if options.max_frames is not None and frames >= options.max_frames:
+                    summary.reason = f"--max-frames {options.max_frames}"
+                    break
+                if options.duration is not None and \
+                        time.perf_counter() - start >= options.duration:
+                    summary.reason = f"--duration {options.duration:g}s"
+                    break
+                if self.stop.is_set():
+                    summary.reason = "quit"
+                    break
+                packet = self.latest.get(0.2) if self.source.live else _get(self.frames_q, 0.2)
+                if packet is None:
+                    continue
+                if packet is _END:
+                    summary.reason = self.counters["ended"] or "source stopped"
+                    break
+                first = first or time.perf_counter()
+                for i, (model, x) in enumerate(zip(self.models, packet.inputs)):
+                    t0 = time.perf_counter()
+                    scores = model.run(x)
+                    packet.times["inference" if i == 0 else "compare"] = \
+                        1000 * (time.perf_counter() - t0)
+                    packet.results.append(top_classes(scores, model.labels, options.top_k))
+                if len(packet.results) == 2:
+                    self.agreement["n"] += 1
+                    self.agreement["agree"] += \
+                        packet.results[0][0].label == packet.results[1][0].label
+                self.out_q.put(packet)
+                frames += 1
+                last = time.perf_counter()
+        except KeyboardInterrupt:
+            summary.reason = "interrupted"
+        finally:
+            self.stop.set()
+            self.out_q.put(_END)
+            for t in threads:
+                t.join(timeout=10)
+            self.source.release()
+            for output in self.outputs:
+                try:
+                    output.close(frames)
+                except Exception as e:  # noqa: BLE001 - one output must not lose the others
+                    self.counters["error"] = self.counters["error"] or e
+        if self.counters["error"] is not None:
+            raise TledgeError(f"reading {self.source.description} failed: "
+                              f"{self.counters['error']}")
+        end = last or time.perf_counter()  # the last frame, not the clean-up after it
+        summary.frames = frames
+        summary.seconds = end - (first or end)
+        summary.fps = frames / summary.seconds if summary.seconds > 0 else 0.0
+        summary.stages = {s: _p50_p90(self.timings[s]) for s in STAGES if self.timings.get(s)}
+        summary.agreement = self.agreement["agree"] / self.agreement["n"] \
+            if self.agreement["n"] else None
+        summary.dropped = self.latest.dropped
+        summary.corrupt = self.counters["corrupt"]
+        if frames == 0 and self.counters["corrupt"]:
+            raise TledgeError(f"no frame of {self.source.description} could be decoded "
+                              f"({self.counters['corrupt']} corrupt)")
+        if frames == 0 and summary.reason != "interrupted":
+            raise TledgeError(f"{self.source.description} delivered no frame ({summary.reason})"
+                              ": check that it is connected and not used by another program, "
+                              "or try another --source")
+        return summary
+
+
 def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> Summary:
     """Classify frames until the source ends, a limit is reached, q/Esc, or Ctrl-C."""
-    import cv2
-
     if not Path(options.model).exists():
         raise TledgeError(f"model {options.model} does not exist: pass a .tflite file or a run "
                           "folder")
@@ -377,188 +717,17 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
         if not Path(options.compare).exists():
             raise TledgeError(f"compare model {options.compare} does not exist")
         models.append(load_frame_model(options.compare, options.backend, options.threads))
-    window = not options.headless and _display_available()
-    capture_size = options.capture_size
-    if capture_size is None and not window and not options.record:
-        capture_size = capture_size_for(models[0].size)  # nothing needs more than inference
-    source = open_source(options.source, models[0].size, capture_size)
-    if not options.headless and not window:
-        echo("WARNING: no display for a window (or a headless OpenCV): running headless")
-
-    stop = threading.Event()
-    frames_q: "queue.Queue" = queue.Queue(maxsize=4)   # files: every frame, in order
-    latest = _Latest()                                 # live: newest frame only
-    out_q: "queue.Queue" = queue.Queue(maxsize=8)
-    counters = {"corrupt": 0, "ended": "", "error": None}
-    timings = defaultdict(list)
-
-    def capture():
-        index, failures = 0, 0
-        try:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                ok, bgr, small = source.read()
-                if not ok:
-                    if not source.live:
-                        counters["ended"] = "end of source"
-                        break
-                    if failures >= options.retries:
-                        counters["ended"] = f"{source.description} dropped out"
-                        break
-                    delay = 0.5 * 2 ** failures
-                    failures += 1
-                    echo(f"WARNING: {source.description} gave no frame; retry {failures}/"
-                         f"{options.retries} in {delay:.1f}s")
-                    if stop.wait(delay):
-                        break
-                    source.reopen()
-                    continue
-                failures = 0
-                if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.size == 0:
-                    counters["corrupt"] += 1
-                    continue
-                t1 = time.perf_counter()
-                rgb = small if small is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                inputs = [m.prepare(rgb) for m in models]
-                t2 = time.perf_counter()
-                packet = Packet(index, time.time(), bgr, inputs,
-                                {"capture": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)})
-                index += 1
-                if source.live:
-                    latest.put(packet)
-                else:
-                    while not stop.is_set():
-                        try:
-                            frames_q.put(packet, timeout=0.1)
-                            break
-                        except queue.Full:
-                            pass
-        except Exception as e:  # noqa: BLE001 - reported by the main thread
-            counters["error"] = e
-        finally:
-            if source.live:
-                latest.put(_END)
-            else:
-                frames_q.put(_END)
-
-    writer_state = {"writer": None}
-    jsonl = open_atomic(options.output)
-    video_tmp = fileio.atomic_path(options.record) if options.record else None
-    video_path = video_tmp.__enter__() if video_tmp else None
-    agreement = {"n": 0, "agree": 0}
-    status = {"last": time.perf_counter(), "frames": 0}
-
-    def sink():
-        failed = False
-        while True:
-            packet = out_q.get()
-            if packet is _END:
-                return
-            if failed:
-                continue  # drain, so the main thread never blocks on a dead sink
-            try:
-                deliver(packet)
-            except Exception as e:  # noqa: BLE001 - reported by the main thread
-                counters["error"], failed = e, True
-                stop.set()
-
-    def deliver(packet):
-        t0 = time.perf_counter()
-        annotated = draw_overlay(packet, models, agreement, status)
-        packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
-        if video_path is not None:
-            if writer_state["writer"] is None:
-                h, w = annotated.shape[:2]
-                writer_state["writer"] = cv2.VideoWriter(
-                    str(video_path), cv2.VideoWriter_fourcc(*"mp4v"),
-                    source.fps or 15.0, (w, h))
-            writer_state["writer"].write(annotated)
-        if jsonl is not None:
-            jsonl.write(json.dumps(frame_record(packet, models)) + "\n")
-        if window:
-            cv2.imshow("tledge camera", annotated)
-            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                stop.set()
-        for stage, ms in packet.times.items():
-            timings[stage].append(ms)
-        status["frames"] += 1
-        now = time.perf_counter()
-        if not window and now - status["last"] >= 1.0:
-            echo(status_line(packet, models, agreement, status, timings, now))
-            status["last"], status["frames"] = now, 0
-
-    threads = [threading.Thread(target=capture, name="capture", daemon=True),
-               threading.Thread(target=sink, name="sink", daemon=True)]
-    for t in threads:
-        t.start()
-    summary = Summary()
-    start = first = None
-    frames = 0
+    outputs = make_outputs(options, echo)
     try:
-        start = time.perf_counter()
-        while True:
-            if options.max_frames is not None and frames >= options.max_frames:
-                summary.reason = f"--max-frames {options.max_frames}"
-                break
-            if options.duration is not None and time.perf_counter() - start >= options.duration:
-                summary.reason = f"--duration {options.duration:g}s"
-                break
-            if stop.is_set():
-                summary.reason = "quit"
-                break
-            packet = latest.get(0.2) if source.live else _get(frames_q, 0.2)
-            if packet is None:
-                continue
-            if packet is _END:
-                summary.reason = counters["ended"] or "source stopped"
-                break
-            first = first or time.perf_counter()
-            for i, (model, x) in enumerate(zip(models, packet.inputs)):
-                t0 = time.perf_counter()
-                scores = model.run(x)
-                packet.times["inference" if i == 0 else "compare"] = \
-                    1000 * (time.perf_counter() - t0)
-                packet.results.append(top_classes(scores, model.labels, options.top_k))
-            if len(packet.results) == 2:
-                agreement["n"] += 1
-                agreement["agree"] += packet.results[0][0].label == packet.results[1][0].label
-            out_q.put(packet)
-            frames += 1
-    except KeyboardInterrupt:
-        summary.reason = "interrupted"
-    finally:
-        stop.set()
-        out_q.put(_END)
-        for t in threads:
-            t.join(timeout=10)
-        source.release()
-        if writer_state["writer"] is not None:
-            writer_state["writer"].release()
-        if video_tmp is not None:
-            video_tmp.__exit__(None, None, None) if frames else _discard(video_tmp)
-        if jsonl is not None:
-            # No frame, no file: an empty --output would block the rerun ("already exists").
-            jsonl.commit() if frames else jsonl.discard()
-        if window:
-            cv2.destroyAllWindows()
-    if counters["error"] is not None:
-        raise TledgeError(f"reading {source.description} failed: {counters['error']}")
-    end = time.perf_counter()
-    summary.frames = frames
-    summary.seconds = end - (first or end)
-    summary.fps = frames / summary.seconds if summary.seconds > 0 else 0.0
-    summary.stages = {s: _p50_p90(timings[s]) for s in STAGES if timings.get(s)}
-    summary.agreement = agreement["agree"] / agreement["n"] if agreement["n"] else None
-    summary.dropped = latest.dropped
-    summary.corrupt = counters["corrupt"]
-    if frames == 0 and counters["corrupt"]:
-        raise TledgeError(f"no frame of {source.description} could be decoded "
-                          f"({counters['corrupt']} corrupt)")
-    if frames == 0 and summary.reason != "interrupted":
-        raise TledgeError(f"{source.description} delivered no frame ({summary.reason}): check "
-                          "that it is connected and not used by another program, or try another "
-                          "--source")
-    return summary
+        capture_size = options.capture_size
+        if capture_size is None and not any(o.full_frames for o in outputs):
+            capture_size = capture_size_for(models[0].size)  # nothing needs more than inference
+        source = open_source(options.source, models[0].size, capture_size)
+    except BaseException:
+        for output in outputs:
+            output.close(0)
+        raise
+    return Pipeline(source, models, options, outputs, echo).run()
 
 
 def _get(q: "queue.Queue", timeout: float):

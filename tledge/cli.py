@@ -28,18 +28,13 @@ class Group(click.Group):
         except TledgeError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(130 if isinstance(e, Interrupted) else 1)
-        except ImportError as e:
-            # The training stack imported where a [pi] install lacks it: one line, not a trace.
-            error = missing_training_stack(e)
+        except (ImportError, OSError) as e:
+            # The training stack imported where a [pi] install lacks it, or a write the disk
+            # refused (full, read-only): one line, not a trace. Anything else is a bug: raise.
+            error = missing_training_stack(e) if isinstance(e, ImportError) else disk_error(e)
             if error is None:
                 raise
             click.secho(f"Error: {error}", fg="red", err=True)
-            sys.exit(1)
-        except OSError as e:
-            message = disk_error(e)
-            if message is None:
-                raise
-            click.secho(f"Error: {message}", fg="red", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
@@ -376,9 +371,18 @@ def doctor(no_tensorflow, reprobe):
 @click.option("--capture-size", callback=_size, help="WxH to ask a camera for.  [default: the "
               "smallest common size at or above the model's input when --headless without "
               "--record, else the camera's own]")
+@click.option("--serve", metavar="[HOST:]PORT", help="Serve a live page (annotated stream, "
+              "top-k, FPS, latency; JSON at /stats.json) on PORT, bound to 127.0.0.1 unless "
+              "HOST is given. From a laptop: ssh -L 8080:localhost:8080 pi.")
+@click.option("--serve-token", metavar="SECRET", help="With --serve: every URL must carry "
+              "?token=SECRET (use it when HOST is not 127.0.0.1).")
+@click.option("--serve-fps", type=click.FloatRange(min=0, max=1000), default=15.0,
+              show_default=True, help="With --serve: JPEGs a second at most on the stream "
+              "(0: every frame).")
+@click.option("--loop", is_flag=True, help="Play a video file or folder again when it ends.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
 def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
-           top_k, backend, capture_size, overwrite):
+           top_k, backend, capture_size, serve, serve_token, serve_fps, loop, overwrite):
     """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
     from tledge.camera import CameraOptions, run_camera
 
@@ -389,7 +393,13 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
     options = CameraOptions(model=model, source=source, compare=compare, headless=headless,
                             output=output, record=record, max_frames=max_frames,
                             duration=duration, threads=threads, top_k=top_k, backend=backend,
-                            capture_size=capture_size)
+                            capture_size=capture_size, loop=loop, serve=serve,
+                            serve_token=serve_token, serve_fps=serve_fps)
+    if serve:
+        from tledge.serve import parse_serve
+        parse_serve(serve)  # a bad address fails now, before the models load
+    if serve_token and not serve:
+        raise TledgeError("--serve-token needs --serve [HOST:]PORT")
     summary = run_camera(options, echo=click.echo)
     click.echo(summary.format())
 
