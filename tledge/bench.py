@@ -209,12 +209,12 @@ def describe_model(model: str) -> dict:
         size = (path / rundir.FLOAT_MODEL).stat().st_size
         return {"model": str(path), "name": path.name, "format": "keras-float",
                 "size_bytes": size}
-    from tledge.runtime import check_tflite_file
+    from tledge.runtime import check_tflite_file, min_runtime_version
     check_tflite_file(path)
     stem = path.stem
     fmt = stem.split("_")[-1] if stem.startswith("model_") else "tflite"
     return {"model": str(path), "name": f"{path.parent.name}/{path.name}", "format": fmt,
-            "size_bytes": path.stat().st_size}
+            "size_bytes": path.stat().st_size, "min_runtime": min_runtime_version(path)}
 
 
 def machine_info() -> tuple[dict, list[str]]:
@@ -345,7 +345,7 @@ def _worker_main(spec_json: str) -> None:
 COLUMNS = [("model", "name"), ("format", ""), ("thr", "threads"), ("size MB", ""),
            ("load ms", ""), ("1st ms", "first inference"), ("invoke p50", ""),
            ("classify p50", ""), ("p90", ""), ("p99", ""), ("img/s", ""), ("overhead", ""),
-           ("mem MB", "peak RSS"), ("acc", "accuracy")]
+           ("mem MB", "peak RSS"), ("acc", "accuracy"), ("min runtime", "")]
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -358,7 +358,7 @@ def table_rows(report: dict) -> list[list[str]]:
                     f"{r['invoke']['p50']:.2f}", f"{r['classify']['p50']:.2f}",
                     f"{r['classify']['p90']:.2f}", f"{r['classify']['p99']:.2f}",
                     f"{r['throughput_ips']:.1f}", f"{r['classify_overhead_pct']:+.1f}%",
-                    f"{r['memory_mb']:.0f}", acc])
+                    f"{r['memory_mb']:.0f}", acc, r.get("min_runtime") or "-"])
     return out
 
 
@@ -395,7 +395,8 @@ def to_csv(report: dict) -> str:
     fields = ["name", "model", "format", "device", "backend", "threads", "size_bytes", "load_ms",
               "first_ms"] + [f"invoke_{s}" for s in STAT_FIELDS] + \
              [f"classify_{s}" for s in STAT_FIELDS] + \
-             ["throughput_ips", "classify_overhead_pct", "memory_mb", "peak_rss_mb", "accuracy"]
+             ["throughput_ips", "classify_overhead_pct", "memory_mb", "peak_rss_mb", "accuracy",
+              "min_runtime"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in report["results"]:

@@ -191,19 +191,26 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
               help="Accuracy points a file may lose against the float model before the export "
               "fails.")
 @click.option("--eval-limit", type=int, help="Verify on at most N validation images.")
+@click.option("--debug", is_flag=True, help="With --int8: write the per-layer int8 error "
+              "report (export/quant_debug.csv and .png); written anyway when int8 fails the gate.")
+@click.option("--keep-float", metavar="LAYER[,LAYER...]|auto", help="With --int8: keep these "
+              "layers (names from quant_debug.csv) in float; 'auto' adds the worst one at a time "
+              "until the gate passes.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: "
               "RUN_DIR/export]")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same formats.")
-def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, eval_limit, out,
-           overwrite):
+def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, eval_limit, debug,
+           keep_float, out, overwrite):
     """Convert a run to TFLite and verify every file against the float model."""
     from tledge.config import ExportOptions
 
     require_training_stack("tledge export (the TFLite converter)")
     formats = tuple(f for f, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic),
                                     ("int8", int8)) if on) or ("fp32",)
+    keep = tuple(n.strip() for n in keep_float.split(",") if n.strip()) if keep_float else ()
     options = ExportOptions(formats=formats, calibration=calibration, ptq=ptq,
-                            max_drop=max_drop, eval_limit=eval_limit)
+                            max_drop=max_drop, eval_limit=eval_limit, debug=debug,
+                            keep_float=keep)
     from tledge.export import export as run_export
 
     run_export(Path(run_dir), options, out=Path(out) if out else None, overwrite=overwrite,

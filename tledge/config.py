@@ -396,6 +396,10 @@ class ExportOptions:
       max_drop: accuracy points a file may lose against the float Keras model on the
         validation split before the export fails.
       eval_limit: validate on at most this many validation images (None: all of them).
+      debug: write the per-layer int8 error report (quant_debug.csv and .png); it is written
+        anyway when the int8 file fails the gate.
+      keep_float: layers (names from the report) that stay float in the int8 file, or
+        ("auto",): add the worst layers one at a time until the gate passes.
     """
 
     formats: tuple = ("fp32",)
@@ -403,9 +407,17 @@ class ExportOptions:
     ptq: bool = False
     max_drop: float = 1.0
     eval_limit: Optional[int] = None
+    debug: bool = False
+    keep_float: tuple = ()
 
     def __post_init__(self) -> None:
         _check_types(self)
+        if any(not isinstance(n, str) or not n.strip() for n in self.keep_float):
+            raise TledgeError(f"--keep-float takes layer names, got {self.keep_float!r}")
+        if "auto" in self.keep_float and len(self.keep_float) > 1:
+            raise TledgeError("--keep-float auto chooses the layers itself: pass it alone")
+        if (self.keep_float or self.debug) and "int8" not in self.formats:
+            raise TledgeError("--keep-float and --debug apply to --int8: add --int8")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
             raise TledgeError(

@@ -24,6 +24,7 @@ import numpy as np
 from tledge import fileio, rundir
 from tledge.config import ExportOptions, RunConfig
 from tledge.errors import TledgeError
+from tledge.runtime import min_runtime_version
 
 log = logging.getLogger(__name__)
 
@@ -83,21 +84,7 @@ class QuantizationConfig:
 
 def convert(model, qconfig: QuantizationConfig) -> bytes:
     """A Keras model -> TFLite flatbuffer bytes."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if qconfig.optimize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if qconfig.float16:
-        converter.target_spec.supported_types = [tf.float16]
-    if qconfig.full_integer:
-        converter.representative_dataset = qconfig.representative
-        # Integer-only kernels: fail rather than silently fall back to float ones.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # uint8 in: raw pixels 0..255 (scale 1, zero point 0 when the range is 0..255).
-        # uint8 out: probabilities, scale 1/256, zero point 0.
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+    converter = make_converter(model, qconfig)
     try:
         import warnings
 
@@ -110,7 +97,48 @@ def convert(model, qconfig: QuantizationConfig) -> bytes:
         raise TledgeError(f"TFLite conversion to {qconfig.name} failed ({first[:200]})")
 
 
-def check_quantized(model_bytes: bytes, fmt: str) -> dict:
+def make_converter(model, qconfig: QuantizationConfig):
+    """The TFLite converter for ``model``, set up as ``qconfig`` says."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if qconfig.optimize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if qconfig.float16:
+        converter.target_spec.supported_types = [tf.float16]
+    if qconfig.name == "dynamic":
+        # TF 2.21 quantizes dense weights per channel, which makes FULLY_CONNECTED version 12:
+        # runtime 2.17 or newer, which the TFLite Task Library 0.4.4 and many devices lack.
+        # Per-tensor dense weights load everywhere; the accuracy gate checks the cost.
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+    if qconfig.full_integer:
+        converter.representative_dataset = qconfig.representative
+        # Integer-only kernels: fail rather than silently fall back to float ones.
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        # uint8 in: raw pixels 0..255 (scale 1, zero point 0 when the range is 0..255).
+        # uint8 out: probabilities, scale 1/256, zero point 0.
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter
+
+
+def normalise_signature(model_bytes: bytes) -> bytes:
+    """One input name ("image") and one output name ("predictions") in every format. A QAT
+    model's output layer is tfmot's wrapper, "quant_predictions", and its signature says so;
+    clients that look tensors up by name (MediaPipe, the Task Library) then see a different
+    model in int8 than in fp32."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
+    changed = False
+    for signature in model.signatureDefs or []:
+        for tensors, name in ((signature.inputs, b"image"), (signature.outputs, b"predictions")):
+            if tensors and len(tensors) == 1 and tensors[0].name != name:
+                tensors[0].name, changed = name, True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else model_bytes
+
+
+def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
     """Catch the converter pitfall of a model silently left float (or half-quantized): each
     format must hold the tensor types it promises. Returns the counts of tensors (weights and
     activations) per dtype and the I/O dtypes; raises otherwise."""
@@ -127,7 +155,7 @@ def check_quantized(model_bytes: bytes, fmt: str) -> dict:
     if fmt == "int8":
         if in_dtype != "uint8" or out_dtype != "uint8":
             problem = f"input {in_dtype} / output {out_dtype}, expected uint8 / uint8"
-        elif counts.get("float32", 0):
+        elif counts.get("float32", 0) and not keep_float:  # --keep-float leaves some, by design
             problem = f"{counts['float32']} float32 tensors left in a full-integer model"
         elif not counts.get("int8", 0):
             problem = "no int8 tensors"
@@ -173,7 +201,9 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
     probs.content.contentPropertiesType = m.ContentProperties.FeatureProperties
     probs.content.contentProperties = m.FeaturePropertiesT()
     probs.stats = m.StatsT()
-    probs.stats.min, probs.stats.max = [0.0], [1.0]
+    # a uint8 output's statistics are its integer range, as the official metadata writer
+    # writes them; a float output's are the probabilities' range
+    probs.stats.min, probs.stats.max = ([0.0], [255.0]) if fmt == "int8" else ([0.0], [1.0])
     label_file = m.AssociatedFileT()
     label_file.name = "labels.txt"
     label_file.description = "Labels for the classes the model recognises, one per line."
@@ -361,39 +391,61 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
 
     results: list[FormatResult] = []
     publish: list[tuple[Path, Path]] = []  # (verified temporary file, final name)
+    calib = splits.train.x[:options.calibration]
+    debug = _Debug(float_model, calib, val.x[:256], out, echo)
+
+    def make(fmt, raw, source, keep=()):
+        """Check, label, stage under a temporary name and verify one file."""
+        raw = normalise_signature(raw)
+        quant = check_quantized(raw, fmt, keep_float=bool(keep))
+        description = (f"{config.model.backbone} classifier of {len(labels)} classes trained by "
+                       f"tledge on {config.data.source}; {fmt}")
+        blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
+        tmp = out / f".model_{fmt}.tflite.{os.getpid()}.{len(results)}.verifying"
+        staged.callback(tmp.unlink, missing_ok=True)  # removed on any failure or interruption
+        fileio.write_bytes(tmp, blob)
+        clf = Classifier(tmp)
+        probs = clf.predict_batch(val.x, desc=f"{fmt} TFLite" + (" (keep-float)" if keep else ""))
+        stats = compare(reference, probs, val.y)
+        drop = 100.0 * (float_acc - stats["accuracy"])
+        quant.update(input_quantization=list(clf.input_quant),
+                     output_quantization=list(clf.output_quant),
+                     min_runtime_version=min_runtime_version(tmp))
+        if keep:
+            quant["keep_float"] = list(keep)
+        return tmp, FormatResult(fmt, "", len(blob), source, drop_points=drop,
+                                 passed=drop <= options.max_drop, quantization=quant, **stats)
+
     for fmt in options.formats:
         if fmt == "int8":
-            calib = splits.train.x[:options.calibration]
-            qconfig = QuantizationConfig.for_int8(calib, from_qat=use_qat)
-            model = load_keras_file(qat_path, qat=True) if use_qat else float_model
+            from_qat = use_qat and not options.keep_float
+            if use_qat and options.keep_float:
+                echo("--keep-float: the int8 file is quantized after training from the float "
+                     "model (a QAT model's quantization cannot leave chosen layers float)")
+            qconfig = QuantizationConfig.for_int8(calib, from_qat=from_qat)
+            model = load_keras_file(qat_path, qat=True) if from_qat else float_model
         else:
             qconfig = {"fp32": QuantizationConfig.for_float32,
                        "fp16": QuantizationConfig.for_float16,
                        "dynamic": QuantizationConfig.for_dynamic}[fmt]()
             model = float_model
         echo(f"converting {fmt} from the {qconfig.source} model"
-             + (f" ({len(splits.train.x[:options.calibration])} calibration images)"
-                if qconfig.representative else ""))
-        raw = convert(model, qconfig)
-        quant = check_quantized(raw, fmt)
-        description = (f"{config.model.backbone} classifier of {len(labels)} classes trained by "
-                       f"tledge on {config.data.source}; {fmt}")
-        blob = with_metadata(raw, metadata_bytes(labels, f"tledge {fmt}", description, fmt), labels)
-        # Verified under a temporary name; removed on any failure or interruption.
-        tmp = out / f".model_{fmt}.tflite.{os.getpid()}.verifying"
-        staged.callback(tmp.unlink, missing_ok=True)
-        fileio.write_bytes(tmp, blob)
-        clf = Classifier(tmp)
-        probs = clf.predict_batch(val.x, desc=f"{fmt} TFLite")
-        stats = compare(reference, probs, val.y)
-        drop = 100.0 * (float_acc - stats["accuracy"])
-        passed = drop <= options.max_drop
-        quant.update(input_quantization=list(clf.input_quant),
-                     output_quantization=list(clf.output_quant))
-        final = targets[fmt] if passed else targets[fmt].with_name(f"model_{fmt}.REJECTED.tflite")
+             + (f" ({len(calib)} calibration images)" if qconfig.representative else ""))
+        keep = [k for k in options.keep_float if k != "auto"] if fmt == "int8" else []
+        if keep:
+            raw = debug.keep_float(keep)
+        else:
+            raw = convert(model, qconfig)
+        tmp, result = make(fmt, raw, qconfig.source, keep)
+        if fmt == "int8" and options.keep_float == ("auto",) and not result.passed:
+            tmp, result = _keep_float_auto(debug, make, tmp, result, echo)
+        if fmt == "int8" and (options.debug or not result.passed):
+            debug.report()
+        final = targets[fmt] if result.passed else \
+            targets[fmt].with_name(f"model_{fmt}.REJECTED.tflite")
+        result.path = str(final)
         publish.append((tmp, final))
-        results.append(FormatResult(fmt, str(final), len(blob), qconfig.source,
-                                    drop_points=drop, passed=passed, quantization=quant, **stats))
+        results.append(result)
 
     report = {
         "run": str(run_dir),
@@ -416,12 +468,108 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
     echo(format_table(float_acc, results))
     failed = [r for r in results if not r.passed]
     if failed:
-        raise TledgeError(
-            "accuracy gate failed: " + "; ".join(
-                f"{r.format} lost {r.drop_points:.2f} points (> {options.max_drop}), kept as "
-                f"{Path(r.path).name}" for r in failed)
-            + ". Train QAT longer, calibrate on more images (--calibration), or raise --max-drop")
+        raise TledgeError("accuracy gate failed: " + "; ".join(
+            f"{r.format} lost {r.drop_points:.2f} points (> {options.max_drop}), kept as "
+            f"{Path(r.path).name}; {gate_advice(r, debug)}" for r in failed))
     return report
+
+
+def gate_advice(result: "FormatResult", debug: "_Debug") -> str:
+    """What to do about a file that failed the gate, by what made it."""
+    if result.format == "int8":
+        worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " if debug.errors else ""
+        return (worst + "try --keep-float auto (or name layers), calibrate on more images "
+                "(--calibration), train QAT longer, or raise --max-drop")
+    if result.format == "dynamic":
+        return ("dynamic-range quantization has no calibration or training to adjust: use "
+                "--fp16 (half the size, float accuracy) or --int8 (calibrated or QAT)")
+    if result.format == "fp16":
+        return ("float16 weights rarely cost accuracy: check the float model and the "
+                "validation images (--eval-limit), or raise --max-drop")
+    return "an fp32 file should match the float model: report this with the run's config.yaml"
+
+
+class _Debug:
+    """The per-layer int8 report of a run, computed once when first needed."""
+
+    csv_name = "export/quant_debug.csv"
+
+    def __init__(self, float_model, calibration, images, out: Path, echo):
+        self.model, self.calibration, self.images = float_model, calibration, images
+        self.out, self.echo = out, echo
+        self.errors = None
+        self.csv_name = str(Path(out) / "quant_debug.csv")
+
+    def compute(self):
+        if self.errors is None:
+            from tledge import quantdebug
+
+            self.echo(f"per-layer int8 errors on {len(self.images)} validation images "
+                      "(QuantizationDebugger)")
+            self.errors = quantdebug.layer_errors(self.model, self.calibration, self.images)
+        return self.errors
+
+    def report(self) -> None:
+        from tledge import quantdebug
+
+        csv_path, png_path = quantdebug.write_report(self.compute(), self.out)
+        self.echo(f"worst int8 layers: {self.worst()}; report in {csv_path} and {png_path}")
+
+    def worst(self, count: int = 3) -> str:
+        from tledge import quantdebug
+
+        return quantdebug.worst_names(self.compute(), count)
+
+    def keep_float(self, names) -> bytes:
+        from tledge import quantdebug
+
+        tensors = quantdebug.resolve(names, self.compute())
+        self.echo(f"int8 with {', '.join(names)} kept float ({len(tensors)} op(s))")
+        return quantdebug.convert_keep_float(self.model, self.calibration, tensors)
+
+
+def _keep_float_auto(debug: _Debug, make, tmp, result, echo, limit: int = 8):
+    """Keep the worst layers float, one more at a time, until the int8 file passes the gate;
+    report what that cost in size and latency."""
+    from tledge import quantdebug
+
+    plain_size, plain_ms = result.size_bytes, _latency_ms(tmp)
+    kept: list[str] = []
+    while not result.passed and len(kept) < limit:
+        nxt = quantdebug.first_new(debug.compute(), kept)
+        if nxt is None:
+            break
+        kept.append(nxt.layer)
+        tmp, result = make("int8", debug.keep_float(kept), "float", tuple(kept))
+        echo(f"keep-float {', '.join(kept)}: accuracy drop {result.drop_points:+.2f} points"
+             + (" (passes the gate)" if result.passed else ""))
+    if kept:
+        ms = _latency_ms(tmp)
+        result.quantization["keep_float_cost"] = {
+            "layers": kept, "size_bytes": result.size_bytes - plain_size,
+            "latency_ms_1_thread": round(ms - plain_ms, 3), "latency_ms_all_int8": round(
+                plain_ms, 3)}
+        echo(f"keep-float auto: {len(kept)} layer(s) float, {result.size_bytes - plain_size:+,}"
+             f" bytes, {ms - plain_ms:+.2f} ms per image at 1 thread ({plain_ms:.2f} ms all "
+             "int8)")
+    return tmp, result
+
+
+def _latency_ms(path: Path, runs: int = 30) -> float:
+    """Median invoke() time at one thread: what keeping layers float costs."""
+    import time
+
+    from tledge.runtime import Classifier
+
+    clf = Classifier(path, threads=1)
+    x = np.zeros((1, clf.height, clf.width, 3), clf.input_dtype)
+    clf.invoke(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        clf.invoke(x)
+        times.append(1000 * (time.perf_counter() - t0))
+    return float(np.median(times))
 
 
 def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: list[FormatResult],
@@ -450,6 +598,9 @@ def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: lis
                 "output_quantization": r.quantization.get("output_quantization"),
                 "accuracy": r.accuracy, "agreement_with_float": r.agreement,
                 "max_prob_diff": r.max_prob_diff, "passed_gate": r.passed,
+                "min_runtime_version": r.quantization.get("min_runtime_version"),
+                "keep_float": r.quantization.get("keep_float", []),
+                "keep_float_cost": r.quantization.get("keep_float_cost"),
             } for r in results
         },
     }

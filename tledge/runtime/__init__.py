@@ -252,6 +252,27 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     return interpreter
 
 
+def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
+    """The oldest TFLite runtime that can run the file, as the converter recorded it (the
+    model's "min_runtime_version" metadata), or None where it cannot be read. Uses the schema
+    that LiteRT ships, so no TensorFlow."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        return None
+    try:
+        data = Path(path).read_bytes()
+        model = schema.Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == b"min_runtime_version":
+                raw = model.Buffers(entry.Buffer()).DataAsNumpy()
+                return bytes(raw).split(b"\0")[0].decode("ascii") or None
+    except Exception:  # noqa: BLE001 - an unexpected layout just means "unknown"
+        return None
+    return None
+
+
 def check_image_classifier(path, inputs: list, outputs: list) -> None:
     """One line, once, for a model that is not an image classifier: one (1, H, W, 3) image input
     of uint8, int8 or float32, and one (1, classes) score output."""
@@ -449,4 +470,5 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 __all__ = ["Class", "Classifier", "available_backends", "check_tflite_file", "get_backend",
+           "min_runtime_version",
            "in_batches", "make_interpreter", "read_embedded_labels", "top_classes", "load_rgb"]

@@ -1,0 +1,230 @@
+"""Where int8 loses accuracy: a per-layer quantization report, and int8 files that keep chosen
+layers in float.
+
+``layer_errors`` runs TensorFlow's ``tf.lite.experimental.QuantizationDebugger`` on the
+post-training int8 conversion of a float model: each quantized op runs beside its float twin on
+the same (quantized) input, over the validation images, and for each op's output tensor we keep
+
+- ``rmse/scale`` and ``max_abs/scale``: the error in steps of the tensor's quantization scale.
+  Plain rounding gives about 0.29 (1/sqrt(12)) and at most 0.5; more means values were clipped
+  (the calibration images did not cover the range the validation images reach);
+- ``rel_rmse``: the error relative to the float signal's own spread (RMSE / std of the float
+  values). This is what the ranking uses: a range blown up by one outlier rounds most values to
+  zero yet keeps ``rmse/scale`` small, and only the relative error shows it;
+- the float values' range and the fraction of them outside the int8 range (clipped).
+
+``convert_keep_float`` makes a full-integer file (uint8 in, uint8 out) in which the named ops stay
+float (the converter's ``denylisted_nodes``), with quantize/dequantize around them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from tledge import fileio
+from tledge.errors import TledgeError
+
+CSV_NAME = "quant_debug.csv"
+PNG_NAME = "quant_debug.png"
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """One quantized op's output against float.
+
+    Attributes:
+      layer: a short name (the Keras layer's), what --keep-float takes.
+      op: the TFLite op (CONV_2D, ADD, ...).
+      tensor: the converter's full name of the op's output tensor (also taken by --keep-float).
+      rel_rmse: RMSE / std of the float values (the ranking).
+      rmse_scaled: RMSE in units of the quantization scale (~0.29 is rounding alone).
+      max_scaled: largest absolute error, in units of the scale.
+      clipped: fraction of float values outside the tensor's int8 range.
+      float_min, float_max: the range of the float values.
+      scale, zero_point: the tensor's quantization.
+    """
+
+    layer: str
+    op: str
+    tensor: str
+    rel_rmse: float
+    rmse_scaled: float
+    max_scaled: float
+    clipped: float
+    float_min: float
+    float_max: float
+    scale: float
+    zero_point: int
+
+
+def short_name(tensor: str) -> str:
+    """"model/block_1_conv/BiasAdd;model/block_1_conv/Conv2D" -> "block_1_conv"."""
+    first = tensor.split(";")[0]
+    parts = [p for p in first.split("/") if p]
+    name = parts[1] if len(parts) > 2 and parts[0] in ("model", "sequential") else \
+        (parts[-2] if len(parts) > 1 else first)
+    return name[len("quant_"):] if name.startswith("quant_") else name
+
+
+def _direct_metrics():
+    def flat(values: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.ravel(v) for v in values]).astype(np.float64)
+
+    def errors(f, q, scale, zero_point):
+        f, q = flat(f), flat(q)
+        return f, scale * (q - zero_point)  # dequantized: scale * (q - zero_point)
+
+    def rel_rmse(f, q, scale, zero_point):
+        f, d = errors(f, q, scale, zero_point)
+        return float(np.sqrt(np.mean((d - f) ** 2)) / (np.std(f) + 1e-12))
+
+    def rmse_scaled(f, q, scale, zero_point):
+        f, d = errors(f, q, scale, zero_point)
+        return float(np.sqrt(np.mean((d - f) ** 2)) / scale)
+
+    def max_scaled(f, q, scale, zero_point):
+        f, d = errors(f, q, scale, zero_point)
+        return float(np.max(np.abs(d - f)) / scale)
+
+    def clipped(f, q, scale, zero_point):
+        f = flat(f)
+        low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
+        return float(np.mean((f < low - scale / 2) | (f > high + scale / 2)))
+
+    def float_min(f, q, scale, zero_point):
+        return float(flat(f).min())
+
+    def float_max(f, q, scale, zero_point):
+        return float(flat(f).max())
+
+    return {"rel_rmse": rel_rmse, "rmse_scaled": rmse_scaled, "max_scaled": max_scaled,
+            "clipped": clipped, "float_min": float_min, "float_max": float_max}
+
+
+def _int8_converter(model, calibration: np.ndarray):
+    from tledge.export import QuantizationConfig, make_converter
+
+    return make_converter(model, QuantizationConfig.for_int8(calibration))
+
+
+def _images(images: np.ndarray):
+    def gen():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+    return gen
+
+
+def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[LayerError]:
+    """Per-op errors of the post-training int8 conversion of ``model``, worst first."""
+    import tensorflow as tf
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_debug_metrics={}, layer_direct_compare_metrics=_direct_metrics())
+    try:
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=_int8_converter(model, calibration), debug_dataset=_images(images),
+            debug_options=options)
+        debugger.run()
+    except Exception as e:  # the debugger's errors are long MLIR dumps
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TledgeError(f"the int8 quantization debugger failed ({first})")
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for row in csv.DictReader(io.StringIO(buf.getvalue())):
+        rows.append(LayerError(
+            layer=short_name(row["tensor_name"]), op=row["op_name"], tensor=row["tensor_name"],
+            rel_rmse=float(row["rel_rmse"]), rmse_scaled=float(row["rmse_scaled"]),
+            max_scaled=float(row["max_scaled"]), clipped=float(row["clipped"]),
+            float_min=float(row["float_min"]), float_max=float(row["float_max"]),
+            scale=float(row["scale"]), zero_point=int(float(row["zero_point"]))))
+    return sorted(rows, key=lambda r: -r.rel_rmse)
+
+
+def write_report(errors: list[LayerError], out: Path, worst: int = 15) -> tuple[Path, Path]:
+    """``quant_debug.csv`` (every op, worst first) and a PNG chart of the worst ones."""
+    buf = io.StringIO()
+    fields = list(asdict(errors[0]).keys()) if errors else ["layer"]
+    writer = csv.DictWriter(buf, fields)
+    writer.writeheader()
+    for e in errors:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v)
+                         for k, v in asdict(e).items()})
+    csv_path = fileio.write_text(Path(out) / CSV_NAME, buf.getvalue())
+    png_path = Path(out) / PNG_NAME
+    _plot(errors[:worst], png_path)
+    return csv_path, png_path
+
+
+def _plot(errors: list[LayerError], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{e.layer} ({e.op})" for e in errors][::-1]
+    values = [e.rel_rmse for e in errors][::-1]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * max(len(errors), 1)), layout="constrained")
+    colours = ["#c0392b" if e.clipped > 0.001 else "#2e86c1" for e in errors][::-1]
+    ax.barh(range(len(values)), values, color=colours)
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    ax.set_xlabel("int8 error / float signal std (relative RMSE); red: values clipped")
+    ax.set_title("where int8 loses: the worst layers", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    with fileio.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def resolve(names: Iterable[str], errors: list[LayerError]) -> list[str]:
+    """--keep-float names (short layer names or full tensor names) -> the tensors to denylist."""
+    by_layer: dict[str, list[str]] = {}
+    for e in errors:
+        by_layer.setdefault(e.layer, []).append(e.tensor)
+    tensors = {e.tensor for e in errors}
+    out: list[str] = []
+    for name in names:
+        if name in tensors:
+            out.append(name)
+        elif name in by_layer:
+            out.extend(by_layer[name])
+        else:
+            known = ", ".join(e.layer for e in errors[:5])
+            raise TledgeError(f"--keep-float {name!r} is not a quantized layer of this model "
+                              f"(the worst are {known}): use names from {CSV_NAME}")
+    return list(dict.fromkeys(out))
+
+
+def convert_keep_float(model, calibration: np.ndarray, tensors: Sequence[str]) -> bytes:
+    """Full-integer int8 (uint8 in and out) with the ops that output ``tensors`` left float."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    converter = _int8_converter(model, calibration)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # what QuantizationDebugger does
+    try:
+        calibrated = converter.convert()
+        # As the converter itself calls it for post-training int8 (fully_quantize would make the
+        # model's input and output int8, not the uint8 that tledge files take).
+        return mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
+                             denylisted_nodes=list(tensors))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TledgeError(f"int8 conversion keeping {len(tensors)} op(s) float failed ({first})")
+
+
+def worst_names(errors: list[LayerError], count: int = 3) -> str:
+    return ", ".join(f"{e.layer} ({e.op}, relative error {e.rel_rmse:.2f}"
+                     + (f", {100 * e.clipped:.1f}% clipped" if e.clipped > 0.001 else "") + ")"
+                     for e in errors[:count])
+
+
+def first_new(errors: list[LayerError], kept: Sequence[str]) -> Optional[LayerError]:
+    """The worst layer not kept float yet (for --keep-float auto)."""
+    return next((e for e in errors if e.layer not in kept), None)
