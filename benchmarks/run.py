@@ -22,7 +22,9 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
-MODELS = [("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.0, 96), ("resnet50", 1.0, 224)]
+MODELS = [("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.0, 96), ("resnet50", 1.0, 224),
+          ("mobilenet_v3_small", 1.0, 224), ("mobilenet_v3_large", 1.0, 224),
+          ("efficientnet_lite0", 1.0, 224), ("vgg16", 1.0, 224)]
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 
 

@@ -123,8 +123,9 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               f"unfrozen; 0 skips.  [default: {_default(FT, 'epochs')}]")
 @click.option("--lr-finetune", type=float,
               help=f"Phase 2 learning rate.  [default: {_default(FT, 'learning_rate')}]")
-@click.option("--unfreeze", help="Phase 2: number of top backbone layers to unfreeze, the name "
-              f"of the first one, or 'all'.  [default: {_default(FT, 'unfreeze')}]")
+@click.option("--unfreeze", help="Phase 2: 'auto' (the backbone's last block or blocks), a "
+              "number of top backbone layers to unfreeze, the name of the first one, or 'all'.  "
+              f"[default: {_default(FT, 'unfreeze')}]")
 @click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), help="Phase 2: "
               "constant, or cosine decay to 1% over the phase.  [default: constant]")
 @click.option("--qat/--no-qat", default=None,

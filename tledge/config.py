@@ -16,7 +16,9 @@ import yaml
 
 from tledge.errors import TledgeError
 
-BACKBONES = ("mobilenet_v2", "resnet50")
+BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
+             "mobilenet_v3_small_minimalistic", "mobilenet_v3_large_minimalistic",
+             "efficientnet_lite0", "vgg16")
 # MobileNetV2 widths that Keras has ImageNet weights for.
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
@@ -171,10 +173,13 @@ class ModelOptions:
         _check_range(self, "dropout", 0.0, 1.0, high_open=True)
         _check_range(self, "head_units", 0, 65536)
         _check_range(self, "alpha", 0.0, 4.0, low_open=True)
-        if (self.backbone == "mobilenet_v2" and self.weights == "imagenet"
-                and self.alpha not in IMAGENET_ALPHAS):
-            raise TledgeError(f"--alpha {self.alpha:g} has no ImageNet weights: choose one of "
-                              f"{', '.join(f'{a:g}' for a in IMAGENET_ALPHAS)}, or --weights none")
+        alphas = IMAGENET_ALPHAS if self.backbone == "mobilenet_v2" else \
+            (1.0,) if self.backbone.endswith("_minimalistic") else \
+            (0.75, 1.0) if self.backbone.startswith("mobilenet_v3") else None
+        if alphas and self.weights == "imagenet" and self.alpha not in alphas:
+            raise TledgeError(f"--alpha {self.alpha:g} has no ImageNet weights for "
+                              f"{self.backbone}: choose one of "
+                              f"{', '.join(f'{a:g}' for a in alphas)}, or --weights none")
 
 
 @dataclass(frozen=True)
@@ -202,16 +207,18 @@ class FineTuneHParams(PhaseHParams):
     Attributes:
       epochs: as in PhaseHParams.
       learning_rate: as in PhaseHParams; the Keras guide uses about 1/10 to 1/100 of phase 1's.
-      unfreeze: how much of the backbone trains: a number of its top layers, the name of the
-        first layer to unfreeze (everything after it too), or ``all``. BatchNorm layers of a
-        pretrained backbone stay frozen, in inference mode.
+      unfreeze: how much of the backbone trains: ``auto`` (from the start of the backbone's
+        last block or blocks, set per backbone in tledge.models.REGISTRY: for MobileNetV2
+        block_14_expand, the same trainable layers as the top 30), a number of its top layers,
+        the name of the first layer to unfreeze (everything after it too), or ``all``.
+        BatchNorm layers of a pretrained backbone stay frozen, in inference mode.
       schedule: ``constant`` (the Keras tutorials) or ``cosine``: decay from learning_rate to
         1% of it over the phase, so the last epochs refine at a small rate.
     """
 
     epochs: int = 5
     learning_rate: float = 1e-5
-    unfreeze: str = "30"
+    unfreeze: str = "auto"
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
@@ -220,7 +227,8 @@ class FineTuneHParams(PhaseHParams):
             raise TledgeError(f"unknown --lr-schedule {self.schedule!r}: choose one of "
                               f"{', '.join(SCHEDULES)}")
         spec = self.unfreeze.strip()
-        if not (spec == "all" or spec.isdigit() or spec.replace("_", "").isalnum()):
+        name_chars = spec.replace("_", "").replace("/", "").replace("-", "").replace(".", "")
+        if not (spec == "all" or spec.isdigit() or name_chars.isalnum()):
             raise TledgeError(f"--unfreeze {self.unfreeze!r} is neither a number of layers, "
                               "'all' nor a layer name: pass e.g. --unfreeze 30")
 

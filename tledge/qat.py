@@ -56,29 +56,119 @@ def output_quantize_config():
     return OutputQuantizeConfig
 
 
+_CONSTANT_OP = {}
+
+
+def constant_op_class():
+    """``ConstantOp``: x + c or x * c as a Keras layer that keeps its constant, in place of the
+    TFOpLambda layers that ``x + 3.0`` and ``x * (1 / 6)`` become in Keras' MobileNetV3 (its
+    hard-sigmoid, inside hard-swish). tensorflow-model-optimization refuses TFOpLambda layers
+    (model-optimization issue 1145); this one is annotated to quantize its output and converts
+    to TFLite's int8 ADD and MUL."""
+    if "cls" not in _CONSTANT_OP:
+        import tf_keras as keras
+
+        class ConstantOp(keras.layers.Layer):
+            def __init__(self, op: str = "add", value: float = 0.0, **kwargs):
+                super().__init__(**kwargs)
+                self.op, self.value = op, float(value)
+
+            def call(self, inputs):
+                return inputs + self.value if self.op == "add" else inputs * self.value
+
+            def compute_output_shape(self, input_shape):
+                return input_shape
+
+            def get_config(self):
+                return {**super().get_config(), "op": self.op, "value": self.value}
+
+        _CONSTANT_OP["cls"] = ConstantOp
+    return _CONSTANT_OP["cls"]
+
+
+# TFOpLambda functions that ConstantOp stands in for, with a scalar second operand
+_CONSTANT_FUNCTIONS = {"__operators__.add": "add", "math.add": "add",
+                       "math.multiply": "mul", "__operators__.mul": "mul"}
+
+
+def _scalar_kwargs(node):
+    """The dict of call arguments in a serialized inbound node (whatever its nesting)."""
+    if isinstance(node, dict):
+        return node
+    if isinstance(node, list):
+        for item in node:
+            found = _scalar_kwargs(item)
+            if found is not None:
+                return found
+    return None
+
+
+def replace_tf_op_layers(model):
+    """The same model with every ``x + c`` / ``x * c`` TFOpLambda layer a ConstantOp (weights
+    unchanged); the model itself when it has none. Rewrites the functional config, so the
+    constant moves from the node's call arguments into the layer."""
+    import tf_keras as keras
+
+    from tledge.errors import TledgeError
+
+    config = model.get_config()
+    changed = False
+    for layer in config["layers"]:
+        if layer["class_name"] != "TFOpLambda":
+            continue
+        function = layer["config"].get("function")
+        kwargs = _scalar_kwargs(layer.get("inbound_nodes"))
+        value = (kwargs or {}).get("y")
+        if function not in _CONSTANT_FUNCTIONS or len(layer.get("inbound_nodes", [])) != 1 \
+                or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TledgeError(f"QAT cannot quantize layer {layer['name']} ({function}), an "
+                              "operation Keras keeps as a TFOpLambda: use another backbone, or "
+                              "--no-qat and post-training int8 (tledge export --int8)")
+        kwargs.clear()
+        layer.update(class_name="ConstantOp", registered_name="ConstantOp", module=None)
+        layer["config"] = {"name": layer["config"]["name"], "trainable": True,
+                           "dtype": layer["config"].get("dtype", "float32"),
+                           "op": _CONSTANT_FUNCTIONS[function], "value": float(value)}
+        changed = True
+    if not changed:
+        return model
+    rebuilt = keras.Model.from_config(config, custom_objects={"ConstantOp": constant_op_class()})
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def custom_objects() -> dict:
+    return {"OutputQuantizeConfig": output_quantize_config(), "ConstantOp": constant_op_class()}
+
+
 def quantize_scope():
     """The scope in which a saved QAT model loads."""
-    tfmot = _tfmot()
-    return tfmot.quantization.keras.quantize_scope(
-        {"OutputQuantizeConfig": output_quantize_config()})
+    return _tfmot().quantization.keras.quantize_scope(custom_objects())
 
 
 def make_qat_model(model):
     """The quantization-aware twin of a flat float classifier, starting from its weights."""
     import tf_keras as keras
+
     tfmot = _tfmot()
     qk = tfmot.quantization.keras
     config_cls = output_quantize_config()
 
+    weightless = (keras.layers.Rescaling, keras.layers.Multiply, constant_op_class())
+
     def annotate(layer):
         clone = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, keras.layers.Rescaling):
+        # weightless layers tfmot's default scheme does not know: their output is quantized
+        # (Rescaling: the in-model normalisation; Multiply and ConstantOp: MobileNetV3's
+        # hard-swish x * relu6(x + 3) / 6 and its squeeze-excite gate)
+        if isinstance(layer, weightless):
             return qk.quantize_annotate_layer(clone, quantize_config=config_cls())
         return qk.quantize_annotate_layer(clone)
 
+    model = replace_tf_op_layers(model)
     annotated = keras.models.clone_model(model, clone_function=annotate)
     annotated.set_weights(model.get_weights())
-    with qk.quantize_scope({"OutputQuantizeConfig": config_cls}):
+    with qk.quantize_scope(custom_objects()):
         return qk.quantize_apply(annotated)
 
 

@@ -230,8 +230,8 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy) -> PhaseR
     from tledge.models import set_backbone_trainable
 
     hp, data, seed = config.train.finetune, config.data, config.train.seed
-    unfrozen = set_backbone_trainable(model, hp.unfreeze,
-                                      freeze_batchnorm=is_pretrained(config))
+    unfrozen = set_backbone_trainable(model, hp.unfreeze, freeze_batchnorm=is_pretrained(config),
+                                      backbone=config.model.backbone)
     log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
     learning_rate = hp.learning_rate
     if hp.schedule == "cosine":
@@ -362,7 +362,8 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
         result.model = model
         if config.train.finetune.epochs:
             from tledge.models import unfreeze_start
-            unfreeze_start(model, config.train.finetune.unfreeze)  # a bad name fails now
+            # a bad name fails now, not after the frozen phase
+            unfreeze_start(model, config.train.finetune.unfreeze, config.model.backbone)
         if overwrite:
             rundir.clear_stale(out)
         fileio.write_text(out / rundir.CONFIG, config.to_yaml())

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 PREPROCESS = "preprocess"
 HEAD_LAYERS = ("head_pool", "head_dropout", "head_hidden", "head_hidden_dropout", "predictions")
 # Keras' ImageNet weights exist for these inputs; others still load but Keras warns.
-IMAGENET_SIZES = {"mobilenet_v2": (96, 128, 160, 192, 224), "resnet50": (224,)}
+IMAGENET_SIZES = {"mobilenet_v2": (96, 128, 160, 192, 224), "resnet50": (224,),
+                  "mobilenet_v3_small": (224,), "mobilenet_v3_large": (224,), "vgg16": (224,)}
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,15 @@ class BackboneSpec:
         BGR input (caffe-style ResNet50); its kernel's input channels are flipped after loading,
         so the model still takes RGB without a channel-swap op on the device.
       description: one line for ``--help`` and the model card.
+      unfreeze_from: the first layer of the backbone's last block(s), where fine-tuning starts
+        by default (``--unfreeze auto``): a block boundary, not a layer count.
     """
 
     build: Callable
     preprocess: Callable
     rgb_to_bgr_first_conv: str | None
     description: str
+    unfreeze_from: str = ""
 
 
 def _keras():
@@ -71,11 +75,62 @@ def _caffe_preprocess():
     return _keras().layers.Rescaling(1.0, offset=[-123.68, -116.779, -103.939], name=PREPROCESS)
 
 
+def _mobilenet_v3(large: bool, minimalistic: bool):
+    def build(input_tensor, weights, alpha):
+        app = _keras().applications.MobileNetV3Large if large else \
+            _keras().applications.MobileNetV3Small
+        # tledge's own preprocess layer normalises (x / 127.5 - 1, what include_preprocessing
+        # would add); hard-swish's "+ 3" and "/ 6" are TFOpLambda layers, which tledge.qat
+        # replaces with quantizable layers for QAT.
+        return app(input_tensor=input_tensor, include_top=False, weights=weights, alpha=alpha,
+                   minimalistic=minimalistic, include_preprocessing=False)
+    return build
+
+
+def _vgg16(input_tensor, weights, alpha):
+    return _keras().applications.VGG16(input_tensor=input_tensor, include_top=False,
+                                       weights=weights)
+
+
+def _efficientnet_lite0(input_tensor, weights, alpha):
+    from tledge.models.efficientnet_lite import efficientnet_lite0
+    if weights == "imagenet":
+        raise TledgeError("Keras has no ImageNet weights for efficientnet_lite0: pass --weights "
+                          "PATH (a Keras .h5 of this architecture without its top) or --weights "
+                          "none")
+    model = efficientnet_lite0(input_tensor)
+    if weights:
+        model.load_weights(weights, by_name=True, skip_mismatch=False)
+    return model
+
+
 REGISTRY: dict[str, BackboneSpec] = {
     "mobilenet_v2": BackboneSpec(_mobilenet_v2, _mobilenet_preprocess, None,
-                                 "MobileNetV2 (Sandler et al. 2018), width set by --alpha"),
+                                 "MobileNetV2 (Sandler et al. 2018), width set by --alpha",
+                                 "block_14_expand"),
     "resnet50": BackboneSpec(_resnet50, _caffe_preprocess, "conv1_conv",
-                             "ResNet50 (He et al. 2015), caffe-style normalisation"),
+                             "ResNet50 (He et al. 2015), caffe-style normalisation",
+                             "conv5_block1_1_conv"),
+    "mobilenet_v3_small": BackboneSpec(_mobilenet_v3(False, False), _mobilenet_preprocess, None,
+                                       "MobileNetV3-Small (Howard et al. 2019), --alpha 0.75/1.0",
+                                       "expanded_conv_8/expand"),
+    "mobilenet_v3_large": BackboneSpec(_mobilenet_v3(True, False), _mobilenet_preprocess, None,
+                                       "MobileNetV3-Large, --alpha 0.75/1.0",
+                                       "expanded_conv_12/expand"),
+    "mobilenet_v3_small_minimalistic": BackboneSpec(
+        _mobilenet_v3(False, True), _mobilenet_preprocess, None,
+        "MobileNetV3-Small minimalistic: no squeeze-excite or hard-swish",
+        "expanded_conv_8/expand"),
+    "mobilenet_v3_large_minimalistic": BackboneSpec(
+        _mobilenet_v3(True, True), _mobilenet_preprocess, None,
+        "MobileNetV3-Large minimalistic: no squeeze-excite or hard-swish",
+        "expanded_conv_12/expand"),
+    "efficientnet_lite0": BackboneSpec(_efficientnet_lite0, _mobilenet_preprocess, None,
+                                       "EfficientNet-Lite0 (Tan and Le 2019, edge variant): no "
+                                       "squeeze-excite, ReLU6", "block6a_expand_conv"),
+    "vgg16": BackboneSpec(_vgg16, _caffe_preprocess, "block1_conv1",
+                          "VGG16 (Simonyan and Zisserman 2014), caffe-style normalisation",
+                          "block5_conv1"),
 }
 
 
@@ -102,6 +157,8 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
     x = spec.preprocess()(inputs)
     try:
         base = spec.build(x, weights, options.alpha)
+    except TledgeError:
+        raise
     except ValueError as e:
         raise TledgeError(f"cannot build {options.backbone}: {str(e).splitlines()[0]}")
     except Exception as e:  # a failed download surfaces as URLError/HTTPError/OSError/Exception
@@ -150,12 +207,18 @@ def head_layers(model) -> list:
     return [layer for layer in model.layers if layer.name in HEAD_LAYERS]
 
 
-def unfreeze_start(model, unfreeze: str | None) -> int:
-    """Index of the first backbone layer that ``unfreeze`` unfreezes; a one-line error for a
-    layer name the backbone does not have (train checks this before the first phase)."""
+def unfreeze_start(model, unfreeze: str | None, backbone: str | None = None) -> int:
+    """Index of the first backbone layer that ``unfreeze`` unfreezes ("auto": the backbone's
+    own block boundary, REGISTRY[backbone].unfreeze_from); a one-line error for a layer name
+    the backbone does not have (train checks this before the first phase)."""
     layers = backbone_layers(model)
     if unfreeze is None:
         return len(layers)
+    if unfreeze == "auto":
+        if backbone not in REGISTRY or not REGISTRY[backbone].unfreeze_from:
+            raise TledgeError(f"--unfreeze auto has no default block for {backbone}: pass a "
+                              "number of layers or a layer name")
+        unfreeze = REGISTRY[backbone].unfreeze_from
     if unfreeze == "all":
         return 0
     if str(unfreeze).isdigit():
@@ -169,7 +232,7 @@ def unfreeze_start(model, unfreeze: str | None) -> int:
 
 
 def set_backbone_trainable(model, unfreeze: str | None,
-                           freeze_batchnorm: bool = True) -> int:
+                           freeze_batchnorm: bool = True, backbone: str | None = None) -> int:
     """Freeze the backbone, then unfreeze its top: ``unfreeze`` is None (nothing), a count of
     top layers, a layer name (it and everything after), or 'all'.
 
@@ -181,7 +244,7 @@ def set_backbone_trainable(model, unfreeze: str | None,
     Returns the number of layers with weights that were unfrozen."""
     keras = _keras()
     layers = backbone_layers(model)
-    start = unfreeze_start(model, unfreeze)
+    start = unfreeze_start(model, unfreeze, backbone)
     count = 0
     for i, layer in enumerate(layers):
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
