@@ -515,3 +515,23 @@ def test_bench_names_are_whole_and_errors_not_doubled(colour_tflite, not_classif
         bench.run_worker({"model": str(not_classifiers["vector_in"]), "threads": 1,
                           "options": {"runs": 3, "warmup": 0}})
     assert "Error" not in str(e.value) and "not an RGB image" in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_read_only_run_exports_elsewhere(colour_run, tmp_path):
+    """A run on a read-only mount cannot take the lock file: it is checked, not locked."""
+    import shutil
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs",
+                                            str(ro)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a tmpfs and remount it read-only")
+    try:
+        shutil.copytree(colour_run[0], ro / "run")
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        proc = tledge("export", ro / "run", "--fp32", "--out", tmp_path / "e")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (tmp_path / "e" / "model_fp32.tflite").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

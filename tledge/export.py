@@ -335,9 +335,15 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
     if existing and not overwrite:
         raise TledgeError(f"{existing[0]} already exists: pass --overwrite to replace it, or "
                           "--out another folder")
-    # The run folder is read, the export folder written: neither may change under us.
-    with rundir.lock(run_dir, rundir.command_line()), \
-            rundir.lock(out, rundir.command_line()), contextlib.ExitStack() as staged:
+    # The run folder is read, the export folder written: neither may change under us. A run
+    # folder we cannot write to (a read-only copy) cannot be written by train either here: it
+    # is only checked for a live writer, not locked.
+    if os.access(run_dir, os.W_OK):
+        hold_run = rundir.lock(run_dir, rundir.command_line())
+    else:
+        rundir.prepare_read(run_dir)
+        hold_run = contextlib.nullcontext(run_dir)
+    with hold_run, rundir.lock(out, rundir.command_line()), contextlib.ExitStack() as staged:
         return _export(run_dir, options, out, targets, echo, splits, staged)
 
 

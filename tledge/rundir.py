@@ -60,6 +60,14 @@ def prepare(out: Path, overwrite: bool) -> Path:
     return out
 
 
+def prepare_read(folder: Path) -> None:
+    """Refuse to read a run folder that a live tledge process is writing."""
+    holder = read_lock(Path(folder))
+    if holder is not None:
+        raise TledgeError(f"{folder} is in use by another tledge process "
+                          f"({holder.get('command', '?')}, PID {holder.get('pid')}): wait for it")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
