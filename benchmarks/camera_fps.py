@@ -17,7 +17,6 @@ stands in for both). Results: benchmarks/results/camera_<machine>.md and .json.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import click
@@ -39,7 +38,7 @@ def main(model, frames, runs, capture_sizes, results_dir):
     import cv2
 
     from tledge import fileio
-    from tledge.bench import latency_stats, machine_info
+    from tledge.bench import latency_stats, machine_info, time_ms
     from tledge.camera import CameraOptions, run_camera
     from tledge.data.shapes import CLASSES, draw_shape
     from tledge.runtime import Classifier
@@ -64,14 +63,7 @@ def main(model, frames, runs, capture_sizes, results_dir):
 
     clf = Classifier(model, threads=1)
     x = clf.preprocess(np.zeros((480, 640, 3), np.uint8))[None]
-    for _ in range(10):
-        clf.invoke(x)
-    ms = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        clf.invoke(x)
-        ms.append(1000 * (time.perf_counter() - t0))
-    inference = latency_stats(ms)
+    inference = latency_stats(time_ms(lambda: clf.invoke(x), runs, warmup=10))
     summary = run_camera(CameraOptions(model=model, source=str(video), headless=True,
                                        threads=1), echo=lambda s: None)
     by_size = []

@@ -67,6 +67,18 @@ class BenchOptions:
             raise TledgeError(f"--warmup must be 0 or more, got {self.warmup}")
 
 
+def time_ms(fn: Callable[[], None], runs: int, warmup: int = 1) -> list[float]:
+    """Milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
 def latency_stats(ms: Sequence[float]) -> dict:
     a = np.asarray(ms, dtype=np.float64)
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),

@@ -563,19 +563,12 @@ def _keep_float_auto(debug: _Debug, make, tmp, result, echo, limit: int = 8):
 
 def _latency_ms(path: Path, runs: int = 30) -> float:
     """Median invoke() time at one thread: what keeping layers float costs."""
-    import time
-
+    from tledge.bench import time_ms
     from tledge.runtime import Classifier
 
     clf = Classifier(path, threads=1)
     x = np.zeros((1, clf.height, clf.width, 3), clf.input_dtype)
-    clf.invoke(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        clf.invoke(x)
-        times.append(1000 * (time.perf_counter() - t0))
-    return float(np.median(times))
+    return float(np.median(time_ms(lambda: clf.invoke(x), runs)))
 
 
 def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: list[FormatResult],
