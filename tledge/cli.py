@@ -172,7 +172,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
     from tledge.train import train as run_training
 
     out_dir = Path(out) if out else rundir.default_out(config)
-    rundir.prepare(out_dir, overwrite)  # refuse early, before minutes of data loading
+    # train() refuses a bad, busy or existing --out first, before minutes of data loading
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
 
 

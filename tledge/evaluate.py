@@ -67,20 +67,12 @@ def _keras_predictor(run: Path, qat: bool) -> Predictor:
     require_training_stack(f"the run folder {run} (a Keras model)",
                            ("tensorflow", "tf_keras") + (("tensorflow_model_optimization",)
                                                          if qat else ()))
-    from tledge.export import load_keras_file
+    from tledge.export import load_run_model
 
-    labels_path = run / rundir.LABELS
-    if not labels_path.is_file():
-        raise TledgeError(f"{labels_path} is missing: the run is incomplete; train it again "
-                          "(or restore the file: one class name per line, in training order)")
-    labels = fileio.read_labels(labels_path)
     if qat and not (run / rundir.QAT_MODEL).is_file():
         raise TledgeError(f"{run} has no QAT model ({rundir.QAT_MODEL}): train with --qat "
                           "or evaluate the float model without --qat")
-    model = load_keras_file(run / (rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL), qat=qat)
-    if int(model.output_shape[-1]) != len(labels):
-        raise TledgeError(f"{labels_path} names {len(labels)} classes but the model has "
-                          f"{model.output_shape[-1]} outputs: restore the run's own labels.txt")
+    labels, model = load_run_model(run, qat)
     return keras_predictor(model, f"{run.name}/{rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL}",
                            labels, "keras-qat" if qat else "keras")
 

@@ -347,20 +347,17 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         return _export(run_dir, options, out, targets, echo, splits, staged)
 
 
-def _load_run(run_dir: Path, need_qat: bool):
-    """(config, labels, float model), each failure one line naming the file."""
-    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
-    labels_path = run_dir / rundir.LABELS
-    if not labels_path.is_file():
-        raise TledgeError(f"{labels_path} is missing: the run is incomplete; train it again "
-                          "(or restore the file: one class name per line, in training order)")
+def load_run_model(run: Path, qat: bool = False):
+    """(labels, Keras model) of a run folder, its float model or its QAT model; each failure
+    one line naming the file: a missing or truncated model, a missing labels.txt (fileio.
+    read_labels), labels that do not match the model's outputs."""
+    labels_path = run / rundir.LABELS
     labels = fileio.read_labels(labels_path)
-    float_model = load_keras_file(run_dir / rundir.FLOAT_MODEL)
-    if int(float_model.output_shape[-1]) != len(labels):
+    model = load_keras_file(run / (rundir.QAT_MODEL if qat else rundir.FLOAT_MODEL), qat=qat)
+    if int(model.output_shape[-1]) != len(labels):
         raise TledgeError(f"{labels_path} names {len(labels)} classes but the model has "
-                          f"{float_model.output_shape[-1]} outputs: restore the run's own "
-                          "labels.txt")
-    return config, labels, float_model
+                          f"{model.output_shape[-1]} outputs: restore the run's own labels.txt")
+    return labels, model
 
 
 def load_keras_file(path: Path, qat: bool = False):
@@ -387,7 +384,8 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
 
     qat_path = run_dir / rundir.QAT_MODEL
     use_qat = "int8" in options.formats and qat_path.is_file() and not options.ptq
-    config, labels, float_model = _load_run(run_dir, use_qat)
+    config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
+    labels, float_model = load_run_model(run_dir)
     echo(f"loading the data of {run_dir} for calibration and verification")
     splits, val = _eval_images(config, options, splits)
     reference = in_batches(lambda x: float_model.predict_on_batch(x.astype(np.float32)),

@@ -108,11 +108,17 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _probe_write(folder: Path, what: str, path: Path) -> None:
-    """Create and remove a file in ``folder``: the only test that a read-only mount, /proc, a
-    full disk or missing permissions all fail the same way as the real write will."""
+def _check_writable_from(start: Path, what: str, path: Path) -> None:
+    """The nearest existing folder at or above ``start`` must be a folder we can write in.
+
+    A file is created and removed there: the only test that a read-only mount, /proc, a full
+    disk or missing permissions all fail the same way as the real write will."""
     from tledge.errors import TledgeError
 
+    folder = _nearest_existing(start)
+    if not folder.is_dir():
+        raise TledgeError(f"{what} {path} cannot be created: {folder} is a file, not a "
+                          "folder: choose another path")
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tledge-write-check.", dir=folder)
         os.close(fd)
@@ -132,11 +138,7 @@ def check_output_file(path: str | os.PathLike | None, what: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise TledgeError(f"{what} {path} is a folder: pass a file path")
-    ancestor = _nearest_existing(path.parent)
-    if not ancestor.is_dir():
-        raise TledgeError(f"{what} {path} cannot be created: {ancestor} is a file, not a "
-                          "folder: choose another path")
-    _probe_write(ancestor, what, path)
+    _check_writable_from(path.parent, what, path)
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> None:
@@ -146,8 +148,4 @@ def check_output_dir(path: str | os.PathLike, what: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TledgeError(f"{what} {path} is a file: pass a folder path")
-    ancestor = _nearest_existing(path)
-    if not ancestor.is_dir():
-        raise TledgeError(f"{what} {path} cannot be created: {ancestor} is a file, not a "
-                          "folder: choose another path")
-    _probe_write(ancestor, what, path)
+    _check_writable_from(path, what, path)

@@ -37,7 +37,6 @@ NOISE = (
 # absl's line prefixes: a partial line starting like this is held until its newline, to be
 # judged whole; anything else is passed on at once.
 _ABSL = ("I0000", "W0000", "E0000", "WARNING: All log messages")
-_done = False
 _filter = None
 
 
@@ -99,9 +98,9 @@ class _LiveFilter:
 def import_tensorflow():
     """``import tensorflow`` (and its GPU discovery) with its noise filtered from stderr for
     the rest of the process; once."""
-    global _done, _filter
+    global _filter
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if _done or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
         import tensorflow as tf
         return tf
     if _filter is None and os.environ.get("TLEDGE_RAW_STDERR") != "1":
@@ -111,5 +110,4 @@ def import_tensorflow():
             _filter = False
     import tensorflow as tf
     tf.config.list_physical_devices("GPU")
-    _done = True
     return tf

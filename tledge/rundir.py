@@ -44,14 +44,8 @@ def prepare(out: Path, overwrite: bool) -> Path:
 
     out = Path(out)
     fileio.check_output_dir(out, "--out")
-    holder = read_lock(out) if out.is_dir() else None
-    if holder is not None and not (holder.get("pid") == os.getpid()
-                                   and holder.get("host") == socket.gethostname()):
-        raise TledgeError(
-            f"{out} is in use by another tledge process ({holder.get('command', '?')}, PID "
-            f"{holder.get('pid')} on {holder.get('host', '?')} since {holder.get('started', '?')})"
-            f": wait for it or choose another --out; if that process is gone, delete "
-            f"{out / LOCK}")
+    if out.is_dir():
+        prepare_read(out)
     existing = [name for name in ARTIFACTS if (out / name).exists()]
     if existing and not overwrite:
         raise TledgeError(
@@ -61,11 +55,22 @@ def prepare(out: Path, overwrite: bool) -> Path:
 
 
 def prepare_read(folder: Path) -> None:
-    """Refuse to read a run folder that a live tledge process is writing."""
+    """Refuse a run folder that another live tledge process is writing."""
     holder = read_lock(Path(folder))
-    if holder is not None:
-        raise TledgeError(f"{folder} is in use by another tledge process "
-                          f"({holder.get('command', '?')}, PID {holder.get('pid')}): wait for it")
+    if holder is not None and not _mine(holder):
+        raise _in_use(Path(folder), holder)
+
+
+def _mine(holder: dict) -> bool:
+    return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
+def _in_use(folder: Path, holder: dict) -> TledgeError:
+    return TledgeError(
+        f"{folder} is in use by another tledge process ({holder.get('command', '?')}, PID "
+        f"{holder.get('pid')} on {holder.get('host', '?')} since {holder.get('started', '?')}): "
+        f"wait for it or choose another folder; if that process is gone, delete "
+        f"{folder / LOCK}")
 
 
 def _alive(pid: int) -> bool:
@@ -121,14 +126,10 @@ def lock(folder: Path, command: str) -> Iterator[Path]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # stale: its process is gone
                 continue
-            if holder.get("pid") == os.getpid() and holder.get("host") == me["host"]:
+            if _mine(holder):
                 yield folder  # already ours (export inside train's own folder, say)
                 return
-            raise TledgeError(
-                f"{folder} is in use by another tledge process ({holder.get('command', '?')}, "
-                f"PID {holder.get('pid')} on {holder.get('host', '?')} since "
-                f"{holder.get('started', '?')}): wait for it or choose another folder; if that "
-                f"process is gone, delete {path}")
+            raise _in_use(folder, holder)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
         break

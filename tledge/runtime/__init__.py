@@ -64,10 +64,14 @@ class Backend:
 _DISTS = {"litert": ("ai-edge-litert", "ai-edge-litert-nightly"),
           "tflite_runtime": ("tflite-runtime",),
           "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly", "tensorflow-aarch64")}
-_TRAIN_HINT = 'pip install "tledge[train]"'
-_loaded: dict = {}   # name -> Backend, or the one-line reason it cannot be used
+_loaded: dict = {}   # name -> Backend that imported and passed its probe
 _warned_threads: set = set()
 _warned: set = set()
+
+
+def top_module(spec: str) -> str:
+    """"ai_edge_litert.interpreter:Interpreter" -> "ai_edge_litert"."""
+    return spec.partition(":")[0].split(".")[0]
 
 
 class BackendUnusable(Exception):
@@ -80,7 +84,7 @@ def installed_version(name: str) -> Optional[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        if importlib.util.find_spec(_MODULES[name].split(".")[0].split(":")[0]) is None:
+        if importlib.util.find_spec(top_module(_MODULES[name])) is None:
             return None
     except (ImportError, ValueError):
         return None
@@ -131,7 +135,7 @@ def _load(name: str) -> Backend:
     """Probe (in a child process, cached), then import. Raises ImportError or BackendUnusable."""
     ver = installed_version(name)
     if ver is None:
-        raise ImportError(f"No module named {_MODULES[name].split(':')[0].split('.')[0]!r}")
+        raise ImportError(f"No module named {top_module(_MODULES[name])!r}")
     result = probe_backend(name)
     if result is not None and not result.ok:
         raise BackendUnusable(f"{ver} {_describe_failure(name, result.detail)}")
@@ -204,8 +208,6 @@ def get_backend(name: Optional[str] = None) -> Backend:
         hint = "use --backend litert (pip install ai-edge-litert)"
     elif name == "tensorflow":
         hint = 'pip install "tledge[train]", or use --backend litert'
-    elif name == "litert":
-        hint = "pip install ai-edge-litert"
     else:
         hint = "pip install ai-edge-litert"
     raise TledgeError(f"no TFLite interpreter could be loaded ({'; '.join(errors)}): {hint}")

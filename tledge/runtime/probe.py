@@ -90,7 +90,9 @@ def machine_id() -> str:
 
 
 def probe_key(module: str, version: str) -> str:
-    top = module.split(":")[0].split(".")[0]
+    from tledge.runtime import top_module
+
+    top = top_module(module)
     try:
         spec = importlib.util.find_spec(top)  # locates the package without importing it
         origin = spec.origin if spec else None
