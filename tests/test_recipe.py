@@ -1,4 +1,5 @@
-"""The recipe's knobs: fine-tune warm-up and schedule, label smoothing, a test folder."""
+"""The recipe's knobs: schedules and warm-up, standardised head features, label smoothing, a
+test folder."""
 
 import numpy as np
 import pytest
@@ -18,7 +19,10 @@ def test_defaults_are_the_measured_recipe():
     ft = config.train.finetune
     assert (ft.learning_rate, ft.schedule, ft.warmup, ft.unfreeze) == (1e-4, "cosine", 0.1, "auto")
     assert config.train.label_smoothing == 0.1
-    assert config.train.frozen.learning_rate == 1e-3
+    frozen = config.train.frozen
+    assert (frozen.learning_rate, frozen.schedule, config.train.feature_norm) == (3e-3, "cosine",
+                                                                                 True)
+    assert config.train.qat.schedule == "constant"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -33,21 +37,119 @@ def test_bad_label_smoothing_is_refused():
         TrainOptions(label_smoothing=1.0)
 
 
-def test_finetune_rate_warms_up_then_decays():
-    from tledge.train import finetune_rate
+def test_phase_rate_warms_up_then_decays():
+    from tledge.config import PhaseHParams
+    from tledge.fitting import phase_rate
 
     constant = FineTuneHParams(learning_rate=1e-4, schedule="constant", warmup=0.0)
-    assert finetune_rate(constant, 100) == 1e-4
-    cosine = finetune_rate(FineTuneHParams(learning_rate=1e-4, warmup=0.0), 100)
+    assert phase_rate(constant, 100) == 1e-4
+    cosine = phase_rate(FineTuneHParams(learning_rate=1e-4, warmup=0.0), 100)
     assert float(cosine(0)) == pytest.approx(1e-4) and float(cosine(100)) == pytest.approx(1e-6)
-    warm = finetune_rate(FineTuneHParams(learning_rate=1e-4, warmup=0.1), 100)
+    warm = phase_rate(FineTuneHParams(learning_rate=1e-4, warmup=0.1), 100)
     rates = [float(warm(s)) for s in (0, 5, 10, 55, 100)]
     assert rates[0] == pytest.approx(1e-6) and rates[2] == pytest.approx(1e-4)
     assert rates[0] < rates[1] < rates[2] > rates[3] > rates[4]
     assert rates[4] == pytest.approx(1e-6, rel=0.05)
-    flat = finetune_rate(FineTuneHParams(learning_rate=1e-4, schedule="constant", warmup=0.2), 100)
+    flat = phase_rate(FineTuneHParams(learning_rate=1e-4, schedule="constant", warmup=0.2), 100)
     assert float(flat(0)) == pytest.approx(1e-6)
     assert float(flat(20)) == pytest.approx(1e-4) and float(flat(90)) == pytest.approx(1e-4)
+    head = phase_rate(PhaseHParams(learning_rate=3e-3), 100)  # phase 1: cosine, no warm-up
+    assert float(head(0)) == pytest.approx(3e-3) and float(head(100)) == pytest.approx(3e-5)
+    assert phase_rate(PhaseHParams(learning_rate=3e-3, schedule="constant"), 100) == 3e-3
+    with pytest.raises(TledgeError, match="--lr-schedule-frozen"):
+        PhaseHParams(schedule="step")
+
+
+def test_feature_statistics_in_chunks_with_a_floor(tmp_path):
+    """Mean and standard deviation per feature, the same from memory and from a disk file;
+    a feature (nearly) constant on the training split is not divided by (nearly) zero."""
+    from tledge.data.cache import DiskArray, RowWriter
+    from tledge.train import feature_statistics
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(2.0, 3.0, (5000, 6)).astype(np.float32)
+    f[:, 4] = 1.5  # constant
+    f[:, 5] = 1.5 + rng.normal(0, 1e-6, 5000)  # nearly
+    mean, std = feature_statistics(f)
+    np.testing.assert_allclose(mean, f.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std[:4], f[:, :4].std(0), rtol=1e-4)
+    assert np.all(std[4:] >= 0.1 * np.median(f.std(0))), std
+    writer = RowWriter(tmp_path / "f.npy", len(f), (6,), np.float32)
+    writer.write(f)
+    writer.close()
+    on_disk = feature_statistics(DiskArray(tmp_path / "f.npy"))
+    np.testing.assert_allclose(on_disk[0], mean, rtol=1e-6)
+    np.testing.assert_allclose(on_disk[1], std, rtol=1e-6)
+
+
+@pytest.mark.parametrize("head_units", [0, 8])
+def test_standardised_head_is_a_reparametrisation_folded_back_exactly(head_units):
+    """Entering leaves the model's function unchanged; what the head learns on standardised
+    features is, after the block, the model's own function on raw images; no layer is added."""
+    from tests.conftest import tiny_config
+    from tledge.models import build_classifier, head_layers
+    from tledge.train import feature_statistics, head_on_features, standardised_head
+
+    config = tiny_config().override(model={"head_units": head_units})
+    model = build_classifier(config.model, 3, 32)
+    layers = [layer.name for layer in model.layers]
+    x = np.random.default_rng(1).integers(0, 255, (16, 32, 32, 3)).astype(np.float32)
+    extractor, _ = head_on_features(model)
+    features = extractor(x).numpy()
+    mean, std = feature_statistics(features)
+    before = model(x).numpy()
+    with standardised_head(model, mean, std) as norm:
+        _, head = head_on_features(model, norm)
+        np.testing.assert_allclose(head(features).numpy(), before, rtol=1e-4, atol=1e-6)
+        rng = np.random.default_rng(2)
+        for layer in head_layers(model):  # what training would do: new weights
+            layer.set_weights([rng.normal(0, 0.3, w.shape) for w in layer.get_weights()])
+        learned = head(features).numpy()
+    assert not np.allclose(learned, before)
+    np.testing.assert_allclose(model(x).numpy(), learned, rtol=1e-4, atol=1e-5)
+    assert [layer.name for layer in model.layers] == layers
+
+
+def test_frozen_phase_on_images_uses_sampled_statistics(tiny_splits):
+    """With augmentation (no feature cache) phase 1 standardises from a sample of the split;
+    the model it leaves has the same layers, and --no-feature-norm trains a different head."""
+    from tests.conftest import tiny_config
+    from tledge.models import build_classifier
+    from tledge.train import frozen_phase, resolve_strategy
+
+    heads = []
+    for norm in (True, False):
+        config = tiny_config().override(data={"augment": True}, train={"feature_norm": norm})
+        model = build_classifier(config.model, len(tiny_splits.class_names), 32)
+        names = [layer.name for layer in model.layers]
+        result = frozen_phase(model, tiny_splits, config, resolve_strategy("none"))
+        assert not result.feature_cache and [layer.name for layer in model.layers] == names
+        assert np.isfinite(result.val_accuracy)
+        heads.append(model.get_layer("predictions").get_weights()[0])
+    assert not np.allclose(*heads)
+
+
+def test_train_flags_for_phase_one(tmp_path, monkeypatch):
+    """--lr-schedule-frozen, --no-feature-norm and --batchnorm reach the run's config."""
+    import yaml
+    from click.testing import CliRunner
+
+    from tledge import train as train_mod
+    from tledge.cli import main
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda config, out, **kw: seen.update(config=config))
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"),
+                                       "--lr-schedule-frozen", "constant", "--no-feature-norm",
+                                       "--batchnorm", "train"])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert config.train.frozen.schedule == "constant" and config.train.feature_norm is False
+    assert config.train.finetune.batchnorm == "train"
+    saved = yaml.safe_load(config.to_yaml())
+    assert saved["train"]["frozen"]["schedule"] == "constant"
+
+
 
 
 def test_label_smoothing_is_keras_own_loss_on_one_hot_labels(tmp_path):
@@ -120,3 +222,30 @@ def test_qat_and_train_depend_one_way():
     assert "tledge.train" not in imported("qat")
     assert not {"tledge.train", "tledge.qat"} & imported("fitting")
     assert "tledge.qat" in imported("train")
+
+
+def test_batchnorm_train_updates_the_statistics_of_the_unfrozen_part(tmp_path, tiny_splits):
+    """--batchnorm train: a pretrained backbone's BatchNorm layers in the unfrozen part update
+    their moving statistics; the frozen part's stay; the default keeps them all."""
+    import tf_keras as keras
+
+    from tests.conftest import tiny_config
+    from tledge.models import backbone_layers, build_classifier
+    from tledge.train import finetune_phase, resolve_strategy
+
+    weights = tmp_path / "w.h5"
+    keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,
+                                   weights=None).save_weights(weights)
+    moved = {}
+    for mode in ("frozen", "train"):
+        config = tiny_config().override(model={"weights": str(weights)},
+                                        train={"finetune": {"batchnorm": mode}})
+        model = build_classifier(config.model, len(tiny_splits.class_names), 32)
+        bns = [layer for layer in backbone_layers(model)
+               if isinstance(layer, keras.layers.BatchNormalization)]
+        before = [layer.moving_mean.numpy().copy() for layer in bns]
+        finetune_phase(model, tiny_splits, config, resolve_strategy("none"))
+        moved[mode] = [not np.allclose(b, layer.moving_mean.numpy())
+                       for b, layer in zip(before, bns)]
+    assert not any(moved["frozen"])
+    assert any(moved["train"]) and not all(moved["train"]), "unfreeze 10: only the top BNs"

@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from tledge import __version__, fileio
-from tledge.config import (BACKBONES, DATA_CACHES, STRATEGIES, DataOptions, FineTuneHParams,
-                           ModelOptions, PhaseHParams, QATHParams, RunConfig, TrainOptions)
+from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, STRATEGIES, DataOptions,
+                           FineTuneHParams, ModelOptions, PhaseHParams, QATHParams, RunConfig,
+                           TrainOptions)
 from tledge.errors import Interrupted, TledgeError, missing_training_stack, \
     require_training_stack
 
@@ -123,6 +124,11 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
 @click.option("--lr", type=float,
               help=f"Phase 1 learning rate.  [default: {_default(F, 'learning_rate')}]")
+@click.option("--lr-schedule-frozen", type=click.Choice(["constant", "cosine"]), help="Phase 1: "
+              f"constant, or cosine decay to 1% over the phase.  [default: {F.schedule}]")
+@click.option("--feature-norm/--no-feature-norm", default=None, help="Phase 1: fit the head on "
+              "standardised backbone features, folded into its first layer after the phase.  "
+              "[default: on]")
 @click.option("--epochs-finetune", type=int, help="Phase 2 epochs, top of the backbone "
               f"unfrozen; 0 skips.  [default: {_default(FT, 'epochs')}]")
 @click.option("--lr-finetune", type=float,
@@ -134,6 +140,9 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               f"constant, or cosine decay to 1% over the phase.  [default: {FT.schedule}]")
 @click.option("--warmup", type=float, help="Phase 2: fraction of its steps over which the "
               f"rate rises linearly to --lr-finetune.  [default: {_default(FT, 'warmup')}]")
+@click.option("--batchnorm", type=click.Choice(BATCHNORM), help="Phase 2: a pretrained "
+              "backbone's BatchNorm layers stay frozen (inference mode, ImageNet statistics) or "
+              f"train with batch statistics.  [default: {FT.batchnorm}]")
 @click.option("--label-smoothing", type=float, help="Share of each label spread over the other "
               f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
 @click.option("--test-data", type=click.Path(file_okay=False), help="A folder with the same "
@@ -165,10 +174,10 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
-          backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, epochs_finetune,
-          lr_finetune, unfreeze, lr_schedule, warmup, label_smoothing, test_data, qat, epochs_qat,
-          lr_qat, early_stop, seed, strategy, backup_dir, mixed_precision, feature_cache,
-          init_from, out, overwrite):
+          backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
+          feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
+          label_smoothing, test_data, qat, epochs_qat, lr_qat, early_stop, seed, strategy,
+          backup_dir, mixed_precision, feature_cache, init_from, out, overwrite):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
     config = config.override(
@@ -177,14 +186,16 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                   test_source=test_data),
         model=dict(backbone=backbone, alpha=alpha, weights=weights, head_units=head_units,
                    dropout=dropout),
-        train=dict(frozen=dict(epochs=epochs_frozen, learning_rate=lr),
+        train=dict(frozen=dict(epochs=epochs_frozen, learning_rate=lr,
+                               schedule=lr_schedule_frozen),
                    finetune=dict(epochs=epochs_finetune, learning_rate=lr_finetune,
-                                 unfreeze=unfreeze, schedule=lr_schedule, warmup=warmup),
+                                 unfreeze=unfreeze, schedule=lr_schedule, warmup=warmup,
+                                 batchnorm=batchnorm),
                    qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy, backup_dir=backup_dir,
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
-                   init_from=init_from))
+                   feature_norm=feature_norm, init_from=init_from))
     from tledge.train import worker_role
     worker_role(config.train.strategy)  # a bad TF_CONFIG is said before TensorFlow loads
     require_training_stack("tledge train")

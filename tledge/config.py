@@ -24,6 +24,7 @@ IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "multi-worker", "none")
 SCHEDULES = ("constant", "cosine")
+BATCHNORM = ("frozen", "train")
 DATA_CACHES = ("auto", "memory", "disk")  # tledge.data.cache.STORAGE
 
 
@@ -38,9 +39,11 @@ _FLAGS = {
     "model.backbone": "--backbone", "model.alpha": "--alpha", "model.weights": "--weights",
     "model.head_units": "--head-units", "model.dropout": "--dropout",
     "train.frozen.epochs": "--epochs-frozen", "train.frozen.learning_rate": "--lr",
+    "train.frozen.schedule": "--lr-schedule-frozen", "train.feature_norm": "--feature-norm",
     "train.finetune.epochs": "--epochs-finetune", "train.finetune.learning_rate": "--lr-finetune",
     "train.finetune.unfreeze": "--unfreeze", "train.finetune.schedule": "--lr-schedule",
-    "train.finetune.warmup": "--warmup", "train.label_smoothing": "--label-smoothing",
+    "train.finetune.warmup": "--warmup", "train.finetune.batchnorm": "--batchnorm",
+    "train.label_smoothing": "--label-smoothing",
     "train.qat.enabled": "--qat", "train.qat.epochs": "--epochs-qat",
     "train.qat.learning_rate": "--lr-qat", "train.early_stop": "--early-stop",
     "train.seed": "--seed", "train.strategy": "--strategy",
@@ -200,18 +203,28 @@ class ModelOptions:
 class PhaseHParams:
     """One phase of the recipe: how long and how fast.
 
+    The defaults are phase 1's (the head on a frozen backbone), measured in
+    benchmarks/recipe.md: a head on fixed features takes a higher rate than the Keras
+    tutorials' constant 1e-3 when it decays over the phase.
+
     Attributes:
       epochs: passes over the training split; 0 skips the phase.
-      learning_rate: Adam's learning rate for this phase.
+      learning_rate: Adam's (peak) learning rate for this phase.
+      schedule: ``constant`` or ``cosine``: decay from learning_rate to 1% of it over the
+        phase, so the last epochs refine at a small rate.
     """
 
     epochs: int = 5
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check_range(self, "epochs", 0, 100_000)
         _check_range(self, "learning_rate", 0.0, 10.0, low_open=True)
+        if self.schedule not in SCHEDULES:
+            raise TledgeError(f"unknown {_key(self, 'schedule')} {self.schedule!r}: choose one "
+                              f"of {', '.join(SCHEDULES)}")
 
 
 @dataclass(frozen=True)
@@ -227,11 +240,14 @@ class FineTuneHParams(PhaseHParams):
         of the last block or blocks of the others), a number of its top layers, the name of
         the first layer to unfreeze (everything after it too), or ``all``.
         BatchNorm layers of a pretrained backbone stay frozen, in inference mode.
-      schedule: ``constant`` (the Keras tutorials) or ``cosine``: decay from learning_rate to
-        1% of it over the phase, so the last epochs refine at a small rate.
+      schedule: as in PhaseHParams (the Keras tutorials: constant).
       warmup: fraction of the phase's steps over which the rate rises linearly from 1/100 of
         learning_rate to it, before the schedule (0: none). Newly unfrozen layers then start
         from small updates while Adam's moment estimates settle.
+      batchnorm: ``frozen``: a pretrained backbone's BatchNorm layers stay in inference mode
+        with their ImageNet statistics (the Keras fine-tuning guide); ``train``: those in the
+        unfrozen part normalise with batch statistics and update their moving ones. A randomly
+        initialised backbone's always train.
     """
 
     epochs: int = 5
@@ -239,13 +255,14 @@ class FineTuneHParams(PhaseHParams):
     unfreeze: str = "auto"
     schedule: str = "cosine"
     warmup: float = 0.1
+    batchnorm: str = "frozen"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range(self, "warmup", 0.0, 1.0, high_open=True)
-        if self.schedule not in SCHEDULES:
-            raise TledgeError(f"unknown --lr-schedule {self.schedule!r}: choose one of "
-                              f"{', '.join(SCHEDULES)}")
+        if self.batchnorm not in BATCHNORM:
+            raise TledgeError(f"unknown {_key(self, 'batchnorm')} {self.batchnorm!r}: choose one "
+                              f"of {', '.join(BATCHNORM)}")
         spec = self.unfreeze.strip()
         name_chars = spec.replace("_", "").replace("/", "").replace("-", "").replace(".", "")
         if not (spec == "all" or spec.isdigit() or name_chars.isalnum()):
@@ -261,11 +278,13 @@ class QATHParams(PhaseHParams):
       enabled: run the phase at all.
       epochs: as in PhaseHParams.
       learning_rate: as in PhaseHParams; small, the model is already trained.
+      schedule: as in PhaseHParams.
     """
 
     enabled: bool = True
     epochs: int = 2
     learning_rate: float = 1e-5
+    schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -285,6 +304,10 @@ class TrainOptions:
       mixed_precision: float16 compute on GPU (ignored, with a warning, on a CPU).
       feature_cache: when augmentation is off, phase 1 computes the backbone's features once and
         fits the head on them, then puts the head's weights back into the full model.
+      feature_norm: phase 1 fits the head on standardised backbone features (each feature's
+        mean and standard deviation on the training split, or on a sample of it when phase 1
+        runs on images), then folds the standardisation into the head's first dense layer:
+        the saved model is the same architecture, with no extra layer.
       init_from: start from this run folder's float model instead of fresh backbone weights
         (to redo QAT, or fine-tune further, without repeating the earlier phases).
       label_smoothing: the share of each label spread over the other classes in the loss of
@@ -302,6 +325,7 @@ class TrainOptions:
     strategy: str = "auto"
     mixed_precision: bool = False
     feature_cache: bool = True
+    feature_norm: bool = True
     init_from: Optional[str] = None
     backup_dir: Optional[str] = None
     label_smoothing: float = 0.1

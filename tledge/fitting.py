@@ -121,6 +121,27 @@ def classification_loss(label_smoothing: float):
     return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
 
 
+def phase_rate(hp, steps: int):
+    """A phase's learning rate over its ``steps``: constant or cosine decay to 1%, after an
+    optional linear warm-up from 1% over ``hp.warmup`` of the steps (phase 2's setting)."""
+    import tf_keras as keras
+
+    warm = int(round(getattr(hp, "warmup", 0.0) * steps))
+    if hp.schedule == "constant" and not warm:
+        return hp.learning_rate
+    alpha = 0.01 if hp.schedule == "cosine" else 1.0  # alpha 1: no decay at all
+    if not warm:
+        return keras.optimizers.schedules.CosineDecay(hp.learning_rate, steps, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(
+        hp.learning_rate / 100, max(1, steps - warm), alpha=alpha,
+        warmup_target=hp.learning_rate, warmup_steps=warm)
+
+
+def steps_of(images: ImageSet, config: RunConfig, epochs: int) -> int:
+    """Optimizer steps in ``epochs`` over ``images`` on one machine (a schedule's length)."""
+    return epochs * -(-len(images) // config.data.batch_size)
+
+
 def label_depth(config: RunConfig, num_classes: int) -> int:
     """How the training pipeline gives labels: one-hot of this depth with label smoothing, as
     class indices (0) without."""

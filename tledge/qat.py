@@ -218,7 +218,7 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
     from tledge.fitting import (compile_model, evaluate_accuracy, fit_phase, is_pretrained,
-                                label_depth, save_model, worker_shard)
+                                label_depth, phase_rate, save_model, steps_of, worker_shard)
 
     hp, data, seed = config.train.qat, config.data, config.train.seed
     # The whole network adapts to quantization; a pretrained backbone's BatchNorm stays in
@@ -227,7 +227,8 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     start = time.perf_counter()
     with strategy.scope():
         qat_model = make_qat_model(model)
-        compile_model(qat_model, hp.learning_rate, config.train.label_smoothing)
+        compile_model(qat_model, phase_rate(hp, steps_of(splits.train, config, hp.epochs)),
+                      config.train.label_smoothing)
     depth = label_depth(config, len(splits.class_names))
     train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
                        augment=data.augment, seed=seed + 2, shard=worker_shard(strategy),

@@ -19,8 +19,8 @@ import numpy as np
 
 from tledge import fileio, rundir
 from tledge.fitting import (PhaseResult, compile_model, evaluate_accuracy, fit_phase,
-                            is_pretrained, label_depth, progress_verbosity, save_model,
-                            worker_shard)
+                            is_pretrained, label_depth, phase_rate, progress_verbosity,
+                            save_model, steps_of, worker_shard)
 from tledge.config import RunConfig
 from tledge.data import ImageSet, Splits
 from tledge.errors import Interrupted, TledgeError
@@ -133,44 +133,91 @@ def precision_policy(mixed: bool):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def finetune_rate(hp, steps: int):
-    """Phase 2's learning rate: constant or cosine decay to 1%, after an optional linear
-    warm-up from 1% over ``hp.warmup`` of the steps."""
-    import tf_keras as keras
-
-    warm = int(round(hp.warmup * steps))
-    if hp.schedule == "constant" and not warm:
-        return hp.learning_rate
-    alpha = 0.01 if hp.schedule == "cosine" else 1.0  # alpha 1: no decay at all
-    if not warm:
-        return keras.optimizers.schedules.CosineDecay(hp.learning_rate, steps, alpha=alpha)
-    return keras.optimizers.schedules.CosineDecay(
-        hp.learning_rate / 100, max(1, steps - warm), alpha=alpha,
-        warmup_target=hp.learning_rate, warmup_steps=warm)
+STATS_SAMPLE = 2048  # images whose features standardise the head when phase 1 runs on images
 
 
-def head_on_features(model):
-    """(feature extractor, head model) for a flat classifier. The head model calls the very same
-    layer objects as ``model`` on a feature input, so training it trains ``model``'s head: the
-    weights go back into the full model with no copy."""
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of ``features`` (rows of an ndarray or a
+    DiskArray, read in chunks). A standard deviation under a tenth of the median one is raised
+    to it: a feature nearly constant on the training split must not blow up on other images."""
+    total, squares = 0.0, 0.0
+    for start in range(0, len(features), 4096):
+        chunk = np.asarray(features[start:start + 4096], np.float64)
+        total, squares = total + chunk.sum(0), squares + np.square(chunk).sum(0)
+    mean = total / len(features)
+    std = np.sqrt(np.maximum(squares / len(features) - np.square(mean), 0.0))
+    floor = 0.1 * float(np.median(std))
+    std = np.maximum(std, floor if floor > 0 else 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def sampled_feature_statistics(extractor, images: ImageSet, batch_size: int,
+                               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """feature_statistics of the un-augmented features of a seeded sample of ``images``
+    (STATS_SAMPLE at most), for phase 1 on images: one pass over a fraction of an epoch.
+    The same on every worker of a cluster (the same split, the same sample)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), min(len(images), STATS_SAMPLE), replace=False))
+    run = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+    rows = [run(images.x[pick[i:i + batch_size]]).numpy()
+            for i in range(0, len(pick), batch_size)]
+    return feature_statistics(np.concatenate(rows).astype(np.float32))
+
+
+@contextlib.contextmanager
+def standardised_head(model, mean: np.ndarray, std: np.ndarray):
+    """Within the block, the head's first dense layer takes standardised features
+    ``(x - mean) / std`` (put the layer this returns in front of it): its weights
+    are re-expressed so the model computes the same function, and on the way out (the best
+    epoch restored, or interrupted) folded back, exactly, to take the raw features again."""
     import tf_keras as keras
     from tledge.models import head_layers
+
+    dense = next(layer for layer in head_layers(model) if isinstance(layer, keras.layers.Dense))
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * std[:, None], bias + mean @ kernel])
+    try:
+        # (x - mean) / std exactly: Keras' Normalization would divide by at least 1e-7
+        yield keras.layers.Rescaling(1.0 / std, offset=-mean / std, name="head_norm")
+    finally:
+        kernel, bias = dense.get_weights()
+        dense.set_weights([kernel / std[:, None], bias - (mean / std) @ kernel])
+
+
+def head_on_features(model, norm=None):
+    """(feature extractor, head model) for a flat classifier. The head model calls the very same
+    layer objects as ``model`` on a feature input, so training it trains ``model``'s head: the
+    weights go back into the full model with no copy. ``norm``: a layer applied to the features
+    first (standardised_head)."""
+    import tf_keras as keras
 
     pool = model.get_layer("head_pool")
     extractor = keras.Model(model.input, pool.output, name="features")
     features = keras.Input(shape=pool.output.shape[1:], name="features")
-    x = features
+    return extractor, keras.Model(features, _head(model, features, norm), name="head")
+
+
+def _head(model, features, norm=None):
+    """The head's layers after the pooling, called on ``features`` (after ``norm``)."""
+    from tledge.models import head_layers
+
+    x = norm(features) if norm is not None else features
     for layer in head_layers(model):
-        if layer is not pool:
+        if layer.name != "head_pool":
             x = layer(x)
-    return extractor, keras.Model(features, x, name="head")
+    return x
 
 
 def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
                  backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 1: the backbone frozen, the head trained. Without augmentation the backbone's
-    features are computed once and the head fitted on them (the TF Hub "bottleneck" trick);
-    not across several workers, where each trains on its share of the images instead."""
+    """Phase 1: the backbone frozen, the head trained, on standardised features (``--feature-norm``,
+    folded into the head afterwards). Without augmentation the backbone's features are computed
+    once and the head fitted on them (the TF Hub "bottleneck" trick); not across several
+    workers, where each trains on its share of the images instead."""
+    import tf_keras as keras
+
     from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
 
@@ -180,29 +227,41 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
     use_cache = config.train.feature_cache and not data.augment and shard is None
     smoothing = config.train.label_smoothing
     depth = label_depth(config, len(splits.class_names))
-    with strategy.scope():
-        compile_model(model, hp.learning_rate, smoothing)
+    rate = phase_rate(hp, steps_of(splits.train, config, hp.epochs))
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        extractor, _ = head_on_features(model)
+        if use_cache:
+            log.info("phase frozen: computing backbone features once (no augmentation)")
+            f_train = features_of(extractor, splits.train, data.batch_size, stack, "train")
+            f_val = features_of(extractor, splits.val, data.batch_size, stack, "val")
+        norm = None
+        if config.train.feature_norm:
+            mean, std = (feature_statistics(f_train) if use_cache else
+                         sampled_feature_statistics(extractor, splits.train, data.batch_size, seed))
+            norm = stack.enter_context(standardised_head(model, mean, std))
+        with strategy.scope():
+            if use_cache:
+                _, fit_model = head_on_features(model, norm)
+            elif norm is not None:
+                fit_model = keras.Model(model.input, _head(model, extractor.output, norm))
+            else:
+                fit_model = model
+            compile_model(fit_model, rate, smoothing)
         if not use_cache:
             train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
                                augment=data.augment, seed=seed, shard=shard, one_hot=depth)
             val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
-            return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "frozen",
-                             backup)
-        extractor, head = head_on_features(model)
-        compile_model(head, hp.learning_rate, smoothing)
-    log.info("phase frozen: computing backbone features once (no augmentation)")
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        f_train = features_of(extractor, splits.train, data.batch_size, stack, "train")
-        f_val = features_of(extractor, splits.val, data.batch_size, stack, "val")
+            return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
+                             "frozen", backup)
         train_ds = batches(f_train, splits.train.y, data.batch_size, shuffle=True, seed=seed,
                            one_hot=depth)
         val_ds = batches(f_val, splits.val.y, data.batch_size, one_hot=depth)
-        result = fit_phase(model, head, train_ds, val_ds, hp, config.train.early_stop, "frozen",
-                           backup)
+        result = fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
+                           "frozen", backup)
     result.seconds = time.perf_counter() - start  # feature extraction included
     result.feature_cache = True
-    result.trainable_weights = len(head.trainable_weights)
+    result.trainable_weights = len(fit_model.trainable_weights)
     return result
 
 
@@ -240,18 +299,20 @@ def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.
 
 def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                    backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 2: the top of the backbone unfrozen (BatchNorm kept in inference mode) at the
-    fine-tune learning rate, on augmented batches when augmentation is on."""
+    """Phase 2: the top of the backbone unfrozen (a pretrained backbone's BatchNorm kept in
+    inference mode unless ``--batchnorm train``) at the fine-tune learning rate, on augmented
+    batches when augmentation is on."""
     from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
 
     hp, data, seed = config.train.finetune, config.data, config.train.seed
-    unfrozen = set_backbone_trainable(model, hp.unfreeze, freeze_batchnorm=is_pretrained(config),
+    freeze_bn = is_pretrained(config) and hp.batchnorm == "frozen"
+    unfrozen = set_backbone_trainable(model, hp.unfreeze, freeze_batchnorm=freeze_bn,
                                       backbone=config.model.backbone)
     log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
-    steps = hp.epochs * -(-len(splits.train) // data.batch_size)
+    steps = steps_of(splits.train, config, hp.epochs)
     with strategy.scope():
-        compile_model(model, finetune_rate(hp, steps), config.train.label_smoothing)
+        compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
     depth = label_depth(config, len(splits.class_names))
     train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
                        augment=data.augment, seed=seed + 1, shard=worker_shard(strategy),
