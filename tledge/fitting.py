@@ -137,9 +137,10 @@ def phase_rate(hp, steps: int):
         warmup_target=hp.learning_rate, warmup_steps=warm)
 
 
-def steps_of(images: ImageSet, config: RunConfig, epochs: int) -> int:
-    """Optimizer steps in ``epochs`` over ``images`` on one machine (a schedule's length)."""
-    return epochs * -(-len(images) // config.data.batch_size)
+def steps_of(count: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps in ``epochs`` over ``count`` examples on one machine (a schedule's
+    length)."""
+    return epochs * -(-count // batch_size)
 
 
 def label_depth(config: RunConfig, num_classes: int) -> int:

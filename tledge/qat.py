@@ -225,10 +225,10 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     # inference mode (tfmot folds its statistics into the convolutions).
     set_backbone_trainable(model, "all", freeze_batchnorm=is_pretrained(config))
     start = time.perf_counter()
+    rate = phase_rate(hp, steps_of(len(splits.train), data.batch_size, hp.epochs))
     with strategy.scope():
         qat_model = make_qat_model(model)
-        compile_model(qat_model, phase_rate(hp, steps_of(splits.train, config, hp.epochs)),
-                      config.train.label_smoothing)
+        compile_model(qat_model, rate, config.train.label_smoothing)
     depth = label_depth(config, len(splits.class_names))
     train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
                        augment=data.augment, seed=seed + 2, shard=worker_shard(strategy),

@@ -179,8 +179,10 @@ def standardised_head(model, mean: np.ndarray, std: np.ndarray):
     kernel, bias = dense.get_weights()
     dense.set_weights([kernel * std[:, None], bias + mean @ kernel])
     try:
-        # (x - mean) / std exactly: Keras' Normalization would divide by at least 1e-7
-        yield keras.layers.Rescaling(1.0 / std, offset=-mean / std, name="head_norm")
+        # (x - mean) / std exactly (Keras' Normalization divides by at least 1e-7), in float32
+        # under mixed precision too
+        yield keras.layers.Rescaling(1.0 / std, offset=-mean / std, name="head_norm",
+                                     dtype="float32")
     finally:
         kernel, bias = dense.get_weights()
         dense.set_weights([kernel / std[:, None], bias - (mean / std) @ kernel])
@@ -212,57 +214,82 @@ def _head(model, features, norm=None):
 
 def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
                  backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 1: the backbone frozen, the head trained, on standardised features (``--feature-norm``,
-    folded into the head afterwards). Without augmentation the backbone's features are computed
-    once and the head fitted on them (the TF Hub "bottleneck" trick); not across several
-    workers, where each trains on its share of the images instead."""
-    import tf_keras as keras
-
-    from tledge.data.pipeline import batches
+    """Phase 1: the backbone frozen, the head trained, on standardised features
+    (``--feature-norm``, folded into the head afterwards). Without augmentation the backbone's
+    features are computed once and the head fitted on them (the TF Hub "bottleneck" trick);
+    not across several workers, where each trains on its share of the images instead."""
     from tledge.models import set_backbone_trainable
 
-    hp, data, seed = config.train.frozen, config.data, config.train.seed
     set_backbone_trainable(model, None)
-    shard = worker_shard(strategy)
-    use_cache = config.train.feature_cache and not data.augment and shard is None
-    smoothing = config.train.label_smoothing
-    depth = label_depth(config, len(splits.class_names))
-    rate = phase_rate(hp, steps_of(splits.train, config, hp.epochs))
+    if config.data.augment or not config.train.feature_cache or worker_shard(strategy):
+        return _frozen_on_images(model, splits, config, strategy, backup)
+    log.info("phase frozen: computing backbone features once (no augmentation)")
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         extractor, _ = head_on_features(model)
-        if use_cache:
-            log.info("phase frozen: computing backbone features once (no augmentation)")
-            f_train = features_of(extractor, splits.train, data.batch_size, stack, "train")
-            f_val = features_of(extractor, splits.val, data.batch_size, stack, "val")
+        bs = config.data.batch_size
+        train = features_of(extractor, splits.train, bs, stack, "train"), splits.train.y
+        val = features_of(extractor, splits.val, bs, stack, "val"), splits.val.y
+        result = fit_head(model, train, val, config, strategy, backup)
+    result.seconds = time.perf_counter() - start  # feature extraction included
+    return result
+
+
+def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
+             backup: Optional[Path] = None) -> PhaseResult:
+    """Phase 1 on backbone features computed already: ``train`` and ``val`` are (features,
+    labels), the features rows of an ndarray or a DiskArray. ``model``'s head trains (on
+    standardised features with ``--feature-norm``). benchmarks/head_sweep.py calls this on
+    features it keeps across runs."""
+    from tledge.data.pipeline import batches
+
+    hp, bs, seed = config.train.frozen, config.data.batch_size, config.train.seed
+    depth = label_depth(config, model.output_shape[-1])
+    with contextlib.ExitStack() as stack:
         norm = None
         if config.train.feature_norm:
-            mean, std = (feature_statistics(f_train) if use_cache else
-                         sampled_feature_statistics(extractor, splits.train, data.batch_size, seed))
-            norm = stack.enter_context(standardised_head(model, mean, std))
+            norm = stack.enter_context(standardised_head(model, *feature_statistics(train[0])))
         with strategy.scope():
-            if use_cache:
-                _, fit_model = head_on_features(model, norm)
-            elif norm is not None:
-                fit_model = keras.Model(model.input, _head(model, extractor.output, norm))
-            else:
-                fit_model = model
-            compile_model(fit_model, rate, smoothing)
-        if not use_cache:
-            train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
-                               augment=data.augment, seed=seed, shard=shard, one_hot=depth)
-            val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
-            return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                             "frozen", backup)
-        train_ds = batches(f_train, splits.train.y, data.batch_size, shuffle=True, seed=seed,
-                           one_hot=depth)
-        val_ds = batches(f_val, splits.val.y, data.batch_size, one_hot=depth)
-        result = fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                           "frozen", backup)
-    result.seconds = time.perf_counter() - start  # feature extraction included
+            _, head = head_on_features(model, norm)
+            compile_model(head, phase_rate(hp, steps_of(len(train[0]), bs, hp.epochs)),
+                          config.train.label_smoothing)
+        result = fit_phase(model, head,
+                           batches(*train, bs, shuffle=True, seed=seed, one_hot=depth),
+                           batches(*val, bs, one_hot=depth),
+                           hp, config.train.early_stop, "frozen", backup)
     result.feature_cache = True
-    result.trainable_weights = len(fit_model.trainable_weights)
+    result.trainable_weights = len(head.trainable_weights)
     return result
+
+
+def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
+                      backup: Optional[Path] = None) -> PhaseResult:
+    """Phase 1 through the frozen backbone every step (augmentation, several workers), the
+    features standardised with the statistics of a sample of the training images."""
+    import tf_keras as keras
+
+    from tledge.data.pipeline import batches
+
+    hp, data, seed = config.train.frozen, config.data, config.train.seed
+    depth = label_depth(config, len(splits.class_names))
+    with contextlib.ExitStack() as stack:
+        norm, extractor = None, None
+        if config.train.feature_norm:
+            extractor, _ = head_on_features(model)
+            norm = stack.enter_context(standardised_head(
+                model, *sampled_feature_statistics(extractor, splits.train, data.batch_size,
+                                                   seed)))
+        rate = phase_rate(hp, steps_of(len(splits.train), data.batch_size, hp.epochs))
+        with strategy.scope():
+            fit_model = model if norm is None else \
+                keras.Model(model.input, _head(model, extractor.output, norm))
+            compile_model(fit_model, rate, config.train.label_smoothing)
+        train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
+                           augment=data.augment, seed=seed, shard=worker_shard(strategy),
+                           one_hot=depth)
+        val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
+        return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
+                         "frozen", backup)
 
 
 def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.ExitStack,
@@ -310,7 +337,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
     unfrozen = set_backbone_trainable(model, hp.unfreeze, freeze_batchnorm=freeze_bn,
                                       backbone=config.model.backbone)
     log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
-    steps = steps_of(splits.train, config, hp.epochs)
+    steps = steps_of(len(splits.train), data.batch_size, hp.epochs)
     with strategy.scope():
         compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
     depth = label_depth(config, len(splits.class_names))
