@@ -204,8 +204,8 @@ class PhaseHParams:
     """One phase of the recipe: how long and how fast.
 
     The defaults are phase 1's (the head on a frozen backbone), measured in
-    benchmarks/recipe.md: a head on fixed features takes a higher rate than the Keras
-    tutorials' constant 1e-3 when it decays over the phase.
+    benchmarks/recipe.md: on standardised features (TrainOptions.feature_norm) a head takes a
+    higher rate than the Keras tutorials' constant 1e-3 when the rate decays over the phase.
 
     Attributes:
       epochs: passes over the training split; 0 skips the phase.
@@ -239,7 +239,8 @@ class FineTuneHParams(PhaseHParams):
         tledge.models.REGISTRY: all of MobileNetV2, measured in benchmarks/recipe.md; the start
         of the last block or blocks of the others), a number of its top layers, the name of
         the first layer to unfreeze (everything after it too), or ``all``.
-        BatchNorm layers of a pretrained backbone stay frozen, in inference mode.
+        BatchNorm layers of a pretrained backbone stay frozen, in inference mode, unless
+        ``batchnorm`` says train.
       schedule: as in PhaseHParams (the Keras tutorials: constant).
       warmup: fraction of the phase's steps over which the rate rises linearly from 1/100 of
         learning_rate to it, before the schedule (0: none). Newly unfrozen layers then start
