@@ -13,9 +13,9 @@ from pathlib import Path
 import click
 
 from tledge import __version__, fileio
-from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, STRATEGIES, DataOptions,
-                           FineTuneHParams, ModelOptions, PhaseHParams, QATHParams, RunConfig,
-                           TrainOptions)
+from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
+                           DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
+                           RunConfig, TrainOptions)
 from tledge.errors import Interrupted, TledgeError, missing_training_stack, \
     require_training_stack
 
@@ -124,7 +124,7 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
               f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
 @click.option("--lr", type=float,
               help=f"Phase 1 learning rate.  [default: {_default(F, 'learning_rate')}]")
-@click.option("--lr-schedule-frozen", type=click.Choice(["constant", "cosine"]), help="Phase 1: "
+@click.option("--lr-schedule-frozen", type=click.Choice(SCHEDULES), help="Phase 1: "
               f"constant, or cosine decay to 1% over the phase.  [default: {F.schedule}]")
 @click.option("--feature-norm/--no-feature-norm", default=None, help="Phase 1: fit the head on "
               "standardised backbone features, folded into its first layer after the phase.  "
@@ -136,7 +136,7 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @click.option("--unfreeze", help="Phase 2: 'auto' (the backbone's last block or blocks), a "
               "number of top backbone layers to unfreeze, the name of the first one, or 'all'.  "
               f"[default: {_default(FT, 'unfreeze')}]")
-@click.option("--lr-schedule", type=click.Choice(["constant", "cosine"]), help="Phase 2: "
+@click.option("--lr-schedule", type=click.Choice(SCHEDULES), help="Phase 2: "
               f"constant, or cosine decay to 1% over the phase.  [default: {FT.schedule}]")
 @click.option("--warmup", type=float, help="Phase 2: fraction of its steps over which the "
               f"rate rises linearly to --lr-finetune.  [default: {_default(FT, 'warmup')}]")

@@ -120,6 +120,13 @@ def _check_range(obj: Any, name: str, low=None, high=None, low_open: bool = Fals
         raise _fail(obj, name, " and ".join(filter(None, [left, right])))
 
 
+def _check_choice(obj: Any, name: str, choices: tuple) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise TledgeError(f"unknown {_key(obj, name)} {value!r}: choose one of "
+                          f"{', '.join(choices)}")
+
+
 @dataclass(frozen=True)
 class DataOptions:
     """Where the images come from and how they are split and fed.
@@ -222,9 +229,7 @@ class PhaseHParams:
         _check_types(self)
         _check_range(self, "epochs", 0, 100_000)
         _check_range(self, "learning_rate", 0.0, 10.0, low_open=True)
-        if self.schedule not in SCHEDULES:
-            raise TledgeError(f"unknown {_key(self, 'schedule')} {self.schedule!r}: choose one "
-                              f"of {', '.join(SCHEDULES)}")
+        _check_choice(self, "schedule", SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -261,9 +266,7 @@ class FineTuneHParams(PhaseHParams):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_range(self, "warmup", 0.0, 1.0, high_open=True)
-        if self.batchnorm not in BATCHNORM:
-            raise TledgeError(f"unknown {_key(self, 'batchnorm')} {self.batchnorm!r}: choose one "
-                              f"of {', '.join(BATCHNORM)}")
+        _check_choice(self, "batchnorm", BATCHNORM)
         spec = self.unfreeze.strip()
         name_chars = spec.replace("_", "").replace("/", "").replace("-", "").replace(".", "")
         if not (spec == "all" or spec.isdigit() or name_chars.isalnum()):

@@ -149,6 +149,18 @@ def label_depth(config: RunConfig, num_classes: int) -> int:
     return num_classes if config.train.label_smoothing else 0
 
 
+def image_batches(splits, config: RunConfig, strategy, seed: int):
+    """A phase's (training, validation) batches of images: training shuffled with ``seed``,
+    augmented with ``--augment``, this worker's share under several workers; labels one-hot
+    where the loss smooths them."""
+    from tledge.data.pipeline import batches
+
+    data, depth = config.data, label_depth(config, len(splits.class_names))
+    train = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
+                    augment=data.augment, seed=seed, shard=worker_shard(strategy), one_hot=depth)
+    return train, batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
+
+
 def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: Optional[int],
               name: str, backup: Optional[Path] = None) -> PhaseResult:
     """Fit ``fit_model`` (the model itself, or a head sharing its layers) and keep its best.

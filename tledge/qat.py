@@ -215,10 +215,9 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
               backup: Optional[Path] = None):
     """Wrap the fine-tuned model for QAT, train it briefly at a low learning rate, keep the best
     epoch, save it as ``model_qat.h5`` beside the float model."""
-    from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
-    from tledge.fitting import (compile_model, evaluate_accuracy, fit_phase, is_pretrained,
-                                label_depth, phase_rate, save_model, steps_of, worker_shard)
+    from tledge.fitting import (compile_model, evaluate_accuracy, fit_phase, image_batches,
+                                is_pretrained, phase_rate, save_model, steps_of)
 
     hp, data, seed = config.train.qat, config.data, config.train.seed
     # The whole network adapts to quantization; a pretrained backbone's BatchNorm stays in
@@ -229,11 +228,7 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     with strategy.scope():
         qat_model = make_qat_model(model)
         compile_model(qat_model, rate, config.train.label_smoothing)
-    depth = label_depth(config, len(splits.class_names))
-    train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
-                       augment=data.augment, seed=seed + 2, shard=worker_shard(strategy),
-                       one_hot=depth)
-    val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
+    train_ds, val_ds = image_batches(splits, config, strategy, seed + 2)
     with strategy.scope():
         calibrate_ranges(qat_model, train_ds.repeat().take(CALIBRATION_BATCHES))
     phase = fit_phase(qat_model, qat_model, train_ds, val_ds, hp, config.train.early_stop, "qat",

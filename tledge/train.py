@@ -19,8 +19,8 @@ import numpy as np
 
 from tledge import fileio, rundir
 from tledge.fitting import (PhaseResult, compile_model, evaluate_accuracy, fit_phase,
-                            is_pretrained, label_depth, phase_rate, progress_verbosity,
-                            save_model, steps_of, worker_shard)
+                            image_batches, is_pretrained, label_depth, phase_rate,
+                            progress_verbosity, save_model, steps_of, worker_shard)
 from tledge.config import RunConfig
 from tledge.data import ImageSet, Splits
 from tledge.errors import Interrupted, TledgeError
@@ -268,10 +268,7 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
     features standardised with the statistics of a sample of the training images."""
     import tf_keras as keras
 
-    from tledge.data.pipeline import batches
-
     hp, data, seed = config.train.frozen, config.data, config.train.seed
-    depth = label_depth(config, len(splits.class_names))
     with contextlib.ExitStack() as stack:
         norm, extractor = None, None
         if config.train.feature_norm:
@@ -284,10 +281,7 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
             fit_model = model if norm is None else \
                 keras.Model(model.input, _head(model, extractor.output, norm))
             compile_model(fit_model, rate, config.train.label_smoothing)
-        train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
-                           augment=data.augment, seed=seed, shard=worker_shard(strategy),
-                           one_hot=depth)
-        val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
+        train_ds, val_ds = image_batches(splits, config, strategy, seed)
         return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
                          "frozen", backup)
 
@@ -329,7 +323,6 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
     """Phase 2: the top of the backbone unfrozen (a pretrained backbone's BatchNorm kept in
     inference mode unless ``--batchnorm train``) at the fine-tune learning rate, on augmented
     batches when augmentation is on."""
-    from tledge.data.pipeline import batches
     from tledge.models import set_backbone_trainable
 
     hp, data, seed = config.train.finetune, config.data, config.train.seed
@@ -340,11 +333,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
     steps = steps_of(len(splits.train), data.batch_size, hp.epochs)
     with strategy.scope():
         compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
-    depth = label_depth(config, len(splits.class_names))
-    train_ds = batches(splits.train.x, splits.train.y, data.batch_size, shuffle=True,
-                       augment=data.augment, seed=seed + 1, shard=worker_shard(strategy),
-                       one_hot=depth)
-    val_ds = batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
+    train_ds, val_ds = image_batches(splits, config, strategy, seed + 1)
     return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "finetune",
                      backup)
 
