@@ -104,6 +104,8 @@ def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
 @click.option("--sets", default=",".join(SETS), show_default=True)
 @click.option("--work", default="/tmp/tledge-recipe", show_default=True)
 def main(weights, variants, sets, work):
+    from recipe import write_between, write_results
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
     from tledge.bench import machine_info
@@ -119,11 +121,9 @@ def main(weights, variants, sets, work):
                    "seconds": round((time.perf_counter() - start) / len(SEEDS), 1)}
             results["rows"] = [r for r in results["rows"]
                                if (r["set"], r["variant"]) != (pair, variant)] + [row]
-            RESULTS.write_text(json.dumps(results, indent=1))
+            write_results(RESULTS, results)
             click.echo(json.dumps(row))
-    doc = ROOT / "benchmarks/recipe.md"
-    head, rest = doc.read_text().split(BEGIN, 1)
-    doc.write_text(head + BEGIN + "\n" + render(results) + END + rest.split(END, 1)[1])
+    write_between(ROOT / "benchmarks/recipe.md", BEGIN, END, render(results))
 
 
 def render(results: dict) -> str:

@@ -174,14 +174,28 @@ def main(weights, runs, sets, work, again, render_only, results):
                     continue
                 row = run_one(data_set, budget, name, weights, Path(work))
                 results["rows"] = [r for r in results["rows"] if r not in done] + [row]
-                results_path.write_text(json.dumps(results, indent=1))
+                write_results(results_path, results)
                 click.echo(json.dumps(row))
-    doc = ROOT / "benchmarks/recipe.md"
-    text = doc.read_text() if doc.exists() else f"{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    tables = render(results) + best_epochs(results, Path(work))
-    doc.write_text(head + BEGIN + "\n" + tables + END + rest.split(END, 1)[1])
+    write_between(ROOT / "benchmarks/recipe.md", BEGIN, END,
+                  render(results) + best_epochs(results, Path(work)))
     click.echo("wrote the tables into benchmarks/recipe.md")
+
+
+def write_results(path: Path, results: dict) -> None:
+    """The results JSON, written atomically (a run interrupted mid-write keeps the old one)."""
+    from tledge import fileio
+
+    fileio.write_text(path, json.dumps(results, indent=1))
+
+
+def write_between(doc: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of ``doc`` with ``text``
+    (a new doc holds just the markers), atomically."""
+    from tledge import fileio
+
+    current = doc.read_text() if doc.exists() else f"{begin}\n{end}\n"
+    head, rest = current.split(begin, 1)
+    fileio.write_text(doc, head + begin + "\n" + text + end + rest.split(end, 1)[1])
 
 
 def best_epochs(results: dict, work: Path) -> str:
