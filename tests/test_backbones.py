@@ -31,6 +31,7 @@ def test_backbone_is_flat_qat_able_and_fully_int8(backbone):
     from tledge.export import QuantizationConfig, check_quantized, convert
     from tledge.qat import calibrate_ranges, make_qat_model
     from tledge.runtime import Classifier
+    from tledge.runtime.delegation import delegation
 
     keras.utils.set_random_seed(0)
     model = build_classifier(ModelOptions(backbone=backbone, weights="none", alpha=1.0,
@@ -56,6 +57,16 @@ def test_backbone_is_flat_qat_able_and_fully_int8(backbone):
     p_int8 = clf.predict_batch(x)
     p_qat = qat.predict(x.astype(np.float32), verbose=0)
     assert np.abs(p_int8 - p_qat).max() < 0.1, np.abs(p_int8 - p_qat).max()
+    assert delegation(clf.interpreter).partitions == 1, delegation(clf.interpreter).summary()
+
+    # Post-training int8 of the float model (BatchNorm statistics of these images first, so
+    # activations have a trained network's scale): one XNNPACK partition too, hard-swish
+    # included, and its top-1 the float model's.
+    for start in range(0, 32, 8):
+        model(x[start:start + 8].astype(np.float32), training=True)
+    ptq = _interpreter(convert(model, QuantizationConfig.for_int8(x[:16])))
+    assert delegation(ptq).partitions == 1, delegation(ptq).summary()
+    assert "HARD_SWISH" not in delegation(ptq).undelegated
 
 
 def _interpreter(raw: bytes):

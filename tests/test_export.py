@@ -158,3 +158,35 @@ def test_range_calibration_makes_a_fresh_qat_model_match_the_float_one(colour_ru
     preprocess_max = [v for v in qat.non_trainable_variables
                       if v.name.startswith("quant_preprocess/output_max")][0]
     assert abs(float(preprocess_max.numpy()) - 1.0) < 0.05  # x / 127.5 - 1 tops out at 1
+
+
+def test_export_warns_and_records_when_the_delegate_does_not_take_the_graph(colour_run,
+                                                                             tmp_path):
+    """A head with UnitNormalization (TFLite's L2_NORMALIZATION, which XNNPACK does not run)
+    cuts the fp32 graph in two: export says so in one line naming the op, and the model card
+    keeps the count."""
+    import tf_keras as keras
+
+    from tledge import fileio
+    from tledge.config import RunConfig
+
+    _, splits, _ = colour_run
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1, name=PREPROCESS)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.UnitNormalization()(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(len(LABELS), activation="softmax")(x))
+    run = tmp_path / "run"
+    fileio.write_text(run / rundir.CONFIG, RunConfig().override(
+        data={"image_size": SIZE}).to_yaml())
+    fileio.write_labels(run / rundir.LABELS, LABELS)
+    model.save(run / rundir.FLOAT_MODEL)
+    lines = []
+    export(run, ExportOptions(formats=("fp32",), max_drop=100.0), splits=splits,
+           echo=lines.append)
+    warning = [line for line in lines if "not fully delegated" in line]
+    assert len(warning) == 1 and "L2_NORMALIZATION" in warning[0], lines
+    card = json.loads((run / "export" / "model_card.json").read_text())
+    assert card["files"]["model_fp32.tflite"]["delegation"]["partitions"] == 2
+    assert card["files"]["model_fp32.tflite"]["delegation"]["undelegated"] == {
+        "L2_NORMALIZATION": 1}

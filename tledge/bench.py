@@ -128,6 +128,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     """One TFLite model at one thread count, in this process."""
     from tledge.evaluate import tflite_predictor
     from tledge.runtime import Classifier, make_interpreter
+    from tledge.runtime.delegation import delegation
 
     rss0 = _rss_mb()
     start = time.perf_counter()
@@ -136,7 +137,8 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     load_ms = (time.perf_counter() - start) * 1000
     inputs = frames(options.seed)
     prepared = np.stack([clf.preprocess(f) for f in inputs])
-    index = clf._input["index"]
+    index = clf.input_index
+    delegated = delegation(interpreter)
 
     def bare(i: int) -> None:
         interpreter.invoke()
@@ -154,6 +156,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
             "input_dtype": clf.input_dtype.name, "load_ms": load_ms, "first_ms": first_ms,
             "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
             "memory_mb": _rss_mb() - rss0, "peak_rss_mb": _peak_rss_mb(),
+            "delegation": delegated.to_dict() if delegated else None,
             "accuracy": _accuracy(options, lambda: tflite_predictor(clf))}
 
 
@@ -357,7 +360,20 @@ def _worker_main(spec_json: str) -> None:
 COLUMNS = [("model", "name"), ("format", ""), ("thr", "threads"), ("size MB", ""),
            ("load ms", ""), ("1st ms", "first inference"), ("invoke p50", ""),
            ("classify p50", ""), ("p90", ""), ("p99", ""), ("img/s", ""), ("overhead", ""),
-           ("mem MB", "peak RSS"), ("acc", "accuracy"), ("min runtime", "")]
+           ("mem MB", "peak RSS"), ("acc", "accuracy"), ("min runtime", ""),
+           ("XNNPACK", "partitions the delegate made"),
+           ("reference kernels", "op types the delegate left")]
+
+
+def delegation_cells(row: dict) -> tuple[str, str]:
+    """(partitions, the op types left to the reference kernels with their counts); "-" for a
+    Keras row or a backend that does not list its nodes."""
+    d = row.get("delegation")
+    if not d:
+        return "-", "-"
+    left = ", ".join(f"{n} {op}" for op, n in sorted(d["undelegated"].items(),
+                                                      key=lambda kv: (-kv[1], kv[0])))
+    return str(d["partitions"]), left or "none"
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -370,7 +386,8 @@ def table_rows(report: dict) -> list[list[str]]:
                     f"{r['invoke']['p50']:.2f}", f"{r['classify']['p50']:.2f}",
                     f"{r['classify']['p90']:.2f}", f"{r['classify']['p99']:.2f}",
                     f"{r['throughput_ips']:.1f}", f"{r['classify_overhead_pct']:+.1f}%",
-                    f"{r['memory_mb']:.0f}", acc, r.get("min_runtime") or "-"])
+                    f"{r['memory_mb']:.0f}", acc, r.get("min_runtime") or "-",
+                    *delegation_cells(r)])
     return out
 
 
@@ -395,6 +412,10 @@ def to_markdown(report: dict) -> str:
              f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
              "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "
              "p50 over bare invoke() p50, the two timed alternately",
+             "- XNNPACK: the partitions the delegate cut the graph into (1: it took the graph "
+             "whole); reference kernels: the op types it left (an int8 file's uint8 QUANTIZE "
+             "at each end and its SOFTMAX always are, and cost little; an op between two "
+             "partitions is what makes a file slow)",
              f"- measured {report['time']}", ""]
     lines += [f"> WARNING: {w}" for w in report["warnings"]]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -409,10 +430,12 @@ def to_csv(report: dict) -> str:
              [f"classify_{s}" for s in STAT_FIELDS] + \
              ["throughput_ips", "classify_overhead_pct", "memory_mb", "peak_rss_mb", "accuracy",
               "min_runtime"]
+    fields += ["xnnpack_partitions", "reference_kernel_ops"]
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in report["results"]:
         flat = {k: r.get(k) for k in fields}
+        flat["xnnpack_partitions"], flat["reference_kernel_ops"] = delegation_cells(r)
         for kind in ("invoke", "classify"):
             for s in STAT_FIELDS:
                 flat[f"{kind}_{s}"] = r[kind][s]
@@ -427,7 +450,11 @@ def plot(report: dict, path: Path) -> None:
 
     rows = report["results"]
     labels = [f"{r['name']}\n{r['format']}" + (f" x{r['threads']}" if r["threads"] else
-                                                 f" ({r['device']})") for r in rows]
+                                                 f" ({r['device']})")
+              + (f" [{delegation_cells(r)[0]} partitions]" if delegation_cells(r)[0] not in
+                 ("-", "1") else "") for r in rows]
+    split = sorted({f"{r['name']} {r['format']}: {delegation_cells(r)[1]}" for r in rows
+                    if delegation_cells(r)[0] not in ("-", "1")})
     p50 = [r["classify"]["p50"] for r in rows]
     err = [[r["classify"]["p50"] - r["classify"]["p50"] for r in rows],
            [r["classify"]["p90"] - r["classify"]["p50"] for r in rows]]
@@ -441,6 +468,9 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlabel("classify latency, ms (bar: p50, whisker: p90)")
     ax.set_title(f"tledge bench on {report['machine']['machine_id']}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
+    if split:  # why a bar is long: the delegate did not take the whole graph
+        ax.set_xlabel(ax.get_xlabel() + "\nnot fully delegated to XNNPACK, left to the "
+                      "reference kernels:\n" + "\n".join(split), fontsize=8)
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

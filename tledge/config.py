@@ -465,6 +465,8 @@ class ExportOptions:
         anyway when the int8 file fails the gate.
       keep_float: layers (names from the report) that stay float in the int8 file, or
         ("auto",): add the worst layers one at a time until the gate passes.
+      bias_correction: post-training int8 only: correct each layer's bias for the mean error
+        of its rounded weights (tledge.biascorrect).
     """
 
     formats: tuple = ("fp32",)
@@ -474,6 +476,7 @@ class ExportOptions:
     eval_limit: Optional[int] = None
     debug: bool = False
     keep_float: tuple = ()
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,103 +23,16 @@ import numpy as np
 
 from tledge import fileio, rundir
 from tledge.config import ExportOptions, RunConfig
+from tledge.conversion import QuantizationConfig, convert, make_converter  # noqa: F401
 from tledge.errors import TledgeError
 from tledge.runtime import min_runtime_version
+from tledge.runtime.delegation import delegation
 
 log = logging.getLogger(__name__)
 
 REPORT = "export_report.json"
 CARD = "model_card.json"
 METADATA_NAME = "TFLITE_METADATA"
-
-
-@dataclass(frozen=True)
-class QuantizationConfig:
-    """How one TFLite file is made. Build it with a named constructor.
-
-    Attributes:
-      name: fp32, fp16, dynamic or int8.
-      optimize: apply the converter's default optimisations (weight quantization).
-      float16: store weights as float16.
-      full_integer: int8 activations too, integer-only ops, uint8 input and output.
-      representative: a callable yielding calibration batches (int8), or None.
-      source: "float" or "qat": which Keras model is converted.
-    """
-
-    name: str
-    optimize: bool = False
-    float16: bool = False
-    full_integer: bool = False
-    representative: Optional[Callable] = field(default=None, compare=False)
-    source: str = "float"
-
-    @classmethod
-    def for_float32(cls) -> "QuantizationConfig":
-        return cls("fp32")
-
-    @classmethod
-    def for_float16(cls) -> "QuantizationConfig":
-        return cls("fp16", optimize=True, float16=True)
-
-    @classmethod
-    def for_dynamic(cls) -> "QuantizationConfig":
-        return cls("dynamic", optimize=True)
-
-    @classmethod
-    def for_int8(cls, calibration: np.ndarray, from_qat: bool = False) -> "QuantizationConfig":
-        """Full-integer int8, calibrated on ``calibration`` images (uint8, model-sized).
-
-        From a QAT model the learned fake-quant ranges are used; the calibration images only
-        set the ranges of what QAT left float (the in-model normalisation's multiply and add,
-        which the converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE).
-        """
-
-        def representative():
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        return cls("int8", optimize=True, full_integer=True, representative=representative,
-                   source="qat" if from_qat else "float")
-
-
-def convert(model, qconfig: QuantizationConfig) -> bytes:
-    """A Keras model -> TFLite flatbuffer bytes."""
-    converter = make_converter(model, qconfig)
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            # QAT and our uint8 input have no "input statistics"; the converter warns anyway.
-            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            return converter.convert()
-    except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"TFLite conversion to {qconfig.name} failed ({first[:200]})")
-
-
-def make_converter(model, qconfig: QuantizationConfig):
-    """The TFLite converter for ``model``, set up as ``qconfig`` says."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if qconfig.optimize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if qconfig.float16:
-        converter.target_spec.supported_types = [tf.float16]
-    if qconfig.name == "dynamic":
-        # TF 2.21 quantizes dense weights per channel, which makes FULLY_CONNECTED version 12:
-        # runtime 2.17 or newer, which the TFLite Task Library 0.4.4 and many devices lack.
-        # Per-tensor dense weights load everywhere; the accuracy gate checks the cost.
-        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    if qconfig.full_integer:
-        converter.representative_dataset = qconfig.representative
-        # Integer-only kernels: fail rather than silently fall back to float ones.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        # uint8 in: raw pixels 0..255 (scale 1, zero point 0 when the range is 0..255).
-        # uint8 out: probabilities, scale 1/256, zero point 0.
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
-    return converter
 
 
 def normalise_signature(model_bytes: bytes) -> bytes:
@@ -396,7 +309,7 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
     results: list[FormatResult] = []
     publish: list[tuple[Path, Path]] = []  # (verified temporary file, final name)
     calib = splits.train.x[:options.calibration]
-    debug = _Debug(float_model, calib, val.x[:256], out, echo)
+    debug = _Debug(float_model, calib, val.x[:256], out, echo, options.bias_correction)
 
     def make(fmt, raw, source, keep=()):
         """Check, label, stage under a temporary name and verify one file."""
@@ -412,9 +325,15 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
         probs = clf.predict_batch(val.x, desc=f"{fmt} TFLite" + (" (keep-float)" if keep else ""))
         stats = compare(reference, probs, val.y)
         drop = 100.0 * (float_acc - stats["accuracy"])
+        delegated = delegation(clf.interpreter)
         quant.update(input_quantization=list(clf.input_quant),
                      output_quantization=list(clf.output_quant),
-                     min_runtime_version=min_runtime_version(tmp))
+                     min_runtime_version=min_runtime_version(tmp),
+                     delegation=delegated.to_dict() if delegated else None)
+        if delegated is not None and delegated.partitions > 1:
+            echo(f"WARNING: model_{fmt}.tflite is not fully delegated to XNNPACK here "
+                 f"({delegated.summary()}): each op type named runs on the slower reference "
+                 "kernels and splits the graph")
         if keep:
             quant["keep_float"] = list(keep)
         return tmp, FormatResult(fmt, "", len(blob), source, drop_points=drop,
@@ -426,7 +345,8 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
             if use_qat and options.keep_float:
                 echo("--keep-float: the int8 file is quantized after training from the float "
                      "model (a QAT model's quantization cannot leave chosen layers float)")
-            qconfig = QuantizationConfig.for_int8(calib, from_qat=from_qat)
+            qconfig = QuantizationConfig.for_int8(calib, from_qat=from_qat,
+                                                  bias_correction=options.bias_correction)
             model = load_keras_file(qat_path, qat=True) if from_qat else float_model
         else:
             qconfig = {"fp32": QuantizationConfig.for_float32,
@@ -434,7 +354,8 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
                        "dynamic": QuantizationConfig.for_dynamic}[fmt]()
             model = float_model
         echo(f"converting {fmt} from the {qconfig.source} model"
-             + (f" ({len(calib)} calibration images)" if qconfig.representative else ""))
+             + (f" ({len(calib)} calibration images" + (", bias correction" if
+                qconfig.bias_correction else "") + ")" if qconfig.representative else ""))
         keep = [k for k in options.keep_float if k != "auto"] if fmt == "int8" else []
         if keep:
             raw = debug.keep_float(keep)
@@ -498,8 +419,10 @@ class _Debug:
 
     csv_name = "export/quant_debug.csv"
 
-    def __init__(self, float_model, calibration, images, out: Path, echo):
+    def __init__(self, float_model, calibration, images, out: Path, echo,
+                 bias_correction: bool = True):
         self.model, self.calibration, self.images = float_model, calibration, images
+        self.bias_correction = bias_correction
         self.out, self.echo = out, echo
         self.errors = None
         self.csv_name = str(Path(out) / "quant_debug.csv")
@@ -529,7 +452,8 @@ class _Debug:
 
         tensors = quantdebug.resolve(names, self.compute())
         self.echo(f"int8 with {', '.join(names)} kept float ({len(tensors)} op(s))")
-        return quantdebug.convert_keep_float(self.model, self.calibration, tensors)
+        return quantdebug.convert_keep_float(self.model, self.calibration, tensors,
+                                             self.bias_correction)
 
 
 def _keep_float_auto(debug: _Debug, make, tmp, result, echo, limit: int = 8):
@@ -598,6 +522,7 @@ def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: lis
                 "min_runtime_version": r.quantization.get("min_runtime_version"),
                 "keep_float": r.quantization.get("keep_float", []),
                 "keep_float_cost": r.quantization.get("keep_float_cost"),
+                "delegation": r.quantization.get("delegation"),
             } for r in results
         },
     }

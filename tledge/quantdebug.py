@@ -108,7 +108,7 @@ def _direct_metrics():
 
 
 def _int8_converter(model, calibration: np.ndarray):
-    from tledge.export import QuantizationConfig, make_converter
+    from tledge.conversion import QuantizationConfig, make_converter
 
     return make_converter(model, QuantizationConfig.for_int8(calibration))
 
@@ -200,23 +200,14 @@ def resolve(names: Iterable[str], errors: list[LayerError]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def convert_keep_float(model, calibration: np.ndarray, tensors: Sequence[str]) -> bytes:
-    """Full-integer int8 (uint8 in and out) with the ops that output ``tensors`` left float."""
-    import tensorflow as tf
-    from tensorflow.lite.python.convert import mlir_quantize
+def convert_keep_float(model, calibration: np.ndarray, tensors: Sequence[str],
+                       bias_correction: bool = True) -> bytes:
+    """Full-integer int8 (uint8 in and out) with the ops that output ``tensors`` left float
+    (the converter's ``denylisted_nodes``, as QuantizationDebugger does it)."""
+    from tledge.conversion import QuantizationConfig, convert
 
-    converter = _int8_converter(model, calibration)
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True  # what QuantizationDebugger does
-    try:
-        calibrated = converter.convert()
-        # As the converter itself calls it for post-training int8 (fully_quantize would make the
-        # model's input and output int8, not the uint8 that tledge files take).
-        return mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
-                             denylisted_nodes=list(tensors))
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"int8 conversion keeping {len(tensors)} op(s) float failed ({first})")
+    qconfig = QuantizationConfig.for_int8(calibration, bias_correction=bias_correction)
+    return convert(model, qconfig, keep_float=tuple(tensors))
 
 
 def worst_names(errors: list[LayerError], count: int = 3) -> str:

@@ -370,6 +370,11 @@ class Classifier:
         self._batch = 1
 
     @property
+    def input_index(self) -> int:
+        """The interpreter's index of the model's input tensor."""
+        return int(self._input["index"])
+
+    @property
     def backend(self) -> str:
         return getattr(getattr(self.interpreter, "_tledge_backend", None), "name", "custom")
 

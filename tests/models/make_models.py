@@ -1,0 +1,81 @@
+"""Writes the small .tflite files that fast tests use, so those tests need no TensorFlow:
+
+- ``hard_swish_int8.tflite``: a full-integer image classifier (uint8 in and out, 32x32) with two
+  int8 HARD_SWISH ops, straight from the TFLite converter, as a post-training int8 MobileNetV3
+  has them: XNNPACK leaves those ops to the reference kernels and the graph falls into three
+  delegated partitions. tledge's own conversion rewrites them (tledge.graph_rewrite); this file
+  is the converter's output *before* that rewrite, what the rewrite and the delegation report
+  are tested on.
+
+Regenerate with ``.venv/bin/python tests/models/make_models.py``; the slow test
+``test_committed_models_match_their_script`` checks that the script still makes the same graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+HARD_SWISH = HERE / "hard_swish_int8.tflite"
+SIZE = 32
+
+
+def calibration_images(n: int = 32, seed: int = 0) -> np.ndarray:
+    """Smooth random colour fields, uint8 (n, SIZE, SIZE, 3)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return np.stack([cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), (SIZE, SIZE))
+                     for _ in range(n)])
+
+
+def hard_swish_model():
+    """Conv -> hard-swish (as Keras' MobileNetV3 writes it: x * relu6(x + 3) / 6) -> depthwise
+    conv -> hard-swish -> pool -> softmax; weights seeded, activations of order one."""
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+
+    def hard_swish(x):
+        return keras.layers.Multiply()([x, keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)])
+
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = hard_swish(keras.layers.Conv2D(8, 3, strides=2, padding="same")(x))
+    x = hard_swish(keras.layers.DepthwiseConv2D(3, padding="same")(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
+
+
+def hard_swish_int8() -> bytes:
+    """The converter's own post-training int8 file of hard_swish_model() (no tledge rewrite)."""
+    import tensorflow as tf
+
+    images = calibration_images()
+
+    def representative():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(hard_swish_model())
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def main() -> None:
+    HARD_SWISH.write_bytes(hard_swish_int8())
+    print(f"wrote {HARD_SWISH} ({HARD_SWISH.stat().st_size:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Keras model -> TFLite flatbuffer bytes, in the format a ``QuantizationConfig`` names.
+
+Conversion returns bytes; writing them is the caller's step (tledge.export, atomically). A
+full-integer int8 file made after training (post-training quantization) is calibrated on
+images, then its biases are corrected for the mean error of its rounded weights
+(tledge.biascorrect); every int8 file has its int8 HARD_SWISH ops written as ops XNNPACK runs
+(tledge.graph_rewrite), so MobileNetV3 stays one delegated partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from tledge.errors import TledgeError
+
+log = logging.getLogger(__name__)
+
+# Calibration images that bias correction runs on: the means it needs settle within a few
+# dozen images (64 vs 300 on Fashion-MNIST at 224 px: the same accuracy), and it runs the model
+# once per corrected layer over them.
+BIAS_CORRECTION_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """How one TFLite file is made. Build it with a named constructor.
+
+    Attributes:
+      name: fp32, fp16, dynamic or int8.
+      optimize: apply the converter's default optimisations (weight quantization).
+      float16: store weights as float16.
+      full_integer: int8 activations too, integer-only ops, uint8 input and output.
+      representative: a callable yielding calibration batches (int8), or None.
+      source: "float" or "qat": which Keras model is converted.
+      calibration: the calibration images themselves (uint8, model-sized), or None.
+      bias_correction: correct the int8 biases after post-training quantization.
+      per_channel_dense: quantize dense weights per output channel (the converter's default
+        for int8); dynamic-range files use per-tensor weights, which every runtime loads.
+    """
+
+    name: str
+    optimize: bool = False
+    float16: bool = False
+    full_integer: bool = False
+    representative: Optional[Callable] = field(default=None, compare=False)
+    source: str = "float"
+    calibration: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    bias_correction: bool = False
+    per_channel_dense: bool = True
+
+    @classmethod
+    def for_float32(cls) -> "QuantizationConfig":
+        return cls("fp32")
+
+    @classmethod
+    def for_float16(cls) -> "QuantizationConfig":
+        return cls("fp16", optimize=True, float16=True)
+
+    @classmethod
+    def for_dynamic(cls) -> "QuantizationConfig":
+        # TF 2.21 quantizes dense weights per channel, which makes FULLY_CONNECTED version 12:
+        # runtime 2.17 or newer, which the TFLite Task Library 0.4.4 and many devices lack.
+        # Per-tensor dense weights load everywhere; the accuracy gate checks the cost.
+        return cls("dynamic", optimize=True, per_channel_dense=False)
+
+    @classmethod
+    def for_int8(cls, calibration: np.ndarray, from_qat: bool = False,
+                 bias_correction: bool = True) -> "QuantizationConfig":
+        """Full-integer int8, calibrated on ``calibration`` images (uint8, model-sized).
+
+        From a QAT model the learned fake-quant ranges are used; the calibration images only
+        set the ranges of what QAT left float (the in-model normalisation's multiply and add,
+        which the converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE).
+        After training (from the float model), ``bias_correction`` takes the mean error of the
+        rounded weights out of each layer's bias (tledge.biascorrect); QAT trained with that
+        error, so it is not applied there.
+        """
+
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        return cls("int8", optimize=True, full_integer=True, representative=representative,
+                   source="qat" if from_qat else "float", calibration=calibration,
+                   bias_correction=bias_correction and not from_qat)
+
+    def apply(self, converter) -> None:
+        """Set ``converter`` (a tf.lite.TFLiteConverter) up to make this format."""
+        import tensorflow as tf
+
+        if self.optimize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if self.float16:
+            converter.target_spec.supported_types = [tf.float16]
+        if not self.per_channel_dense:
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        if self.full_integer:
+            converter.representative_dataset = self.representative
+            # Integer-only kernels: fail rather than silently fall back to float ones.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            # uint8 in: raw pixels 0..255 (scale 1, zero point 0 when the range is 0..255).
+            # uint8 out: probabilities, scale 1/256, zero point 0.
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+
+
+def make_converter(model, qconfig: QuantizationConfig):
+    """The TFLite converter for ``model``, set up as ``qconfig`` says."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    qconfig.apply(converter)
+    return converter
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _quiet_convert(converter) -> bytes:
+    import warnings
+
+    with warnings.catch_warnings():
+        # QAT and our uint8 input have no "input statistics"; the converter warns anyway.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
+
+
+def calibrate(model, qconfig: QuantizationConfig) -> bytes:
+    """The converter's calibrated float model: the graph int8 is made from, float weights (BN
+    folded), each activation's calibrated range recorded. What QuantizationDebugger and
+    bias correction start from."""
+    converter = make_converter(model, qconfig)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    return _quiet_convert(converter)
+
+
+def quantize_calibrated(calibrated: bytes, keep_float: tuple = ()) -> bytes:
+    """Full-integer int8 (uint8 in and out) from a calibrated model, the ops that output the
+    tensors named in ``keep_float`` left float. As the converter itself calls it for
+    post-training int8 (``fully_quantize`` would make the input and output int8 instead)."""
+    import tensorflow as tf
+    from tensorflow.lite.python.convert import mlir_quantize
+
+    return mlir_quantize(calibrated, input_data_type=tf.uint8, output_data_type=tf.uint8,
+                         denylisted_nodes=list(keep_float) or None)
+
+
+def post_training_int8(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes:
+    """Calibrate, quantize, correct the biases (when ``qconfig`` says so)."""
+    from tledge.biascorrect import correct_bias
+
+    calibrated = calibrate(model, qconfig)
+    quantized = quantize_calibrated(calibrated, keep_float)
+    if qconfig.bias_correction and qconfig.calibration is not None:
+        images = np.asarray(qconfig.calibration[:BIAS_CORRECTION_IMAGES])
+        quantized, layers = correct_bias(quantized, calibrated, images)
+        log.info("bias correction: %d layers on %d images", layers, len(images))
+    return quantized
+
+
+def convert(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes:
+    """A Keras model -> TFLite flatbuffer bytes.
+
+    Args:
+      model: a tf_keras model (float, or tledge's QAT model for ``for_int8(from_qat=True)``).
+      qconfig: the format.
+      keep_float: int8 from the float model only: tensor names whose ops stay float.
+
+    Returns:
+      The flatbuffer. int8 files have their HARD_SWISH ops split (tledge.graph_rewrite).
+
+    Raises:
+      TledgeError: the converter failed (its first line, not its MLIR dump).
+    """
+    from tledge.graph_rewrite import split_int8_hard_swish
+
+    try:
+        if qconfig.full_integer and qconfig.source == "float" and \
+                (qconfig.bias_correction or keep_float):
+            raw = post_training_int8(model, qconfig, keep_float)
+        else:
+            raw = _quiet_convert(make_converter(model, qconfig))
+    except Exception as e:  # the converter's errors are long MLIR dumps; keep the first line
+        what = f"keeping {len(keep_float)} op(s) float" if keep_float else f"to {qconfig.name}"
+        raise TledgeError(f"TFLite conversion {what} failed ({first_line(e)[:200]})") from e
+    if qconfig.full_integer:
+        raw, split, _ = split_int8_hard_swish(raw)
+        if split:
+            log.info("%d int8 HARD_SWISH ops written as ADD + MUL + MUL for XNNPACK", split)
+    return raw
