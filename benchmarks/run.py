@@ -2,11 +2,13 @@
 
     python benchmarks/run.py [--weights PATH|imagenet|none] [--runs 100] [--threads 1,2]
 
-Reference models (benchmarks/models/, not committed): MobileNetV2 1.0 at 224 and at 96, and
-ResNet50 at 224, each as a run folder (the float Keras model) and as fp32, fp16, dynamic and
-int8 TFLite files. Latency does not depend on the weights' values; MobileNetV2 uses --weights
-(the pretrained backbone when given), ResNet50 random weights; every head is random. int8 is
-post-training quantization calibrated on 100 generated `shapes` images.
+Reference models (benchmarks/models/, not committed): MobileNetV2 1.0 at 224 and at 96, and at
+224 ResNet50, MobileNetV3 Small and Large (and their minimalistic forms), EfficientNet-Lite0
+and VGG16, each as a run folder (the float Keras model) and as fp32, fp16, dynamic and int8
+TFLite files. Latency does not depend on the weights' values; MobileNetV2 uses --weights (the
+pretrained backbone when given), the others random weights; every head is random. int8 is
+post-training quantization calibrated on 100 generated `shapes` images, made by tledge's own
+conversion (bias correction, HARD_SWISH written for XNNPACK).
 
 Results go to benchmarks/results/<machine>.md, .json and .png, <machine> naming this machine
 class (a Pi's board model, else CPU model and core count).
@@ -24,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
 MODELS = [("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.0, 96), ("resnet50", 1.0, 224),
           ("mobilenet_v3_small", 1.0, 224), ("mobilenet_v3_large", 1.0, 224),
+          ("mobilenet_v3_small_minimalistic", 1.0, 224),
+          ("mobilenet_v3_large_minimalistic", 1.0, 224),
           ("efficientnet_lite0", 1.0, 224), ("vgg16", 1.0, 224)]
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 

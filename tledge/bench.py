@@ -298,13 +298,19 @@ def machine_id(info: dict) -> str:
 def run_worker(spec: dict) -> dict:
     """Measure in a fresh process: ``python -m tledge.bench '<json spec>'``."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "tledge.bench", json.dumps(spec)],
-                          capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.bench", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:  # Ctrl-C, SIGTERM, SIGHUP: the measuring child ends with us, reaped
+        proc.kill()
+        proc.wait()
+        raise
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        err = [line.removeprefix("Error:").strip() for line in proc.stderr.splitlines()
+        err = [line.removeprefix("Error:").strip() for line in stderr.splitlines()
                if line.startswith("Error:")]
-        tail = err[-1] if err else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = err[-1] if err else (stderr.strip().splitlines() or ["no output"])[-1]
         raise TledgeError(f"benchmarking {spec['model']} failed: {tail[:200]}")
     return json.loads(lines[-1])
 

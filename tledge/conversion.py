@@ -4,7 +4,8 @@ Conversion returns bytes; writing them is the caller's step (tledge.export, atom
 full-integer int8 file made after training (post-training quantization) is calibrated on
 images, then its biases are corrected for the mean error of its rounded weights
 (tledge.biascorrect); every int8 file has its int8 HARD_SWISH ops written as ops XNNPACK runs
-(tledge.graph_rewrite), so MobileNetV3 stays one delegated partition.
+(tledge.graph_rewrite), so MobileNetV3 stays one delegated partition, and its uint8 input takes
+raw pixels as they are (scale 1, zero point 0), so no client quantizes a frame.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,6 @@ def make_converter(model, qconfig: QuantizationConfig):
     return converter
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _quiet_convert(converter) -> bytes:
     import warnings
 
@@ -180,7 +175,7 @@ def convert(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes
     Raises:
       TledgeError: the converter failed (its first line, not its MLIR dump).
     """
-    from tledge.graph_rewrite import split_int8_hard_swish
+    from tledge.graph_rewrite import pin_uint8_input, split_int8_hard_swish
 
     try:
         if qconfig.full_integer and qconfig.source == "float" and \
@@ -194,5 +189,6 @@ def convert(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes
     if qconfig.full_integer:
         raw, split, _ = split_int8_hard_swish(raw)
         if split:
-            log.info("%d int8 HARD_SWISH ops written as ADD + MUL + MUL for XNNPACK", split)
+            log.info("%d int8 HARD_SWISH ops written as ops XNNPACK runs", split)
+        raw, _ = pin_uint8_input(raw)  # raw pixels go in as they are
     return raw

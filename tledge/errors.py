@@ -17,6 +17,12 @@ class TledgeError(Exception):
         return " ".join(super().__str__().split("\n"))
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class Interrupted(TledgeError):
     """Ctrl-C during a long job; what it finished is saved. The CLI exits 130."""
 

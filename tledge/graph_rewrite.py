@@ -126,8 +126,8 @@ def split_int8_hard_swish(model_bytes: bytes) -> tuple[bytes, int, int]:
 
     Returns:
       (the new flatbuffer, HARD_SWISH ops rewritten, HARD_SWISH ops left as they were because
-      XNNPACK would refuse their replacement too: see ``plan``). The bytes are ``model_bytes`` itself when
-      nothing was rewritten.
+      XNNPACK would refuse their replacement too: see ``plan``). The bytes are ``model_bytes``
+      itself when nothing was rewritten.
     """
     import flatbuffers
 
@@ -189,3 +189,43 @@ def split_int8_hard_swish(model_bytes: bytes) -> tuple[bytes, int, int]:
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output()), rewritten, kept
+
+
+def pin_uint8_input(model_bytes: bytes) -> tuple[bytes, bool]:
+    """A uint8 input that means raw pixels, quantized as raw pixels: scale 1, zero point 0.
+
+    The converter sets the uint8 input's scale from the calibration images' range: 254/255
+    when no calibration pixel was 255. Any other scale than 1 makes every client quantize each
+    frame (q = pixel / scale) before ``invoke``, where pixels could go in as they are, and
+    saturates a pixel of 255. The input feeds QUANTIZE ops (uint8 -> int8) only, which
+    requantize from whatever the input declares: declaring what it holds, pixels, changes
+    nothing downstream.
+
+    Returns:
+      (the flatbuffer, whether the input was changed).
+    """
+    import flatbuffers
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    changed = False
+    for subgraph in model.subgraphs[:1]:
+        for index in subgraph.inputs:
+            tensor = subgraph.tensors[int(index)]
+            q = tensor.quantization
+            if tensor.type != schema.TensorType.UINT8 or q is None or q.scale is None \
+                    or len(q.scale) != 1 or (float(q.scale[0]), int(q.zeroPoint[0])) == (1.0, 0):
+                continue
+            consumers = [op for op in subgraph.operators if int(index) in list(op.inputs)]
+            codes = {max(model.operatorCodes[op.opcodeIndex].builtinCode,
+                         model.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)
+                     for op in consumers}
+            if codes != {schema.BuiltinOperator.QUANTIZE}:
+                continue
+            q.scale, q.zeroPoint = [1.0], [0]
+            changed = True
+    if not changed:
+        return model_bytes, False
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output()), True
