@@ -1,4 +1,5 @@
 import os
+import subprocess
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,3 +102,15 @@ def colour_tflite(colour_run, tmp_path_factory):
            echo=lambda s: None)
     return {"int8": out / "model_int8.tflite", "fp32": out / "model_fp32.tflite",
             "splits": splits, "run": run}
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 3 MB tmpfs: a disk that fills up. Skips where mounting needs a root this run lacks."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a 3 MB tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -22,26 +22,11 @@ from tledge import fileio, rundir
 from tledge.cli import main
 from tledge.errors import TledgeError
 
+from helpers import one_line_error, tledge  # noqa: E402
+
 T = ["train", "--data", "shapes", "--backbone", "mobilenet_v2", "--alpha", "0.35",
      "--image-size", "64", "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune",
      "1", "--epochs-qat", "0", "--limit", "40"]
-
-
-def tledge(*args, timeout=600, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tledge.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def one_line_error(proc, *fragments):
-    """Exit 1, no traceback, exactly one 'Error:' line, containing every fragment."""
-    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert errors[0].count("Error:") == 1, errors[0]  # never "Error: ... failed: Error: ..."
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 def cli(*args):
@@ -149,17 +134,6 @@ def test_an_interrupted_export_leaves_no_unverified_file(colour_run, tmp_path, m
 
 
 # ---------------------------------------------------------------- 3. a full disk
-
-@pytest.fixture
-def tiny_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs",
-                                            str(mount)], capture_output=True).returncode:
-        pytest.skip("needs root to mount a 3 MB tmpfs")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
 
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_failed_status(tiny_disk):

@@ -156,6 +156,36 @@ def test_ctrl_c_keeps_finished_phases(tiny_splits, tmp_path, monkeypatch):
     assert model.output_shape == (None, 6)
 
 
+def test_an_interrupted_overwrite_leaves_the_old_run_whole(tiny_splits, tmp_path,
+                                                            monkeypatch):
+    """Ctrl-C (or a failure) in the first phase of --overwrite: the old run's model, config,
+    labels and metrics are all still there, unchanged."""
+    import tledge.train as train_mod
+
+    out = tmp_path / "r"
+    train(tiny_config(finetune=tiny_config().train.finetune.__class__(epochs=0)), out,
+          splits=tiny_splits, echo=lambda s: None)
+    before = {name: (out / name).read_bytes() for name in (
+        rundir.FLOAT_MODEL, rundir.CONFIG, rundir.LABELS, rundir.METRICS, rundir.HISTORY)}
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "frozen_phase", interrupt)
+    changed = tiny_config(seed=7)
+    with pytest.raises(Interrupted, match="is as it was .the old run, whole"):
+        train(changed, out, overwrite=True, splits=tiny_splits, echo=lambda s: None)
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_mod, "frozen_phase", fail)
+    with pytest.raises(OSError):
+        train(changed, out, overwrite=True, splits=tiny_splits, echo=lambda s: None)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not list(out.glob(".*tmp*"))
+
+
 def test_same_seed_same_run(tiny_splits, tmp_path):
     config = tiny_config().override(data={"augment": True})
     runs = [train(config, tmp_path / f"r{i}", splits=tiny_splits, echo=lambda s: None)
@@ -176,5 +206,15 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tmp_path):
                                first.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert [p.name for p in second.phases] == ["qat"]
     assert (tmp_path / "b" / rundir.QAT_MODEL).is_file()
+    # the README's "redo QAT" recipe: the new run has its float model (export needs it) ...
+    redone = keras.models.load_model(tmp_path / "b" / rundir.FLOAT_MODEL, compile=False)
+    np.testing.assert_allclose(redone.predict(x, verbose=0), first.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    # ... and redone in place, the run keeps its own float model
+    train(config, tmp_path / "a", overwrite=True, splits=tiny_splits, echo=lambda s: None)
+    in_place = keras.models.load_model(tmp_path / "a" / rundir.FLOAT_MODEL, compile=False)
+    np.testing.assert_allclose(in_place.predict(x, verbose=0), first.model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert (tmp_path / "a" / rundir.QAT_MODEL).is_file()
     with pytest.raises(TledgeError, match="takes 32px images"):
         train(config.override(data={"image_size": 48}), tmp_path / "c", echo=lambda s: None)

@@ -30,7 +30,7 @@ import numpy as np
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # its V4L2 probing warnings are not ours
 
 from tledge import fileio
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 from tledge.runtime import Class, top_classes
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -126,6 +126,12 @@ def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) 
 
 # ------------------------------------------------------------------ sources
 
+def _load_rgb_image(path: Path) -> np.ndarray:
+    from tledge.runtime import load_rgb
+
+    return load_rgb(path)
+
+
 def list_cameras() -> list[str]:
     return sorted(glob.glob("/dev/video*"))
 
@@ -193,7 +199,9 @@ def _open_capture(target, live: bool, description: str,
     import cv2
 
     def open_it():
-        cap = cv2.VideoCapture(target)
+        # One decoding thread: FFmpeg's default, a thread per core, competes with inference
+        # for every core; a 640x480 frame decodes in under a millisecond on one.
+        cap = cv2.VideoCapture(target, cv2.CAP_ANY, [cv2.CAP_PROP_N_THREADS, 1])
         if size and cap.isOpened():
             # The driver snaps this to the nearest size it has; a smaller frame costs the CPU
             # less to convert, copy and resize before inference.
@@ -225,9 +233,10 @@ def _open_capture(target, live: bool, description: str,
 
 
 def _open_folder(folder: Path) -> Source:
-    import cv2
+    from tledge.runtime.preprocess import is_regular_file
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                   and is_regular_file(p))  # no pipe (it would block), no broken link
     if not files:
         raise TledgeError(f"folder {folder} has no images (jpg, png, bmp, webp)")
     state = {"it": iter(files)}
@@ -237,7 +246,13 @@ def _open_folder(folder: Path) -> Source:
             path = next(state["it"])
         except StopIteration:
             return False, None, None
-        return True, cv2.imread(str(path), cv2.IMREAD_COLOR), None  # None if unreadable
+        # The one image loader of training and predict (transparency onto white, 16-bit
+        # scaled, EXIF orientation), so a folder shows the camera what training saw.
+        try:
+            rgb = _load_rgb_image(path)
+        except TledgeError:
+            return True, None, None  # counted as corrupt
+        return True, np.ascontiguousarray(rgb[:, :, ::-1]), rgb
 
     def reopen():
         state["it"] = iter(files)
@@ -377,6 +392,14 @@ class _Latest:
 _END = object()
 
 
+class _OutputFailed(Exception):
+    """An output's failure, with the output, so the error names it rather than the source."""
+
+    def __init__(self, output, cause: BaseException):
+        super().__init__(str(cause))
+        self.output, self.cause = output, cause
+
+
 # ------------------------------------------------------------------ outputs
 
 @dataclass
@@ -460,13 +483,23 @@ class StatusLineOutput(Output):
             self.status["last"], self.status["frames"] = now, 0
 
 
+# Containers OpenCV's FFmpeg backend writes with the mp4v codec that --record uses.
+RECORD_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
 class RecordOutput(Output):
-    """--record: the annotated video, written to a temporary file, renamed at the end."""
+    """--record: the annotated video, written to a temporary file and published (renamed) at
+    the end only when it reads back whole: a full disk or an unwritable container never leaves
+    an unplayable file under the user's name."""
 
     annotated = full_frames = True
+    name = "--record"
 
     def __init__(self, path: str):
-        self.path, self.writer = path, None
+        if Path(path).suffix.lower() not in RECORD_EXTENSIONS:
+            raise TledgeError(f"--record {path}: OpenCV writes {', '.join(RECORD_EXTENSIONS)} "
+                              "videos; name the file with one of those extensions")
+        self.path, self.writer, self.written = path, None, 0
         self._ctx = fileio.atomic_path(path)
         self._tmp = self._ctx.__enter__()
 
@@ -477,16 +510,28 @@ class RecordOutput(Output):
             h, w = annotated.shape[:2]
             self.writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.run.source.fps or 15.0, (w, h))
+            if not self.writer.isOpened():
+                raise TledgeError(f"cannot write a video to {self.path}: OpenCV could not open "
+                                  "it for writing")
         self.writer.write(annotated)
+        self.written += 1
 
     def close(self, frames):
         if self.writer is not None:
             self.writer.release()
-        self._ctx.__exit__(None, None, None) if frames else _discard(self._ctx)
+        if not self.written:
+            return _discard(self._ctx)
+        if not _reads_back(self._tmp):
+            _discard(self._ctx)
+            raise TledgeError(f"the recording {self.path} was not written whole (a full disk?): "
+                              "it was not kept; free some space or --record elsewhere")
+        self._ctx.__exit__(None, None, None)
 
 
 class JsonLinesOutput(Output):
     """--output: one JSON line per frame."""
+
+    name = "--output"
 
     def __init__(self, path: str):
         self.lines = _AtomicLines(path)
@@ -613,7 +658,10 @@ class Pipeline:
                 for stage, ms in packet.times.items():
                     self.timings[stage].append(ms)
                 for output in self.outputs:
-                    output.frame(packet, annotated)
+                    try:
+                        output.frame(packet, annotated)
+                    except Exception as e:  # noqa: BLE001 - reported by the main thread
+                        raise _OutputFailed(output, e) from e
                     if output.wants_stop():
                         self.stop.set()
             except Exception as e:  # noqa: BLE001 - reported by the main thread
@@ -684,10 +732,16 @@ class Pipeline:
                 try:
                     output.close(frames)
                 except Exception as e:  # noqa: BLE001 - one output must not lose the others
-                    self.counters["error"] = self.counters["error"] or e
-        if self.counters["error"] is not None:
+                    self.counters["error"] = self.counters["error"] or _OutputFailed(output, e)
+        error = self.counters["error"]
+        if isinstance(error, _OutputFailed):  # an output, not the source, failed: say which
+            cause = error.cause
+            raise cause if isinstance(cause, TledgeError) else TledgeError(
+                f"writing {getattr(error.output, 'name', type(error.output).__name__)} failed: "
+                f"{first_line(cause)}") from cause
+        if error is not None:
             raise TledgeError(f"reading {self.source.description} failed: "
-                              f"{self.counters['error']}")
+                              f"{first_line(error)}") from error
         end = last or time.perf_counter()  # the last frame, not the clean-up after it
         summary.frames = frames
         summary.seconds = end - (first or end)
@@ -735,6 +789,17 @@ def _get(q: "queue.Queue", timeout: float):
         return q.get(timeout=timeout)
     except queue.Empty:
         return None
+
+
+def _reads_back(path) -> bool:
+    """A video file that OpenCV opens and decodes a first frame of."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return cap.isOpened() and cap.read()[0]
+    finally:
+        cap.release()
 
 
 def _discard(ctx) -> None:

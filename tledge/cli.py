@@ -20,15 +20,43 @@ from tledge.errors import Interrupted, TledgeError, missing_training_stack, \
     require_training_stack
 
 
+_signal_received: list = []  # the termination signal that became a KeyboardInterrupt
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM (kill, systemctl stop) and SIGHUP (a dropped SSH session) end a Python process at
+    once by default: no ``finally``, no clean-up, a lock and temporary files left behind. Here
+    they raise KeyboardInterrupt in the main thread, so every command does what it does on
+    Ctrl-C: finished work committed, status written, child processes stopped, temporary files
+    removed. The exit code is then 128 + the signal's number, as a shell reports it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _signal_received.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def _interrupted_code() -> int:
+    return 128 + _signal_received[0] if _signal_received else 130
+
+
 class Group(click.Group):
-    """Turns TledgeError into a one-line message and exit 1; Ctrl-C into exit 130. No traceback."""
+    """Turns TledgeError into a one-line message and exit 1; Ctrl-C into exit 130 (SIGTERM 143,
+    SIGHUP 129). No traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except TledgeError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(130 if isinstance(e, Interrupted) else 1)
+            sys.exit(_interrupted_code() if isinstance(e, Interrupted) else 1)
         except (ImportError, OSError) as e:
             # The training stack imported where a [pi] install lacks it, or a write the disk
             # refused (full, read-only): one line, not a trace. Anything else is a bug: raise.
@@ -39,7 +67,7 @@ class Group(click.Group):
             sys.exit(1)
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
-            sys.exit(130)
+            sys.exit(_interrupted_code())
 
 
 def disk_error(e: OSError) -> str | None:
@@ -81,6 +109,7 @@ def main(verbose: bool) -> None:
     tledge evaluate MODEL --data D   accuracy, per-class precision/recall, confusion matrix
     tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
     """
+    interrupt_on_termination()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):

@@ -63,8 +63,30 @@ def _key(obj: Any, name: str) -> str:
 
 def _fail(obj: Any, name: str, expected: str) -> TledgeError:
     value = getattr(obj, name)
-    shown = repr(value) if not isinstance(value, (bytes, bytearray)) else "binary data"
+    shown = _short_repr(value) if not isinstance(value, (bytes, bytearray)) else "binary data"
     return TledgeError(f"{_key(obj, name)} must be {expected}, got {shown[:60]}")
+
+
+def _short_repr(value: Any) -> str:
+    """A repr that stops early, whatever the value: a nested list of a billion items (a YAML
+    alias bomb) is shown as its first few, never formatted whole."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 3, 3, 60, 60
+    return short.repr(value)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: a tledge config never needs ``*name``, and nine
+    levels of aliases to aliases make a list of a billion items out of a few hundred bytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a tledge config", mark)
+        return super().compose_node(parent, index)
 
 
 def _check_types(obj: Any) -> None:
@@ -375,7 +397,10 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}
+        except RecursionError:
+            raise TledgeError(f"config file {path} is nested too deeply to be a tledge config: "
+                              "pass a run's config.yaml or a file of the same shape")
         except FileNotFoundError:
             raise TledgeError(f"config file {path} does not exist: pass an existing YAML file")
         except IsADirectoryError:

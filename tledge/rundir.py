@@ -151,11 +151,12 @@ def command_line() -> str:
     return " ".join(["tledge", *sys.argv[1:]])[:200]
 
 
-def clear_stale(out: Path) -> None:
+def clear_stale(out: Path, keep: tuple = ()) -> None:
     """With --overwrite: remove the old run's files that this run might not rewrite (a QAT model
-    from an earlier run must not pass for this one's)."""
+    from an earlier run must not pass for this one's), but those in ``keep``."""
     for name in ARTIFACTS:
-        (out / name).unlink(missing_ok=True)
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
 
 
 def require_run(path: Path) -> Path:

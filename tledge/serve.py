@@ -6,7 +6,7 @@ so the camera's page is served over HTTP with the standard library's threading s
     /             a page: the annotated stream, the top-k of each model, FPS, per-stage latency,
                   and with --compare both models' labels and their running agreement
     /stream.mjpg  the annotated stream, multipart/x-mixed-replace JPEGs (what an <img> shows)
-    /frame.jpg    the newest frame, one JPEG
+    /frame.jpg    one JPEG encoded after the request arrived (header X-Tledge-Frame: its number)
     /stats.json   the page's figures, for scripts
     /healthz      {"status": "ok", ...}
 
@@ -14,8 +14,10 @@ Serving never slows inference: the sink thread hands each annotated frame to a o
 mailbox and returns; one encoder thread turns the newest frame into a JPEG, only while someone
 watches and at most --serve-fps times a second (15: smooth to watch, and the CPU stays on
 inference); each client thread sends the newest JPEG when it is ready for one, so a slow or
-stalled client loses frames, never the pipeline. At most ``max_clients`` streams at once. Bound to
-127.0.0.1 unless a host is given; with --serve-token every URL must carry ?token=SECRET.
+stalled client loses frames, never the pipeline, and one that takes no frame for
+``SEND_TIMEOUT_S`` is dropped, so stalled viewers cannot hold every stream slot. At most
+``max_clients`` streams at once. Bound to 127.0.0.1 unless a host is given; with --serve-token
+every URL must carry ?token=SECRET (URL-encoded in every link tledge prints or serves).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
 
@@ -39,6 +41,8 @@ JPEG_QUALITY = 75
 MAX_WIDTH = 640  # the stream's width: enough to read the overlay, cheap to encode on a Pi
 STREAM_FPS = 15.0  # JPEGs a second at most: smooth to watch, and the CPU stays on inference
 BOUNDARY = "tledgeframe"
+SEND_TIMEOUT_S = 5.0  # a viewer that takes no frame for this long is dropped
+SNAPSHOT_WAIT_S = 2.0  # /frame.jpg waits at most this long for a frame newer than the request
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -119,6 +123,7 @@ class FrameServer:
         self.host, self.token, self.max_clients = host, token, max_clients
         self.cond = threading.Condition()
         self.jpeg: Optional[bytes] = None
+        self.jpeg_frame = None  # the number of the frame in ``jpeg``
         self.seq = 0       # JPEGs published: what the stream's clients wait on
         self.frames = 0    # frames whose figures were published
         self.stats: dict = {"status": "starting"}
@@ -145,6 +150,8 @@ class FrameServer:
             raise TledgeError(f"cannot serve on {host}:{port} ({e.strerror or e}): pass "
                               "another --serve address")
         self.httpd.daemon_threads = True
+        # A viewer that goes away mid-request is normal: no traceback on the camera's stderr.
+        self.httpd.handle_error = lambda request, address: None
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="serve",
                                        kwargs={"poll_interval": 0.2}, daemon=True)
@@ -155,7 +162,12 @@ class FrameServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if host in ("0.0.0.0", "[::]"):
             host = "localhost"
-        return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
+        return f"http://{host}:{self.port}/" + self.query
+
+    @property
+    def query(self) -> str:
+        """``?token=...`` with the token URL-encoded (safe in HTML and JavaScript too), or ""."""
+        return f"?token={quote(self.token, safe='')}" if self.token else ""
 
     def publish(self, jpeg: Optional[bytes], stats: dict) -> None:
         """New figures, and a new JPEG for the stream when ``jpeg`` is given."""
@@ -164,6 +176,7 @@ class FrameServer:
             self.frames += 1
             if jpeg is not None:
                 self.jpeg = jpeg
+                self.jpeg_frame = stats.get("frame")
                 self.seq += 1
                 self.cond.notify_all()
 
@@ -193,29 +206,35 @@ class FrameServer:
             return self._send(request, 403, "text/plain",
                               b"forbidden: add ?token=... (tledge camera --serve-token)\n")
         if path in ("/", "/index.html"):
-            token = f"?token={self.token}" if self.token else ""
             return self._send(request, 200, "text/html; charset=utf-8",
-                              PAGE.replace("__TOKEN__", token).encode())
+                              PAGE.replace("__TOKEN__", self.query).encode())
         if path == "/stats.json":
             with self.cond:
                 stats = dict(self.stats, clients=self.clients)
             return self._send(request, 200, "application/json", json.dumps(stats).encode())
         if path == "/frame.jpg":
+            # a frame encoded after this request arrived: the encoder rests while nobody
+            # watches, and the JPEG it kept may be minutes old
             self.last_snapshot = time.monotonic()
             with self.cond:
-                if self.jpeg is None:
-                    self.cond.wait(timeout=5)
-                jpeg = self.jpeg
+                asked = self.seq
+                self.cond.wait_for(lambda: self.seq > asked or self.closing.is_set(),
+                                   timeout=SNAPSHOT_WAIT_S if self.jpeg is not None else 5)
+                jpeg, frame = self.jpeg, self.jpeg_frame
             if jpeg is None:
                 return self._send(request, 503, "text/plain", b"no frame yet\n")
-            return self._send(request, 200, "image/jpeg", jpeg)
+            return self._send(request, 200, "image/jpeg", jpeg,
+                              {"X-Tledge-Frame": str(frame)})
         if path == "/stream.mjpg":
             return self._stream(request)
         return self._send(request, 404, "text/plain", b"not found: try / or /stats.json\n")
 
-    def _send(self, request, code: int, kind: str, body: bytes) -> None:
+    def _send(self, request, code: int, kind: str, body: bytes,
+              headers: Optional[dict] = None) -> None:
         try:
             request.send_response(code)
+            for name, value in (headers or {}).items():
+                request.send_header(name, value)
             request.send_header("Content-Type", kind)
             request.send_header("Content-Length", str(len(body)))
             request.send_header("Cache-Control", "no-store")
@@ -235,6 +254,9 @@ class FrameServer:
             return self._send(request, 503, "text/plain",
                               f"{self.max_clients} viewers already: try later\n".encode())
         try:
+            # a viewer whose socket takes nothing for SEND_TIMEOUT_S (it stopped reading) gets
+            # a timeout on its next write, and its slot back
+            request.connection.settimeout(SEND_TIMEOUT_S)
             request.send_response(200)
             request.send_header("Content-Type",
                                 f"multipart/x-mixed-replace; boundary={BOUNDARY}")

@@ -488,10 +488,8 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
             from tledge.models import unfreeze_start
             # a bad name fails now, not after the frozen phase
             unfreeze_start(model, config.train.finetune.unfreeze, config.model.backbone)
-        if overwrite:
-            rundir.clear_stale(out)
-        fileio.write_text(out / rundir.CONFIG, config.to_yaml())
-        fileio.write_labels(out / rundir.LABELS, splits.class_names)
+        run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
+            (out / name).exists() for name in rundir.ARTIFACTS))
         phases = [("frozen", config.train.frozen, frozen_phase),
                   ("finetune", config.train.finetune, finetune_phase)]
         current = None
@@ -505,7 +503,7 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
                 if splits.test is not None:
                     phase.test_accuracy = evaluate_accuracy(model, splits.test,
                                                             config.data.batch_size)
-                save_model(model, out / rundir.FLOAT_MODEL)
+                run.save_float(model)
                 result.phases.append(phase)
                 write_reports(out, result.phases, splits, status=f"running (after {name})")
                 echo(f"phase {name}: {len(phase.history.get('loss', []))} epoch(s) in "
@@ -514,6 +512,8 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
                      + (f", test accuracy {phase.test_accuracy:.4f}"
                         if phase.test_accuracy is not None else ""))
             current = "qat"
+            if not run.saved:  # no float phase ran (--init-from, or 0 epochs): the model as is
+                run.save_float(model)
             if config.train.qat.enabled and config.train.qat.epochs > 0:
                 from tledge.qat import qat_phase
 
@@ -525,6 +525,10 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
                      + (f", test accuracy {phase.test_accuracy:.4f}"
                         if phase.test_accuracy is not None else ""))
         except KeyboardInterrupt:
+            if not run.saved:
+                raise Interrupted(f"interrupted during phase {current}, before it finished: "
+                                  f"{out} is as it was" + (" (the old run, whole)"
+                                                           if run.replacing else ""))
             write_reports(out, result.phases, splits, status=f"interrupted during {current}")
             done = ", ".join(p.name for p in result.phases) or "none"
             raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
@@ -532,15 +536,52 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
         except Exception as e:
             # Whatever stopped it (a NaN loss, a full disk), metrics.json must not go on saying
             # "running". On a full disk this small write may fail too: the old file then stays.
+            # An old run being replaced keeps its own metrics until a new model replaced it.
             why = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            with contextlib.suppress(Exception):
-                write_reports(out, result.phases, splits, status=f"failed during {current}: {why}")
+            if run.saved or not run.replacing:
+                with contextlib.suppress(Exception):
+                    write_reports(out, result.phases, splits,
+                                  status=f"failed during {current}: {why}")
             raise
-        if not result.phases:
-            save_model(model, out / rundir.FLOAT_MODEL)
         write_reports(out, result.phases, splits, status="complete")
     echo(f"run saved in {out}")
     return result
+
+
+class _RunWriter:
+    """Writes a run folder so that what it held is never lost before there is something to
+    replace it: a new folder gets its config.yaml and labels.txt at once (they describe the
+    attempt, even one that fails); an existing run being replaced (--overwrite) stays whole,
+    its model included, until the first float model of the new run is saved, and only then
+    are its config, labels and the files the new run may not write (a QAT model, metrics,
+    curves) replaced or removed.
+
+    Attributes:
+      replacing: ``out`` held a run when training started.
+      saved: a float model of this run is in ``out``.
+    """
+
+    def __init__(self, out: Path, config: RunConfig, labels: list, replacing: bool):
+        self.out, self.config, self.labels = out, config, list(labels)
+        self.replacing, self.saved = replacing, False
+        if not replacing:
+            self._describe()
+
+    def _describe(self) -> None:
+        fileio.write_text(self.out / rundir.CONFIG, self.config.to_yaml())
+        fileio.write_labels(self.out / rundir.LABELS, self.labels)
+
+    def save_float(self, model) -> None:
+        """Save the float model (atomically); the first time, retire the old run's files."""
+        if self.saved or not self.replacing:
+            save_model(model, self.out / rundir.FLOAT_MODEL)
+            self.saved = True
+            return
+        with fileio.atomic_path(self.out / rundir.FLOAT_MODEL) as tmp:
+            model.save(tmp)
+            rundir.clear_stale(self.out, keep=(rundir.FLOAT_MODEL,))
+            self._describe()
+        self.saved = True
 
 
 def storage_line(splits: Splits) -> str:

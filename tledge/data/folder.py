@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from tledge.errors import TledgeError
-from tledge.runtime.preprocess import load_image
+from tledge.runtime.preprocess import is_regular_file, load_image
 
 if TYPE_CHECKING:
     from tledge.data import ImageSet
@@ -42,7 +42,9 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
             for filename in sorted(filenames):
                 if filename.startswith("."):
                     continue
-                if filename.lower().endswith(IMAGE_EXTENSIONS):
+                # a pipe would block the decoder, a dangling link fail it: counted, skipped
+                if filename.lower().endswith(IMAGE_EXTENSIONS) and \
+                        is_regular_file(Path(dirpath) / filename):
                     paths.append(Path(dirpath) / filename)
                     labels.append(label)
                 else:

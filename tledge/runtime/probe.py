@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -123,24 +124,7 @@ def run_child(module: str, timeout: float = TIMEOUT_S) -> ProbeResult:
     """Load and run the probe model in a fresh Python with the Interpreter that ``module``
     names ("package.module", or "package:attr.path" for a class not called Interpreter at the
     module's top level)."""
-    env = dict(os.environ)
-    # The child must find the same packages as this process, including any sys.path changes.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    try:
-        proc = subprocess.run([sys.executable, "-c", _CHILD, module, str(PROBE_MODEL)],
-                              capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"did not finish in {timeout:.0f} s")
-    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
-        return ProbeResult(True, "ok")
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return ProbeResult(False, f"crashed with {name}")
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    return ProbeResult(False, (lines[-1][:160] if lines else f"exit code {proc.returncode}"))
+    return _run_script(_CHILD, [module, str(PROBE_MODEL)], timeout)
 
 
 def probe(module: str, version: str, refresh: bool = False) -> ProbeResult:
@@ -162,3 +146,84 @@ def last_line(result: Optional[ProbeResult]) -> str:
     if result is None:
         return "not probed"
     return result.detail + (" (cached)" if result.cached else "")
+
+
+# A model file is untrusted input to native code: a corrupt quantization scale makes some
+# interpreters free memory twice (SIGABRT) while preparing the graph. Each file is first loaded
+# and run once in a child process, as the backends are; the result is cached by the file's
+# content, so a model costs one child process (0.2 s here) the first time it is used.
+_CHECK_CHILD = r"""
+import importlib, sys, numpy as np
+spec, model = sys.argv[1], sys.argv[2]
+module, _, path = spec.partition(":")
+Interpreter = importlib.import_module(module)
+for attr in (path or "Interpreter").split("."):
+    Interpreter = getattr(Interpreter, attr)
+interpreter = Interpreter(model_path=model, num_threads=1)
+interpreter.allocate_tensors()
+for inp in interpreter.get_input_details():
+    interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+interpreter.invoke()
+for out in interpreter.get_output_details():
+    interpreter.get_tensor(out["index"])
+print("ok")
+"""
+MODEL_CACHE_FILE = "model_checks.json"
+MODEL_CACHE_ENTRIES = 500
+
+
+def _run_script(script: str, args: list, timeout: float) -> ProbeResult:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"did not finish in {timeout:.0f} s")
+    if proc.returncode == 0 and proc.stdout.strip().endswith("ok"):
+        return ProbeResult(True, "ok")
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return ProbeResult(False, f"crashed with {name}")
+    lines = [line for line in proc.stderr.strip().splitlines()
+             if line.strip() and not line.startswith("INFO:")]
+    return ProbeResult(False, (lines[-1][:160] if lines else f"exit code {proc.returncode}"))
+
+
+def check_model(module: str, version: str, path: Path) -> ProbeResult:
+    """Whether the backend ``module`` loads and runs the model file ``path`` without crashing,
+    tried in a child process once per file content and backend (cached)."""
+    from tledge import fileio
+
+    if os.environ.get("TLEDGE_NO_PROBE") == "1":
+        return ProbeResult(True, "not checked (TLEDGE_NO_PROBE=1)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    key = digest.hexdigest() + "|" + probe_key(module, version)
+    store = fileio.cache_root() / MODEL_CACHE_FILE
+    try:
+        cache = json.loads(store.read_text(encoding="utf-8"))
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, dict) and "ok" in hit:
+        return ProbeResult(bool(hit["ok"]), str(hit.get("detail", "")), cached=True)
+    result = _run_script(_CHECK_CHILD, [module, str(path)], TIMEOUT_S)
+    # "RuntimeError: Input tensor 2 lacks data" -> the message; the class name adds nothing
+    result = ProbeResult(result.ok, re.sub(r"^[\w.]+(Error|Exception): ", "", result.detail))
+    if not result.detail.startswith("did not finish"):
+        cache.pop(key, None)
+        cache[key] = {"ok": result.ok, "detail": result.detail}
+        while len(cache) > MODEL_CACHE_ENTRIES:  # the oldest first (dicts keep their order)
+            cache.pop(next(iter(cache)))
+        try:
+            fileio.write_json(store, cache)
+        except OSError:
+            pass  # a read-only home: check again next time
+    return result
