@@ -141,3 +141,22 @@ def test_a_recording_that_fills_the_disk_is_not_published(tmp_path, tiny_disk):
                   target, timeout=120)
     one_line_error(proc, "was not written whole", "r.mp4")
     assert list(tiny_disk.iterdir()) == []  # neither the file nor its temporary twin
+
+
+@pytest.mark.parametrize("cluster, fragment", [
+    ({"worker": "host1:2222"}, "must be a list"),
+    ({"worker": ["host1:abc", "host2:2222"]}, "port from 1 to 65535"),
+    ({"worker": ["host1:2222", "host2:99999"]}, "port from 1 to 65535"),
+    ({"worker": ["host1:2222", 7]}, "is not host:port"),
+    ({"worker": ["127.0.0.1:2222", "127.0.0.1:2222"]}, "more than once")])
+def test_a_cluster_description_tf_would_hang_or_crash_on_is_one_line(monkeypatch, cluster,
+                                                                     fragment):
+    import json
+
+    from tledge.errors import TledgeError
+    from tledge.train import worker_role
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(TledgeError, match=fragment):
+        worker_role("multi-worker")

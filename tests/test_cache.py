@@ -3,6 +3,7 @@
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,56 @@ def test_an_interrupted_build_leaves_no_entry():
     assert _entries() == [] and not [p for p in root.iterdir() if p.name.endswith(".tmp")]
     arr, _, _ = decoded({"source": "s"}, {}, 600, 8, lambda pos: [x[i] for i in pos], "disk")
     assert np.array_equal(np.asarray(arr), x)
+
+
+def _overwrite_half(path):
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\xff" * (size - size // 2))
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 100)
+
+
+@pytest.mark.parametrize("damage, file", [
+    (_overwrite_half, "images.npy"), (_truncate, "images.npy"), (os.remove, "images.npy"),
+    (lambda p: p.write_bytes(b"garbage"), "ok.npy"), (os.remove, "ok.npy")])
+def test_a_damaged_entry_is_rebuilt_with_one_warning(damage, file, caplog):
+    """Half of the rows overwritten with 0xFF were used as white images, silently; a truncated
+    or deleted file was a traceback mid-training. Now each is found on reuse and rebuilt."""
+    x, calls = _images(600), []
+
+    def produce(positions):
+        calls.append(len(positions))
+        return [x[i] for i in positions]
+
+    _, _, where = decoded({"source": "s"}, {}, 600, 8, produce, "disk")
+    damage(Path(where) / file)
+    with caplog.at_level("WARNING"):
+        again, ok, _ = decoded({"source": "s"}, {}, 600, 8, produce, "disk")
+    assert sum(calls) == 1200, "the damaged entry was used, not rebuilt"
+    assert "is damaged" in caplog.text and ok.all()
+    assert np.array_equal(np.asarray(again), x)
+
+
+def test_a_killed_build_leaves_no_temporary_folder_for_long():
+    """A build killed with kill -9 leaves its temporary folder; the next run removes it (its
+    lock is free: no live builder), and leaves alone one whose builder still holds it."""
+    import fcntl
+
+    root = cache.cache_root() / "images"
+    root.mkdir(parents=True)
+    dead, live = root / ".aaaa.x1.tmp", root / ".bbbb.x2.tmp"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "images.npy").write_bytes(bytes(1000))
+    with open(root / "bbbb.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        decoded({"source": "s"}, {}, 30, 8, lambda pos: [_images(30)[i] for i in pos], "disk")
+        assert not dead.exists() and live.exists()
 
 
 def test_two_builders_of_one_entry_decode_it_once():

@@ -106,6 +106,58 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):
         assert not (tmp_path / "r").exists()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _lonely_worker(tmp_path, *extra):
+    """The chief of a two-worker cluster whose second worker never starts."""
+    import json
+
+    config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{_free_port()}",
+                                                f"127.0.0.1:{_free_port()}"]},
+                         "task": {"type": "worker", "index": 0}})
+    return _cli(["train", "--data", "shapes", "--image-size", "32", "--alpha", "0.35",
+                 "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune", "0",
+                 "--no-qat", "--limit", "8", "--strategy", "multi-worker", "--out",
+                 str(tmp_path / "run"), *extra], {"TF_CONFIG": config})
+
+
+def test_a_missing_worker_is_waited_for_a_bounded_time(tmp_path):
+    """TensorFlow waits for ever for a worker that never starts; tledge says what it waits for,
+    and after --cluster-timeout ends with one Error: line, the run folder released."""
+    import time
+
+    proc = _lonely_worker(tmp_path, "--cluster-timeout", "3")
+    start = time.time()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.time() - start < 60
+    assert "waiting up to 3 s for the cluster's 2 workers" in stdout
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "did not all start within 3 s" in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr and not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_ends_the_wait_for_the_cluster_at_once(tmp_path):
+    import signal
+    import time
+
+    proc = _lonely_worker(tmp_path)  # the default bound: 300 s
+    lock = tmp_path / "run" / ".tledge.lock"
+    deadline = time.time() + 90
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)  # inside TensorFlow's wait by now
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    time.sleep(1)  # the watchdog releases the folder within 0.2 s
+    assert proc.returncode != 0 and not lock.exists() and not (tmp_path / "run").exists()
+
+
 def test_a_restarted_phase_resumes_from_its_backup(tmp_path):
     """BackupAndRestore: a phase killed after its 2nd epoch runs only its 3rd when restarted."""
     import numpy as np

@@ -193,6 +193,9 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @click.option("--backup-dir", type=click.Path(file_okay=False), help="multi-worker: where each "
               "phase's state is backed up for a restart (on several hosts, a path all see).  "
               "[default: in ~/.cache/tledge]")
+@click.option("--cluster-timeout", type=float, help="multi-worker: seconds to wait for every "
+              "worker in TF_CONFIG before giving up.  [default: "
+              f"{_default(T, 'cluster_timeout'):g}]")
 @click.option("--mixed-precision/--no-mixed-precision", default=None,
               help="float16 compute on GPU.  [default: off]")
 @click.option("--feature-cache/--no-feature-cache", default=None, help="Without augmentation, "
@@ -206,7 +209,8 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
           label_smoothing, test_data, qat, epochs_qat, lr_qat, early_stop, seed, strategy,
-          backup_dir, mixed_precision, feature_cache, init_from, out, overwrite):
+          backup_dir, cluster_timeout, mixed_precision, feature_cache, init_from, out,
+          overwrite):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
     config = config.override(
@@ -222,6 +226,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                                  batchnorm=batchnorm),
                    qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy, backup_dir=backup_dir,
+                   cluster_timeout=cluster_timeout,
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))

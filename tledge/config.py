@@ -49,6 +49,7 @@ _FLAGS = {
     "train.seed": "--seed", "train.strategy": "--strategy",
     "train.mixed_precision": "--mixed-precision", "train.feature_cache": "--feature-cache",
     "train.init_from": "--init-from", "train.backup_dir": "--backup-dir",
+    "train.cluster_timeout": "--cluster-timeout",
     "export.calibration": "--calibration",
     "export.max_drop": "--max-drop", "export.eval_limit": "--eval-limit",
 }
@@ -341,6 +342,8 @@ class TrainOptions:
       backup_dir: multi-worker runs: where each phase's BackupAndRestore state goes, read by
         every worker when the cluster restarts (on several hosts: a path they all see). None:
         a folder in tledge's cache named after the run folder.
+      cluster_timeout: multi-worker runs: seconds to wait for every worker of TF_CONFIG to be
+        up before giving up with an error (TensorFlow's own default is to wait for ever).
     """
 
     frozen: PhaseHParams = field(default_factory=PhaseHParams)
@@ -355,6 +358,7 @@ class TrainOptions:
     init_from: Optional[str] = None
     backup_dir: Optional[str] = None
     label_smoothing: float = 0.1
+    cluster_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -368,6 +372,7 @@ class TrainOptions:
         _check_range(self, "early_stop", 1, 100_000)
         _check_range(self, "seed", 0, 2**32 - 1)
         _check_range(self, "label_smoothing", 0.0, 1.0, high_open=True)
+        _check_range(self, "cluster_timeout", 1.0, 86_400.0)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,12 @@ class _LiveFilter:
         self.thread.join(timeout=2)
 
 
+def original_stderr() -> int:
+    """The file descriptor of the terminal's stderr, past the noise filter: for a child
+    process whose words must reach the user even while this process cannot pump them."""
+    return _filter.out if _filter else 2
+
+
 def import_tensorflow():
     """``import tensorflow`` (and its GPU discovery) with its noise filtered from stderr for
     the rest of the process; once."""

@@ -57,11 +57,11 @@ def prepare(out: Path, overwrite: bool) -> Path:
 def prepare_read(folder: Path) -> None:
     """Refuse a run folder that another live tledge process is writing."""
     holder = read_lock(Path(folder))
-    if holder is not None and not _mine(holder):
+    if holder is not None and not held_by_me(holder):
         raise _in_use(Path(folder), holder)
 
 
-def _mine(holder: dict) -> bool:
+def held_by_me(holder: dict) -> bool:
     return holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
 
 
@@ -126,7 +126,7 @@ def lock(folder: Path, command: str) -> Iterator[Path]:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # stale: its process is gone
                 continue
-            if _mine(holder):
+            if held_by_me(holder):
                 yield folder  # already ours (export inside train's own folder, say)
                 return
             raise _in_use(folder, holder)
