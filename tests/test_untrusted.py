@@ -84,7 +84,7 @@ def test_a_healthy_model_is_checked_once(tmp_path, images, monkeypatch):
     monkeypatch.setattr(probe, "_run_script", lambda *a, **k: calls.append(a) or real(*a, **k))
     for _ in range(2):
         Classifier(path, threads=1).classify(np.zeros((16, 16, 3), np.uint8))
-    assert len([c for c in calls if c[0] is probe._CHECK_CHILD]) == 1
+    assert len([c for c in calls if c[0] is probe._CHILD and len(c[1]) == 2]) == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])

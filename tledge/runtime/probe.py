@@ -32,7 +32,8 @@ PROBE_MODEL = Path(__file__).with_name("probe.tflite")
 CACHE_FILE = "backend_probe.json"
 TIMEOUT_S = 300  # Python + numpy + a backend start in a few seconds; under qemu, far slower
 
-# The child imports nothing of tledge: only the backend, numpy, and the probe model.
+# The child imports nothing of tledge: only the backend, numpy and the model; for the probe
+# model it also checks the output has its two classes.
 _CHILD = r"""
 import importlib, sys, numpy as np
 spec, model = sys.argv[1], sys.argv[2]
@@ -42,11 +43,12 @@ for attr in (path or "Interpreter").split("."):
     Interpreter = getattr(Interpreter, attr)
 interpreter = Interpreter(model_path=model, num_threads=1)
 interpreter.allocate_tensors()
-inp = interpreter.get_input_details()[0]
-interpreter.set_tensor(inp["index"], np.full(inp["shape"], 128, inp["dtype"]))
+for inp in interpreter.get_input_details():
+    interpreter.set_tensor(inp["index"], np.full(inp["shape"], 128, inp["dtype"]))
 interpreter.invoke()
-out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-assert out.shape[-1] == 2, out.shape
+for out in interpreter.get_output_details():
+    shape = interpreter.get_tensor(out["index"]).shape
+    assert len(sys.argv) < 4 or shape[-1] == int(sys.argv[3]), shape
 print("ok")
 """
 
@@ -124,7 +126,7 @@ def run_child(module: str, timeout: float = TIMEOUT_S) -> ProbeResult:
     """Load and run the probe model in a fresh Python with the Interpreter that ``module``
     names ("package.module", or "package:attr.path" for a class not called Interpreter at the
     module's top level)."""
-    return _run_script(_CHILD, [module, str(PROBE_MODEL)], timeout)
+    return _run_script(_CHILD, [module, str(PROBE_MODEL), "2"], timeout)
 
 
 def probe(module: str, version: str, refresh: bool = False) -> ProbeResult:
@@ -152,22 +154,6 @@ def last_line(result: Optional[ProbeResult]) -> str:
 # interpreters free memory twice (SIGABRT) while preparing the graph. Each file is first loaded
 # and run once in a child process, as the backends are; the result is cached by the file's
 # content, so a model costs one child process (0.2 s here) the first time it is used.
-_CHECK_CHILD = r"""
-import importlib, sys, numpy as np
-spec, model = sys.argv[1], sys.argv[2]
-module, _, path = spec.partition(":")
-Interpreter = importlib.import_module(module)
-for attr in (path or "Interpreter").split("."):
-    Interpreter = getattr(Interpreter, attr)
-interpreter = Interpreter(model_path=model, num_threads=1)
-interpreter.allocate_tensors()
-for inp in interpreter.get_input_details():
-    interpreter.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-interpreter.invoke()
-for out in interpreter.get_output_details():
-    interpreter.get_tensor(out["index"])
-print("ok")
-"""
 MODEL_CACHE_FILE = "model_checks.json"
 MODEL_CACHE_ENTRIES = 500
 
@@ -214,7 +200,7 @@ def check_model(module: str, version: str, path: Path) -> ProbeResult:
     hit = cache.get(key)
     if isinstance(hit, dict) and "ok" in hit:
         return ProbeResult(bool(hit["ok"]), str(hit.get("detail", "")), cached=True)
-    result = _run_script(_CHECK_CHILD, [module, str(path)], TIMEOUT_S)
+    result = _run_script(_CHILD, [module, str(path)], TIMEOUT_S)
     # "RuntimeError: Input tensor 2 lacks data" -> the message; the class name adds nothing
     result = ProbeResult(result.ok, re.sub(r"^[\w.]+(Error|Exception): ", "", result.detail))
     if not result.detail.startswith("did not finish"):
