@@ -160,3 +160,33 @@ def test_a_cluster_description_tf_would_hang_or_crash_on_is_one_line(monkeypatch
                                                 "task": {"type": "worker", "index": 0}}))
     with pytest.raises(TledgeError, match=fragment):
         worker_role("multi-worker")
+
+
+@pytest.mark.parametrize("name", [
+    "two\nlines", "para\u2029graph", " padded", "tab\there",
+    b"caf\xe9".decode("utf-8", "surrogateescape")])
+def test_a_class_name_that_cannot_round_trip_is_refused_before_work(tmp_path, name):
+    from tledge.data.folder import scan_folder
+    from tledge.errors import TledgeError
+
+    root = tmp_path / "data"
+    for label in (name, "ok"):
+        (root / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / label / "1.png")
+    with pytest.raises(TledgeError, match="rename the folder"):
+        scan_folder(root)
+
+
+@pytest.mark.parametrize("name", ["日本語", "with space", "a,b;c", "ünïcödé", "x" * 200])
+def test_unusual_but_faithful_class_names_round_trip(tmp_path, name):
+    """What scan_folder accepts comes back the same through labels.txt and the metadata's."""
+    from tledge.data.folder import scan_folder
+    from tledge.runtime import read_labels_file
+
+    root = tmp_path / "data"
+    for label in (name, "ok"):
+        (root / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / label / "1.png")
+    _, _, classes, _ = scan_folder(root)
+    (tmp_path / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+    assert read_labels_file(tmp_path / "labels.txt") == classes

@@ -186,6 +186,28 @@ def test_an_interrupted_overwrite_leaves_the_old_run_whole(tiny_splits, tmp_path
     assert not list(out.glob(".*tmp*"))
 
 
+def test_a_worker_gone_mid_phase_is_one_line_and_a_failed_status(tiny_splits, tmp_path,
+                                                                 monkeypatch):
+    """A peer killed mid-training: TensorFlow raises UnavailableError on the survivors, which
+    was a traceback. Now one line saying so, and metrics.json says failed."""
+    import tensorflow as tf
+
+    import tledge.train as train_mod
+
+    def peer_gone(*args, **kwargs):
+        raise tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to "
+                                         "connect to all addresses")
+
+    monkeypatch.setattr(train_mod, "finetune_phase", peer_gone)
+    out = tmp_path / "r"
+    with pytest.raises(TledgeError, match="phase finetune stopped: a worker of the cluster is "
+                       "gone .*restarting every worker"):
+        train(tiny_config(), out, splits=tiny_splits, echo=lambda s: None)
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    assert metrics["status"].startswith("failed during finetune")
+    assert metrics["phases_completed"] == ["frozen"]
+
+
 def test_same_seed_same_run(tiny_splits, tmp_path):
     config = tiny_config().override(data={"augment": True})
     runs = [train(config, tmp_path / f"r{i}", splits=tiny_splits, echo=lambda s: None)

@@ -645,11 +645,19 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
             # Whatever stopped it (a NaN loss, a full disk), metrics.json must not go on saying
             # "running". On a full disk this small write may fail too: the old file then stays.
             # An old run being replaced keeps its own metrics until a new model replaced it.
-            why = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = first_line(e)[:200]
             if run.saved or not run.replacing:
                 with contextlib.suppress(Exception):
                     write_reports(out, result.phases, splits,
                                   status=f"failed during {current}: {why}")
+            if isinstance(e, (tf.errors.UnavailableError, tf.errors.AbortedError,
+                              tf.errors.CancelledError)):
+                # a worker of the cluster went away (killed, its host down): TensorFlow aborts
+                # the collectives on every other worker
+                raise TledgeError(
+                    f"phase {current} stopped: a worker of the cluster is gone ({why[:120]}); "
+                    "finished phases are saved in " + str(out) + ", and restarting every "
+                    "worker with the same command resumes from the last backup") from e
             raise
         write_reports(out, result.phases, splits, status="complete")
     echo(f"run saved in {out}")

@@ -21,6 +21,27 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def check_class_name(root: Path, name: str) -> None:
+    """A class folder's name becomes a line of labels.txt and of the model's metadata, read
+    back by evaluate, predict and every TFLite client: refuse, before any work, a name that
+    would not come back the same (a line break, blanks at either end, bytes that are not
+    UTF-8)."""
+    shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+    problem = None
+    if name.splitlines() != [name] or any(ord(c) < 32 for c in name):  # \u2028 splits too
+        problem = "holds a line break or another control character"
+    elif name != name.strip():
+        problem = "starts or ends with a blank"
+    else:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "is not valid UTF-8"
+    if problem:
+        raise TledgeError(f"class folder {shown!r} in {root} {problem}, so its label would not "
+                          "read back the same from labels.txt: rename the folder")
+
+
 def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
     """List image files per class folder: (paths, labels, class names, non-image files)."""
     if not root.exists():
@@ -30,6 +51,8 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
     if not root.is_dir():
         raise TledgeError(f"--data {root} is a file: pass a folder with one subfolder per class")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in classes:
+        check_class_name(root, name)
     if len(classes) < 2:
         raise TledgeError(
             f"{root} has {len(classes)} class folder(s): a classifier needs at least 2 "
