@@ -116,3 +116,35 @@ def test_sigterm_and_sighup_stop_bench_like_ctrl_c(tmp_path, sig):
         if child:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+
+
+def test_sigterm_ends_the_camera_with_its_outputs_written(tmp_path):
+    """systemctl stop or a dropped SSH session: the camera ends as on Ctrl-C (its summary, exit
+    0: stopping a camera is how it ends), the recording and the JSON lines published, and no
+    temporary file stays."""
+    import json
+
+    from helpers import write_video
+
+    video = write_video(tmp_path / "in.mp4", frames=40, size=(160, 120))
+    model = Path(__file__).parent / "models" / "hard_swish_int8.tflite"
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "camera", "--model", str(model),
+                             "--source", str(video), "--loop", "--headless", "--record",
+                             str(tmp_path / "out.mp4"), "--output", str(tmp_path / "out.jsonl")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(tmp_path.glob(".out.mp4*")):
+            time.sleep(0.2)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "(interrupted)" in out, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert lines and json.loads(lines[-1])["frame"] >= 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
