@@ -138,3 +138,23 @@ def test_every_format_loads_in_older_runtimes_with_one_output_name(colour_run, t
     stats = meta.subgraphMetadata[0].outputTensorMetadata[0].stats
     assert (stats.min, stats.max) == ([0.0], [255.0])
     assert card["files"]["model_int8.tflite"]["converted_from"] == "qat"
+
+
+def test_rows_with_impossible_reference_values_are_flagged_not_ranked():
+    """A ReLU6 output whose float reference reads 2.3e34 (seen on a real run) must not be
+    named the worst layer."""
+    from tledge.quantdebug import LayerError, _reliable, first_new, worst_names
+
+    def row(layer, rel, fmax, scale=6 / 255):
+        values = {"float_min": 0.0, "float_max": fmax, "rel_rmse": rel, "scale": scale}
+        return LayerError(layer, "CONV_2D", layer, rel, 0.3, 0.5, 0.0, 0.0, fmax, scale, -128,
+                          reliable=_reliable({k: str(v) for k, v in values.items()}))
+
+    rows = sorted([row("garbage", 2e33, 2.3e34), row("real", 0.4, 5.9),
+                   row("nan", float("nan"), 1.0), row("fine", 0.1, 6.0)],
+                  key=lambda r: (not r.reliable, -r.rel_rmse))
+    assert [r.layer for r in rows][:2] == ["real", "fine"]
+    assert not rows[2].reliable and not rows[3].reliable
+    assert worst_names(rows, 2).startswith("real (CONV_2D") and "garbage" not in \
+        worst_names(rows, 3)
+    assert first_new(rows, ["real", "fine"]) is None

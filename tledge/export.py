@@ -366,6 +366,10 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
             tmp, result = _keep_float_auto(debug, make, tmp, result, echo)
         if fmt == "int8" and (options.debug or not result.passed):
             debug.report()
+            if qconfig.source == "qat":
+                echo("note: the per-layer report analyses a post-training int8 conversion of "
+                     "the float model (QuantizationDebugger needs one); model_int8.tflite came "
+                     "from the QAT model")
         final = targets[fmt] if result.passed else \
             targets[fmt].with_name(f"model_{fmt}.REJECTED.tflite")
         result.path = str(final)

@@ -48,6 +48,9 @@ class LayerError:
       clipped: fraction of float values outside the tensor's int8 range.
       float_min, float_max: the range of the float values.
       scale, zero_point: the tensor's quantization.
+      reliable: the float reference is finite and within 100x the tensor's int8 range. The
+        debugger's float twin of an op sometimes reads garbage (2.3e34 out of a ReLU6 was
+        seen); such a row is flagged and ranked last, never named as the worst layer.
     """
 
     layer: str
@@ -61,6 +64,7 @@ class LayerError:
     float_max: float
     scale: float
     zero_point: int
+    reliable: bool = True
 
 
 def short_name(tensor: str) -> str:
@@ -143,8 +147,21 @@ def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[Lay
             rel_rmse=float(row["rel_rmse"]), rmse_scaled=float(row["rmse_scaled"]),
             max_scaled=float(row["max_scaled"]), clipped=float(row["clipped"]),
             float_min=float(row["float_min"]), float_max=float(row["float_max"]),
-            scale=float(row["scale"]), zero_point=int(float(row["zero_point"]))))
-    return sorted(rows, key=lambda r: -r.rel_rmse)
+            scale=float(row["scale"]), zero_point=int(float(row["zero_point"])),
+            reliable=_reliable(row)))
+    return sorted(rows, key=lambda r: (not r.reliable, -r.rel_rmse))
+
+
+def _reliable(row: dict) -> bool:
+    """Whether a debugger row's float reference can be believed (LayerError.reliable)."""
+    try:
+        values = [float(row[k]) for k in ("float_min", "float_max", "rel_rmse", "scale")]
+    except (KeyError, ValueError):
+        return False
+    if not all(np.isfinite(values)):
+        return False
+    reach = 100 * abs(values[3]) * 256
+    return max(abs(values[0]), abs(values[1])) <= reach
 
 
 def write_report(errors: list[LayerError], out: Path, worst: int = 15) -> tuple[Path, Path]:
@@ -213,9 +230,9 @@ def convert_keep_float(model, calibration: np.ndarray, tensors: Sequence[str],
 def worst_names(errors: list[LayerError], count: int = 3) -> str:
     return ", ".join(f"{e.layer} ({e.op}, relative error {e.rel_rmse:.2f}"
                      + (f", {100 * e.clipped:.1f}% clipped" if e.clipped > 0.001 else "") + ")"
-                     for e in errors[:count])
+                     for e in [e for e in errors if e.reliable][:count])
 
 
 def first_new(errors: list[LayerError], kept: Sequence[str]) -> Optional[LayerError]:
     """The worst layer not kept float yet (for --keep-float auto)."""
-    return next((e for e in errors if e.layer not in kept), None)
+    return next((e for e in errors if e.reliable and e.layer not in kept), None)
