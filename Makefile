@@ -31,7 +31,7 @@ install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev 
 install-pi: .venv-pi/bin/tledge
 
 test: install install-pi  ## the whole suite but the emulated Pi (what CI runs first)
-	$(BIN)/python -m pytest -q -m "not pi"
+	$(BIN)/python -m pytest -q -m "not pi" --durations=20
 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):
 # builds the root once (cached in ~/.cache/tledge), installs .[pi] there, checks every command.
