@@ -127,9 +127,10 @@ def _time_paired(bare: Callable[[int], None], full: Callable[[int], None], runs:
 def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     """One TFLite model at one thread count, in this process."""
     from tledge.evaluate import tflite_predictor
-    from tledge.runtime import Classifier, make_interpreter
+    from tledge.runtime import Classifier, check_model_file, make_interpreter
     from tledge.runtime.delegation import delegation
 
+    check_model_file(path, options.backend)  # its child process is no part of the load time
     rss0 = _rss_mb()
     start = time.perf_counter()
     interpreter = make_interpreter(path, options.backend, threads)

@@ -255,6 +255,12 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     return interpreter
 
 
+def check_model_file(path: str | os.PathLike, backend: Optional[str] = None) -> None:
+    """Raise a one-line TledgeError unless the backend loads and runs the model file in a
+    child process (cached by the file's content; see ``_check_in_child``)."""
+    _check_in_child(check_tflite_file(path), get_backend(backend))
+
+
 def _check_in_child(path: Path, backend: Backend) -> None:
     """Refuse, in one line, a model file that the backend cannot load and run in a child
     process (tledge.runtime.probe.check_model): a corrupt file must not take this process down
@@ -539,6 +545,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
                           "png, bmp or webp file")
 
 
-__all__ = ["Class", "Classifier", "available_backends", "check_tflite_file", "get_backend",
+__all__ = ["Class", "Classifier", "available_backends", "check_model_file", "check_tflite_file",
+           "get_backend",
            "min_runtime_version",
            "in_batches", "make_interpreter", "read_embedded_labels", "top_classes", "load_rgb"]
