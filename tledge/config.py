@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 
 BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
              "mobilenet_v3_small_minimalistic", "mobilenet_v3_large_minimalistic",
@@ -417,7 +417,7 @@ class RunConfig:
             raise TledgeError(f"config file {path} is not a text file: pass a YAML file (a "
                               "run's config.yaml)")
         except yaml.YAMLError as e:
-            raise TledgeError(f"config file {path} is not valid YAML ({_first_line(e)}): fix it")
+            raise TledgeError(f"config file {path} is not valid YAML ({first_line(e)}): fix it")
         if not isinstance(raw, dict):
             raise TledgeError(f"config file {path} must hold a mapping of sections")
         return cls.from_dict(raw)
@@ -473,10 +473,6 @@ def _build(cls: type, d: Mapping[str, Any], where: str) -> Any:
 def _nested_type(cls: type, name: str) -> Optional[type]:
     default = getattr(cls(), name, None)
     return type(default) if dataclasses.is_dataclass(default) else None
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 @dataclass(frozen=True)

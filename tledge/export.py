@@ -24,7 +24,7 @@ import numpy as np
 from tledge import fileio, rundir
 from tledge.config import ExportOptions, RunConfig
 from tledge.conversion import QuantizationConfig, convert, make_converter  # noqa: F401
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 from tledge.runtime import min_runtime_version
 from tledge.runtime.delegation import delegation
 
@@ -286,10 +286,9 @@ def load_keras_file(path: Path, qat: bool = False):
     except TledgeError:
         raise
     except Exception as e:  # zipfile/h5py/Keras each raise their own kinds for a bad file
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"{path} cannot be loaded ({first}): the file is "
+        raise TledgeError(f"{path} cannot be loaded ({first_line(e)[:120]}): the file is "
                           "truncated or corrupt; train the run again (or with --init-from "
-                          "another run)")
+                          "another run)") from e
 
 
 def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:

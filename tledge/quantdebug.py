@@ -28,7 +28,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from tledge import fileio
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 
 CSV_NAME = "quant_debug.csv"
 PNG_NAME = "quant_debug.png"
@@ -136,8 +136,8 @@ def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[Lay
             debug_options=options)
         debugger.run()
     except Exception as e:  # the debugger's errors are long MLIR dumps
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"the int8 quantization debugger failed ({first})")
+        raise TledgeError(f"the int8 quantization debugger failed ({first_line(e)[:200]})"
+                          ) from e
     buf = io.StringIO()
     debugger.layer_statistics_dump(buf)
     rows = []

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 from tledge.runtime.preprocess import resize_rgb
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ def download(name: str):
         raise TledgeError(f"{name} is not on this machine and downloading it needs the train "
                           f"extra: pip install 'tledge[train]', or {OFFLINE_HINT[name]}")
     except Exception as e:  # urllib, SSL, tarfile and Keras' own wrappers all show up here
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"could not download {name} ({reason[:160]}): {OFFLINE_HINT[name]}")
+        raise TledgeError(f"could not download {name} ({first_line(e)[:160]}): "
+                          f"{OFFLINE_HINT[name]}") from e
 
 
 def load_raw(name: str):

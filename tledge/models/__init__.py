@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from tledge.config import ModelOptions
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
     except TledgeError:
         raise
     except ValueError as e:
-        raise TledgeError(f"cannot build {options.backbone}: {str(e).splitlines()[0]}")
+        raise TledgeError(f"cannot build {options.backbone}: {first_line(e)}") from e
     except Exception as e:  # a failed download surfaces as URLError/HTTPError/OSError/Exception
         if weights == "imagenet":
             raise TledgeError(
@@ -168,8 +168,8 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
                 f"({type(e).__name__}): pass --weights PATH to a local weights file, or "
                 "--weights none to start from random weights")
         raise TledgeError(f"could not load weights {weights} for {options.backbone} "
-                          f"({str(e).splitlines()[0][:160]}): pass a weights file saved for "
-                          "this backbone (and --alpha) without its top")
+                          f"({first_line(e)[:160]}): pass a weights file saved for "
+                          "this backbone (and --alpha) without its top") from e
     if weights is None:
         # Keras' applications use BatchNorm momentum 0.999, tuned to ImageNet's million images:
         # from random weights on a few thousand images the moving statistics would still be near

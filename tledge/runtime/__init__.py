@@ -248,9 +248,9 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
         interpreter = chosen.interpreter_cls(model_path=str(path), num_threads=threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TledgeError(f"{path} could not be loaded by {chosen.name} ({first[:160]}): the "
-                          "file is truncated or corrupt; export it again")
+        raise TledgeError(f"{path} could not be loaded by {chosen.name} "
+                          f"({first_line(e)[:160]}): the file is truncated or corrupt; export "
+                          "it again") from e
     interpreter._tledge_backend = chosen  # what bench and doctor report
     return interpreter
 
