@@ -126,12 +126,6 @@ def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) 
 
 # ------------------------------------------------------------------ sources
 
-def _load_rgb_image(path: Path) -> np.ndarray:
-    from tledge.runtime import load_rgb
-
-    return load_rgb(path)
-
-
 def list_cameras() -> list[str]:
     return sorted(glob.glob("/dev/video*"))
 
@@ -233,6 +227,7 @@ def _open_capture(target, live: bool, description: str,
 
 
 def _open_folder(folder: Path) -> Source:
+    from tledge.runtime import load_rgb
     from tledge.runtime.preprocess import is_regular_file
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
@@ -249,7 +244,7 @@ def _open_folder(folder: Path) -> Source:
         # The one image loader of training and predict (transparency onto white, 16-bit
         # scaled, EXIF orientation), so a folder shows the camera what training saw.
         try:
-            rgb = _load_rgb_image(path)
+            rgb = load_rgb(path)
         except TledgeError:
             return True, None, None  # counted as corrupt
         return True, np.ascontiguousarray(rgb[:, :, ::-1]), rgb

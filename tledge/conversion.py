@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -35,9 +35,8 @@ class QuantizationConfig:
       optimize: apply the converter's default optimisations (weight quantization).
       float16: store weights as float16.
       full_integer: int8 activations too, integer-only ops, uint8 input and output.
-      representative: a callable yielding calibration batches (int8), or None.
       source: "float" or "qat": which Keras model is converted.
-      calibration: the calibration images themselves (uint8, model-sized), or None.
+      calibration: the calibration images (uint8, model-sized) of int8, or None.
       bias_correction: correct the int8 biases after post-training quantization.
       per_channel_dense: quantize dense weights per output channel (the converter's default
         for int8); dynamic-range files use per-tensor weights, which every runtime loads.
@@ -47,7 +46,6 @@ class QuantizationConfig:
     optimize: bool = False
     float16: bool = False
     full_integer: bool = False
-    representative: Optional[Callable] = field(default=None, compare=False)
     source: str = "float"
     calibration: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
     bias_correction: bool = False
@@ -80,14 +78,14 @@ class QuantizationConfig:
         rounded weights out of each layer's bias (tledge.biascorrect); QAT trained with that
         error, so it is not applied there.
         """
-
-        def representative():
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        return cls("int8", optimize=True, full_integer=True, representative=representative,
+        return cls("int8", optimize=True, full_integer=True,
                    source="qat" if from_qat else "float", calibration=calibration,
                    bias_correction=bias_correction and not from_qat)
+
+    def representative(self):
+        """The converter's representative dataset: each calibration image, a batch of one."""
+        for image in self.calibration:
+            yield [image[None].astype(np.float32)]
 
     def apply(self, converter) -> None:
         """Set ``converter`` (a tf.lite.TFLiteConverter) up to make this format."""

@@ -354,7 +354,7 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
             model = float_model
         echo(f"converting {fmt} from the {qconfig.source} model"
              + (f" ({len(calib)} calibration images" + (", bias correction" if
-                qconfig.bias_correction else "") + ")" if qconfig.representative else ""))
+                qconfig.bias_correction else "") + ")" if qconfig.full_integer else ""))
         keep = [k for k in options.keep_float if k != "auto"] if fmt == "int8" else []
         if keep:
             raw = debug.keep_float(keep)

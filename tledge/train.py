@@ -193,14 +193,8 @@ def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], No
     with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, signal.SIG_DFL)
-    previous = getattr(strategy_cls, "_check_health_initial_timeout", None)
     try:
-        strategy_cls._check_health_initial_timeout = int(max(1, timeout))
         return strategy_cls()
-    except RuntimeError as e:
-        if "Timeout waiting for the cluster" not in str(e):
-            raise
-        raise TledgeError(message) from e
     except tf.errors.OpError as e:
         text = first_line(e)
         if "Could not start gRPC server" in text:
@@ -210,7 +204,6 @@ def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], No
         raise TledgeError(f"the cluster could not be set up ({text[:160]}): check TF_CONFIG "
                           "and that every worker runs the same command") from e
     finally:
-        strategy_cls._check_health_initial_timeout = previous
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         with contextlib.suppress(OSError):
@@ -689,12 +682,8 @@ class _RunWriter:
 
     def save_float(self, model) -> None:
         """Save the float model (atomically); the first time, retire the old run's files."""
-        if self.saved or not self.replacing:
-            save_model(model, self.out / rundir.FLOAT_MODEL)
-            self.saved = True
-            return
-        with fileio.atomic_path(self.out / rundir.FLOAT_MODEL) as tmp:
-            model.save(tmp)
+        save_model(model, self.out / rundir.FLOAT_MODEL)
+        if self.replacing and not self.saved:  # the new model is in place: now the rest
             rundir.clear_stale(self.out, keep=(rundir.FLOAT_MODEL,))
             self._describe()
         self.saved = True

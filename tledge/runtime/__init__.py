@@ -522,22 +522,19 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to RGB uint8 at its own size; a one-line error if it is not one."""
     from PIL import UnidentifiedImageError
 
-    from tledge.runtime.preprocess import ImageTooLarge, open_image, to_rgb
-    from tledge.runtime.preprocess import is_regular_file
+    from tledge.runtime.preprocess import ImageTooLarge, NotAFile, open_image, to_rgb
 
-    if Path(path).is_dir():
-        raise TledgeError(f"{path} is a folder: pass image files")
-    if os.path.lexists(path) and not is_regular_file(path):
-        raise TledgeError(f"{path} is not a regular file (a pipe, device, or a broken or looping "
-                          "link): pass image files")
     try:
         with open_image(path) as image:
             image.load()
             return np.asarray(to_rgb(image), dtype=np.uint8)
     except FileNotFoundError:
         raise TledgeError(f"image {path} does not exist: check the path")
-    except IsADirectoryError:
-        raise TledgeError(f"{path} is a folder: pass image files")
+    except (IsADirectoryError, NotAFile):
+        if Path(path).is_dir():
+            raise TledgeError(f"{path} is a folder: pass image files")
+        raise TledgeError(f"{path} is not a regular file (a pipe, device, or a broken or looping "
+                          "link): pass image files")
     except ImageTooLarge as e:
         raise TledgeError(f"{path} is too large to decode ({e}): resize it first")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

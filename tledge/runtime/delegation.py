@@ -80,15 +80,14 @@ def delegation_of_nodes(nodes: list[dict], graph_outputs: set[int]) -> Delegatio
                   if not produced_by_delegate.intersection(int(t) for t in n["outputs"])]
     # Work backwards from what a partition or the caller consumes.
     wanted = consumed_by_delegate | set(graph_outputs)
-    running: list[dict] = []
+    running: set[int] = set()  # positions in candidates
     changed = True
     while changed:
         changed = False
-        for node in candidates:
-            if node in running:
-                continue
-            if wanted.intersection(int(t) for t in node["outputs"]):
-                running.append(node)
+        for i, node in enumerate(candidates):
+            if i not in running and wanted.intersection(int(t) for t in node["outputs"]):
+                running.add(i)
                 wanted.update(int(t) for t in node["inputs"] if int(t) >= 0)
                 changed = True
-    return Delegation(len(delegates), len(ops), dict(Counter(n["op_name"] for n in running)))
+    return Delegation(len(delegates), len(ops),
+                      dict(Counter(candidates[i]["op_name"] for i in sorted(running))))

@@ -51,6 +51,11 @@ def is_regular_file(path) -> bool:
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+class NotAFile(OSError):
+    """A path that exists but is no regular file: a pipe (opening it would block), a socket, a
+    device, a folder, a broken or looping link. Counted as unreadable where images are skipped."""
+
+
 class ImageTooLarge(ValueError):
     """An image over MAX_IMAGE_PIXELS (counted as unreadable, like a corrupt file)."""
 
@@ -62,7 +67,7 @@ def open_image(path) -> Image.Image:
     if isinstance(path, (str, os.PathLike)) and not is_regular_file(path):
         if not os.path.lexists(path):
             raise FileNotFoundError(2, "No such file", str(path))
-        raise OSError(f"{path} is not a regular file (a pipe, device, folder or broken link)")
+        raise NotAFile(f"{path} is not a regular file (a pipe, device, folder or broken link)")
     image = Image.open(path)
     width, height = image.size
     if width * height > limit:
