@@ -35,22 +35,6 @@ CARD = "model_card.json"
 METADATA_NAME = "TFLITE_METADATA"
 
 
-def normalise_signature(model_bytes: bytes) -> bytes:
-    """One input name ("image") and one output name ("predictions") in every format. A QAT
-    model's output layer is tfmot's wrapper, "quant_predictions", and its signature says so;
-    clients that look tensors up by name (MediaPipe, the Task Library) then see a different
-    model in int8 than in fp32."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_bytes))
-    changed = False
-    for signature in model.signatureDefs or []:
-        for tensors, name in ((signature.inputs, b"image"), (signature.outputs, b"predictions")):
-            if tensors and len(tensors) == 1 and tensors[0].name != name:
-                tensors[0].name, changed = name, True
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else model_bytes
-
-
 def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
     """Catch the converter pitfall of a model silently left float (or half-quantized): each
     format must hold the tensor types it promises. Returns the counts of tensors (weights and
@@ -312,7 +296,6 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
 
     def make(fmt, raw, source, keep=()):
         """Check, label, stage under a temporary name and verify one file."""
-        raw = normalise_signature(raw)
         quant = check_quantized(raw, fmt, keep_float=bool(keep))
         description = (f"{config.model.backbone} classifier of {len(labels)} classes trained by "
                        f"tledge on {config.data.source}; {fmt}")

@@ -229,3 +229,33 @@ def pin_uint8_input(model_bytes: bytes) -> tuple[bytes, bool]:
     builder = flatbuffers.Builder(len(model_bytes) + 1024)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output()), True
+
+
+def name_signature(model_bytes: bytes, input_name: str = "image",
+                   output_name: str = "predictions") -> bytes:
+    """One signature, "serving_default", naming the single input ``input_name`` and the single
+    output ``output_name``, in every format.
+
+    Clients that look tensors up by signature name (MediaPipe, the Task Library,
+    ``get_signature_runner``) then see one model whatever the format: a frozen-graph conversion
+    writes no signature, and a QAT model's output layer is tfmot's "quant_predictions"."""
+    import flatbuffers
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    subgraph = model.subgraphs[0]
+    if len(subgraph.inputs) != 1 or len(subgraph.outputs) != 1:
+        return model_bytes
+    maps = []
+    for name, index in ((input_name, subgraph.inputs[0]), (output_name, subgraph.outputs[0])):
+        tensor_map = schema.TensorMapT()
+        tensor_map.name, tensor_map.tensorIndex = name.encode(), int(index)
+        maps.append(tensor_map)
+    signature = schema.SignatureDefT()
+    signature.signatureKey = b"serving_default"
+    signature.subgraphIndex = 0
+    signature.inputs, signature.outputs = [maps[0]], [maps[1]]
+    model.signatureDefs = [signature]
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output())
