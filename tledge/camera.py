@@ -562,10 +562,10 @@ class Pipeline:
     """capture thread -> inference (the calling thread) -> sink thread -> outputs."""
 
     def __init__(self, source: Source, models: list, options: CameraOptions, outputs: list,
-                 echo: Callable[[str], None]):
+                 echo: Callable[[str], None], stop: Optional[threading.Event] = None):
         self.source, self.models, self.options, self.outputs = source, models, options, outputs
         self.echo = echo
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.frames_q: "queue.Queue" = queue.Queue(maxsize=4)  # files: every frame, in order
         self.latest = _Latest()                                # live: newest frame only
         self.out_q: "queue.Queue" = queue.Queue(maxsize=8)
@@ -756,8 +756,10 @@ class Pipeline:
         return summary
 
 
-def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> Summary:
-    """Classify frames until the source ends, a limit is reached, q/Esc, or Ctrl-C."""
+def run_camera(options: CameraOptions, echo: Callable[[str], None] = print,
+               stop: Optional[threading.Event] = None) -> Summary:
+    """Classify frames until the source ends, a limit is reached, q/Esc, Ctrl-C, or ``stop``
+    is set (by a program that runs the camera in a thread of its own)."""
     if not Path(options.model).exists():
         raise TledgeError(f"model {options.model} does not exist: pass a .tflite file or a run "
                           "folder")
@@ -776,7 +778,7 @@ def run_camera(options: CameraOptions, echo: Callable[[str], None] = print) -> S
         for output in outputs:
             output.close(0)
         raise
-    return Pipeline(source, models, options, outputs, echo).run()
+    return Pipeline(source, models, options, outputs, echo, stop).run()
 
 
 def _get(q: "queue.Queue", timeout: float):

@@ -230,17 +230,21 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))
-    from tledge.train import worker_role
-    worker_role(config.train.strategy)  # a bad TF_CONFIG is said before TensorFlow loads
-    require_training_stack("tledge train")
     from tledge import rundir
-    from tledge.train import train as run_training
+    from tledge.train import worker_role
 
-    if not out and config.train.strategy == "multi-worker":
+    # a bad TF_CONFIG, --out or existing run is said before TensorFlow loads (seconds)
+    role = worker_role(config.train.strategy)
+    if not out and role:
         raise TledgeError("--strategy multi-worker needs --out: every worker must name the "
                           "same run folder (the default one has the time in its name)")
     out_dir = Path(out) if out else rundir.default_out(config)
-    # train() refuses a bad, busy or existing --out first, before minutes of data loading
+    if not role:  # a cluster's workers may resume into their run folder: train() decides
+        rundir.prepare(out_dir, overwrite)
+    require_training_stack("tledge train")
+    from tledge.train import train as run_training
+
+    # train() checks --out again under the folder's lock, before minutes of data loading
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
 
 
@@ -276,13 +280,16 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
     """Convert a run to TFLite and verify every file against the float model."""
     from tledge.config import ExportOptions
 
-    require_training_stack("tledge export (the TFLite converter)")
     formats = tuple(f for f, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic),
                                     ("int8", int8)) if on) or ("fp32",)
     keep = tuple(n.strip() for n in keep_float.split(",") if n.strip()) if keep_float else ()
     options = ExportOptions(formats=formats, calibration=calibration, ptq=ptq,
                             max_drop=max_drop, eval_limit=eval_limit, debug=debug,
                             keep_float=keep, bias_correction=bias_correction)
+    from tledge import rundir
+
+    rundir.require_run(Path(run_dir))  # these, and the options, are said before TF loads
+    require_training_stack("tledge export (the TFLite converter)")
     from tledge.export import export as run_export
 
     run_export(Path(run_dir), options, out=Path(out) if out else None, overwrite=overwrite,
