@@ -30,8 +30,11 @@ install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev 
 
 install-pi: .venv-pi/bin/tledge
 
-test: install install-pi  ## the whole suite but the emulated Pi (what CI runs first)
-	$(BIN)/python -m pytest -q -m "not pi" --durations=20
+# The suite on every core (pytest-xdist). The fast tier imports no TensorFlow in the test
+# process (tests/conftest.py fails a test that does) and runs on the committed models in
+# tests/models; the whole suite adds the tests that train, convert and export.
+test: install install-pi  ## the whole suite but the emulated Pi, on every core (what CI runs)
+	$(BIN)/python -m pytest -q -m "not pi" -n auto --maxprocesses=4 --durations=20
 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):
 # builds the root once (cached in ~/.cache/tledge), installs .[pi] there, checks every command.
@@ -39,8 +42,8 @@ test: install install-pi  ## the whole suite but the emulated Pi (what CI runs f
 pi-check: install
 	$(BIN)/python tests/pi/pi_check.py
 
-test-fast: install  ## everything but the tests that train or convert models
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: install  ## no TensorFlow: runtime, camera, serve, CLI, config, faults on tiny models
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses=4
 
 demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export, evaluate
 	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) \

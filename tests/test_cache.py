@@ -241,6 +241,7 @@ def test_shapes_on_disk_are_the_generated_pictures():
     assert np.array_equal(np.asarray(test.x), shapes.generate(5, 32, seed=3, split="test")[0])
 
 
+@pytest.mark.slow  # tf.data
 def test_streamed_batches_match_in_memory_batches():
     from tledge.data.pipeline import batches
 
@@ -278,7 +279,7 @@ def test_streamed_batches_match_in_memory_batches():
 @pytest.mark.slow
 def test_training_from_the_disk_cache_matches_memory(tmp_path):
     """The same run (feature cache included) from memory and from the disk cache."""
-    from conftest import tiny_config
+    from helpers import tiny_config
     from tledge.train import train
 
     results = {}

@@ -7,25 +7,23 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import COLOURS, LABELS
+from helpers import COLOURS, LABELS, write_video
 from tledge.camera import CameraOptions, run_camera
 from tledge.errors import TledgeError
 
 cv2 = pytest.importorskip("cv2")
-pytestmark = pytest.mark.slow
 N_FRAMES = 24
 
 
 @pytest.fixture(scope="module")
 def colour_video(tmp_path_factory):
     """24 frames, 6 of each colour, at 80x60 with a little noise, as mp4."""
-    path = tmp_path_factory.mktemp("video") / "colours.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.0, (80, 60))
-    rng = np.random.default_rng(0)
-    for i in range(N_FRAMES):
+    def frame(i, rng):
         rgb = COLOURS[i // 6][None, None, :] + rng.normal(0, 10, (60, 80, 3))
-        writer.write(cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
-    writer.release()
+        return cv2.cvtColor(np.clip(rgb, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+
+    path = write_video(tmp_path_factory.mktemp("video") / "colours.mp4", frames=N_FRAMES,
+                       size=(80, 60), fps=12.0, frame=frame)
     assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) == N_FRAMES
     return path
 

@@ -1,14 +1,11 @@
-import subprocess
-import sys
-
 import pytest
-from click.testing import CliRunner
 
+from helpers import cli, one_line_error, tledge
 from tledge.cli import main
 
 
 def test_help_lists_every_command_and_options_have_help():
-    result = CliRunner().invoke(main, ["--help"])
+    result = cli("--help")
     assert result.exit_code == 0
     for command in main.commands:
         assert command in result.output
@@ -30,17 +27,10 @@ def test_help_lists_every_command_and_options_have_help():
 def test_bad_input_is_one_line_without_traceback(args, message, tmp_path):
     (tmp_path / "model.tflite").write_text("this is text, not a flatbuffer")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    proc = subprocess.run([sys.executable, "-m", "tledge.cli", *args],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and message in errors[0]
+    one_line_error(tledge(*args, timeout=300), message)
 
 
 def test_train_refuses_an_existing_run_before_loading_data(tmp_path):
     (tmp_path / "model.keras").write_text("precious")
-    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "--overwrite" in result.output
+    one_line_error(cli("train", "--out", tmp_path), "--overwrite")
     assert (tmp_path / "model.keras").read_text() == "precious"

@@ -197,6 +197,7 @@ def test_cifar10_local_copy(tmp_path, monkeypatch):
     assert splits.class_names[-1] == "truck"
 
 
+@pytest.mark.slow  # Keras' dataset loaders
 def test_failed_download_says_how_to_work_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TLEDGE_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))

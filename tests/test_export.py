@@ -21,7 +21,7 @@ from tledge.models import PREPROCESS, build_classifier
 from tledge.qat import load_qat_model, make_qat_model  # noqa: F401
 from tledge.runtime import Classifier, read_embedded_labels
 
-from conftest import LABELS, SIZE
+from helpers import LABELS, SIZE
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +190,44 @@ def test_export_warns_and_records_when_the_delegate_does_not_take_the_graph(colo
     assert card["files"]["model_fp32.tflite"]["delegation"]["partitions"] == 2
     assert card["files"]["model_fp32.tflite"]["delegation"]["undelegated"] == {
         "L2_NORMALIZATION": 1}
+
+
+def _graph(raw: bytes) -> dict:
+    """What a committed model must keep: ops, tensor types and shapes, I/O quantization."""
+    from tledge.runtime import get_backend
+
+    interpreter = get_backend().interpreter_cls(model_content=raw)
+    interpreter.allocate_tensors()
+    io = [(d["shape"].tolist(), np.dtype(d["dtype"]).name, d["quantization"])
+          for d in interpreter.get_input_details() + interpreter.get_output_details()]
+    return {"ops": [op["op_name"] for op in interpreter._get_ops_details()],
+            "tensors": sorted((np.dtype(t["dtype"]).name, tuple(t["shape"].tolist()))
+                              for t in interpreter.get_tensor_details()),
+            "io": io, "signatures": interpreter.get_signature_list()}
+
+
+def test_committed_models_match_their_script(colour_run, tmp_path):
+    """tests/models/*.tflite (what the fast tier runs on) are what make_models.py and today's
+    export make: the same graphs, and the colour files classify as a fresh export does."""
+    import importlib.util
+
+    from helpers import MODELS, export_colour_run
+
+    spec = importlib.util.spec_from_file_location("make_models", MODELS / "make_models.py")
+    make_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_models)
+    fresh = {"hard_swish_int8": make_models.hard_swish_int8(), **make_models.not_classifiers()}
+    run, splits, _ = colour_run  # the same seeded recipe as make_models.colour_models()
+    exported = export_colour_run(run, splits, tmp_path / "export")
+    fresh.update({f"colour_{fmt}": path.read_bytes() for fmt, path in exported.items()})
+    committed = {path.stem: path.read_bytes() for path in MODELS.glob("*.tflite")}
+    assert sorted(committed) == sorted(fresh), "run tests/models/make_models.py"
+    for stem, raw in fresh.items():
+        assert _graph(committed[stem]) == _graph(raw), \
+            f"{stem}.tflite differs from what make_models.py makes now: run it and commit"
+    for fmt in ("int8", "fp32"):
+        new, old = (Classifier(MODELS / f"colour_{fmt}.tflite"), Classifier(exported[fmt]))
+        assert old.labels == new.labels == LABELS  # embedded by export's metadata
+        agree = np.mean(new.predict_batch(splits.test.x).argmax(1)
+                        == old.predict_batch(splits.test.x).argmax(1))
+        assert agree >= 0.95, (fmt, agree)

@@ -1,15 +1,26 @@
+"""The transfer classifier: flat, raw pixels in, ResNet's BGR folded into RGB, clear errors for
+missing weights, unfreezing by count and by name."""
+
 import numpy as np
 import pytest
-import tf_keras as keras
 
 from tledge.config import ModelOptions
 from tledge.errors import TledgeError
 from tledge.models import (PREPROCESS, backbone_layers, build_classifier, head_layers,
                            set_backbone_trainable)
 
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keras():
+    import tf_keras
+
+    return tf_keras
+
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50"])
-def test_classifier_is_flat_and_takes_raw_pixels(backbone):
+def test_classifier_is_flat_and_takes_raw_pixels(keras, backbone):
     model = build_classifier(ModelOptions(backbone=backbone, alpha=0.35, weights="none",
                                           head_units=8), num_classes=4, image_size=32)
     assert not any(isinstance(layer, keras.Model) for layer in model.layers), "nested model"
@@ -29,7 +40,7 @@ def test_classifier_is_flat_and_takes_raw_pixels(backbone):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_resnet_weights_are_converted_to_rgb_input(tmp_path):
+def test_resnet_weights_are_converted_to_rgb_input(keras, tmp_path):
     """A caffe-style backbone fed RGB through our model equals Keras' own BGR preprocessing."""
     opts = ModelOptions(backbone="resnet50", weights="none")
     plain = keras.applications.ResNet50(input_shape=(32, 32, 3), include_top=False,
@@ -49,7 +60,7 @@ def test_missing_weights_file_is_a_clear_error():
         build_classifier(ModelOptions(weights="/nope/w.h5"), 2, 32)
 
 
-def test_failed_imagenet_download_is_a_clear_error(monkeypatch):
+def test_failed_imagenet_download_is_a_clear_error(keras, monkeypatch):
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
@@ -60,7 +71,7 @@ def test_failed_imagenet_download_is_a_clear_error(monkeypatch):
         build_classifier(ModelOptions(alpha=0.35, weights="imagenet"), 2, 96)
 
 
-def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen():
+def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen(keras):
     model = build_classifier(ModelOptions(alpha=0.35, weights="none"), 3, 32)
     layers = backbone_layers(model)
     set_backbone_trainable(model, None)

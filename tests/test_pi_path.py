@@ -4,8 +4,6 @@ ISP-scaled stream, a readable overlay, and one line where a [pi] install lacks T
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import tledge.runtime as rt
 from tledge.errors import TledgeError
 from tledge.runtime import probe
 
-from conftest import LABELS
+from helpers import LABELS, stub_run, tledge
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 # crashing_litert: a stand-in that segfaults; shadow/ai_edge_litert: the same, under LiteRT's name
@@ -64,19 +62,6 @@ def test_a_crashing_backend_is_skipped_for_the_next_one_and_cached(monkeypatch, 
         rt.get_backend("litert")
 
 
-def _tledge(args, env_extra, timeout=120, block_tensorflow=False):
-    """The CLI in a fresh process; ``block_tensorflow`` makes it a [pi] install, where the
-    training stack (and so TensorFlow's interpreter) cannot be imported."""
-    code = "import sys\n"
-    if block_tensorflow:
-        code += ("for m in ('tensorflow', 'tf_keras', 'tensorflow_model_optimization'):\n"
-                 "    sys.modules[m] = None\n")
-    code += f"from tledge.cli import main\nmain({list(map(str, args))!r})\n"
-    env = dict(os.environ, **env_extra)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
 @pytest.mark.parametrize("block_tensorflow", [True, False], ids=["pi-install", "train-install"])
 def test_cli_never_shows_a_bare_segfault(tmp_path, block_tensorflow):
     """``ai_edge_litert`` itself replaced by a stand-in that segfaults in Interpreter(...).
@@ -87,14 +72,14 @@ def test_cli_never_shows_a_bare_segfault(tmp_path, block_tensorflow):
     image = tmp_path / "x.png"
     Image.new("RGB", (20, 20), (200, 30, 30)).save(image)
     env = {"PYTHONPATH": str(SHADOW), "TLEDGE_CACHE_DIR": str(tmp_path / "cache")}
-    proc = _tledge(["predict", str(probe.PROBE_MODEL), str(image)], env,
+    proc = tledge("predict", str(probe.PROBE_MODEL), str(image), env=env,
                    block_tensorflow=block_tensorflow)
     assert "Traceback" not in proc.stderr and proc.returncode in (0, 1), proc.stderr[-1500:]
     if block_tensorflow:
         assert proc.returncode == 1
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and "litert" in errors[0] and "crashed with SIGSEGV" in errors[0]
-        doctor = _tledge(["doctor", "--no-tensorflow"], env, block_tensorflow=True)
+        doctor = tledge("doctor", "--no-tensorflow", env=env, block_tensorflow=True)
         assert doctor.returncode == 1
         assert "crashed with SIGSEGV (cached)" in doctor.stdout
     else:
@@ -104,8 +89,8 @@ def test_cli_never_shows_a_bare_segfault(tmp_path, block_tensorflow):
 
 
 def test_doctor_tells_the_truth_about_tensorflow(fresh_backends):
-    doctor = _tledge(["doctor", "--no-tensorflow"],
-                     {"TLEDGE_CACHE_DIR": str(fresh_backends.parent)})
+    doctor = tledge("doctor", "--no-tensorflow",
+                    env={"TLEDGE_CACHE_DIR": str(fresh_backends.parent)})
     assert doctor.returncode == 0, doctor.stderr
     tf_line = next(line for line in doctor.stdout.splitlines()
                    if line.split()[:1] == ["tensorflow"])
@@ -162,7 +147,6 @@ def test_picamera_frames_reach_the_model_in_the_right_colours(picamera):
     assert small[..., 0].mean() > 200 and small[..., 2].mean() < 40  # RGB: red first
 
 
-@pytest.mark.slow
 def test_picamera_run_classifies_red_from_the_lores_stream(picamera, colour_tflite, tmp_path,
                                                            monkeypatch):
     from tledge import camera
@@ -243,12 +227,11 @@ def test_overlay_text_sits_on_a_panel_that_fits_it():
 
 def _without_tensorflow(args, tmp_path):
     """Run the CLI as a [pi] install would: the training stack cannot be imported."""
-    return _tledge(args, {"TLEDGE_CACHE_DIR": str(tmp_path)}, block_tensorflow=True)
+    return tledge(*args, env={"TLEDGE_CACHE_DIR": str(tmp_path)}, block_tensorflow=True)
 
 
-@pytest.mark.slow
 def test_commands_that_need_tensorflow_say_so_in_one_line(colour_tflite, tmp_path):
-    run = colour_tflite["run"]
+    run = stub_run(tmp_path / "run")
     from PIL import Image
     image = tmp_path / "x.png"
     Image.new("RGB", (20, 20), (200, 30, 30)).save(image)

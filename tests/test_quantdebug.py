@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import LABELS, SIZE, colour_set
+from helpers import LABELS, SIZE, colour_set
 from tledge import fileio, rundir
 from tledge.config import ExportOptions, RunConfig
 from tledge.data import Splits, stratified_split

@@ -37,6 +37,7 @@ def test_bad_label_smoothing_is_refused():
         TrainOptions(label_smoothing=1.0)
 
 
+@pytest.mark.slow
 def test_phase_rate_warms_up_then_decays():
     from tledge.config import PhaseHParams
     from tledge.fitting import phase_rate
@@ -82,11 +83,12 @@ def test_feature_statistics_in_chunks_with_a_floor(tmp_path):
     np.testing.assert_allclose(on_disk[1], std, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_units", [0, 8])
 def test_standardised_head_is_a_reparametrisation_folded_back_exactly(head_units):
     """Entering leaves the model's function unchanged; what the head learns on standardised
     features is, after the block, the model's own function on raw images; no layer is added."""
-    from tests.conftest import tiny_config
+    from helpers import tiny_config
     from tledge.models import build_classifier, head_layers
     from tledge.train import feature_statistics, head_on_features, standardised_head
 
@@ -110,10 +112,11 @@ def test_standardised_head_is_a_reparametrisation_folded_back_exactly(head_units
     assert [layer.name for layer in model.layers] == layers
 
 
+@pytest.mark.slow
 def test_frozen_phase_on_images_uses_sampled_statistics(tiny_splits):
     """With augmentation (no feature cache) phase 1 standardises from a sample of the split;
     the model it leaves has the same layers, and --no-feature-norm trains a different head."""
-    from tests.conftest import tiny_config
+    from helpers import tiny_config
     from tledge.models import build_classifier
     from tledge.train import frozen_phase, resolve_strategy
 
@@ -139,6 +142,7 @@ def test_train_flags_for_phase_one(tmp_path, monkeypatch):
 
     seen = {}
     monkeypatch.setattr(train_mod, "train", lambda config, out, **kw: seen.update(config=config))
+    monkeypatch.setattr("tledge.cli.require_training_stack", lambda what: None)  # not the subject
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "r"),
                                        "--lr-schedule-frozen", "constant", "--no-feature-norm",
                                        "--batchnorm", "train"])
@@ -152,6 +156,7 @@ def test_train_flags_for_phase_one(tmp_path, monkeypatch):
 
 
 
+@pytest.mark.slow
 def test_label_smoothing_is_keras_own_loss_on_one_hot_labels(tmp_path):
     """Smoothing needs one-hot labels (tf_keras' sparse loss has none): the pipeline gives them,
     the loss is Keras' own, and the saved model loads with a plain load_model."""
@@ -224,12 +229,13 @@ def test_qat_and_train_depend_one_way():
     assert "tledge.qat" in imported("train")
 
 
+@pytest.mark.slow
 def test_batchnorm_train_updates_the_statistics_of_the_unfrozen_part(tmp_path, tiny_splits):
     """--batchnorm train: a pretrained backbone's BatchNorm layers in the unfrozen part update
     their moving statistics; the frozen part's stay; the default keeps them all."""
     import tf_keras as keras
 
-    from tests.conftest import tiny_config
+    from helpers import tiny_config
     from tledge.models import backbone_layers, build_classifier
     from tledge.train import finetune_phase, resolve_strategy
 

@@ -12,7 +12,7 @@ import pytest
 import tledge.runtime as rt
 from tledge.errors import TledgeError
 
-from conftest import COLOURS, LABELS
+from helpers import COLOURS, LABELS, stub_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,6 @@ def test_quantize_dequantize_formulas():
     np.testing.assert_allclose(rt.dequantize(np.array([-128, 0], np.int8), 0.5, -128), [0, 64])
 
 
-@pytest.mark.slow
 def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
     clf = rt.Classifier(colour_tflite["int8"])
     assert clf.input_dtype == np.uint8 and clf.output_dtype == np.uint8
@@ -74,7 +73,6 @@ def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
     assert top[0].score >= top[1].score and len(top) == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["int8", "fp32"])
 def test_classify_path_equals_plain_set_tensor(colour_tflite, fmt):
     """scores() writes pixels straight into the input buffer (casting for a float model); it
@@ -104,7 +102,6 @@ def test_classify_path_equals_plain_set_tensor(colour_tflite, fmt):
         clf.invoke(pixels[:1].astype(wrong))
 
 
-@pytest.mark.slow
 def test_labels_from_metadata_then_labels_txt(colour_tflite, tmp_path):
     assert rt.Classifier(colour_tflite["int8"]).labels == LABELS  # embedded
     # The same model without its appended label archive: labels.txt beside it is used.
@@ -128,7 +125,6 @@ print(clf.backend, top.label)
 """
 
 
-@pytest.mark.slow
 def test_runtime_never_imports_tensorflow(colour_tflite):
     proc = subprocess.run([sys.executable, "-c", CLASSIFY, str(colour_tflite["int8"])],
                           capture_output=True, text=True, timeout=120)
@@ -141,7 +137,6 @@ def _pi_python():
     return path if path.exists() else None
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(_pi_python() is None,
                     reason="no pi-only environment: `make install-pi` builds .venv-pi")
 def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
@@ -179,7 +174,7 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
         (["bench", model, "--threads", "1", "--runs", "3", "--warmup", "0",
           "--chart", str(tmp_path / "b.png"), "--json", str(tmp_path / "b.json")], 0),
         (["train", "--data", "shapes", "--out", str(tmp_path / "run")], 1),
-        (["predict", str(colour_tflite["run"]), str(image)], 1),
+        (["predict", str(stub_run(tmp_path / "stub")), str(image)], 1),
     ]
     for args, rc in commands:
         done = subprocess.run([str(tledge), *args], capture_output=True, text=True, env=env,
@@ -193,10 +188,10 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_json_has_every_field(colour_tflite, tmp_path):
+def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
     from tledge import bench
     report = bench.bench([str(colour_tflite["int8"]), str(colour_tflite["fp32"]),
-                          str(colour_tflite["run"])],
+                          str(colour_run[0])],
                          bench.BenchOptions(threads=(1, 2), runs=5, warmup=1, data=None),
                          echo=lambda s: None)
     paths = bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv",
@@ -219,7 +214,6 @@ def test_bench_json_has_every_field(colour_tflite, tmp_path):
     assert (tmp_path / "b.csv").read_text().count("\n") == 6
 
 
-@pytest.mark.slow
 def test_bench_accuracy_and_bad_paths(colour_tflite, tmp_path):
     from tledge import bench
     folder = tmp_path / "colours"

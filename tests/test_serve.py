@@ -14,35 +14,28 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import COLOURS
+from helpers import COLOURS, free_port, write_video
 from tledge.camera import CameraOptions, run_camera
 from tledge.errors import TledgeError
 from tledge.serve import parse_serve
 
 cv2 = pytest.importorskip("cv2")
-pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    path = tmp_path_factory.mktemp("serve") / "colours.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 15.0, (320, 240))
-    for i in range(24):
-        frame = np.full((240, 320, 3), COLOURS[i // 6][::-1], np.uint8)
-        cv2.circle(frame, (40 + 10 * i, 120), 30, (255, 255, 255), -1)
-        writer.write(frame)
-    writer.release()
-    return path
+    def frame(i, rng):
+        image = np.full((240, 320, 3), COLOURS[i // 6][::-1], np.uint8)
+        cv2.circle(image, (40 + 10 * i, 120), 30, (255, 255, 255), -1)
+        return image
+
+    return write_video(tmp_path_factory.mktemp("serve") / "colours.mp4", frames=24,
+                       frame=frame)
 
 
 class Camera:
-    """run_camera in a thread, on a looping video, serving on a free port."""
+    """run_camera in a thread, on a looping video, serving on a free port; stopped when the
+    ``with`` block ends (``duration`` only bounds a hang)."""
 
     def __init__(self, colour_tflite, video, **options):
         self.port = options.pop("port", None) or free_port()
@@ -50,12 +43,13 @@ class Camera:
         self.options = CameraOptions(
             model=str(colour_tflite["int8"]), compare=str(colour_tflite["fp32"]),
             source=str(video), headless=True, loop=True, threads=1,
-            serve=f"127.0.0.1:{self.port}", **{"duration": 20.0, **options})
+            serve=f"127.0.0.1:{self.port}", **{"duration": 120.0, **options})
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         try:
-            self.summary = run_camera(self.options, echo=self.lines.append)
+            self.summary = run_camera(self.options, echo=self.lines.append, stop=self.stop)
         except Exception as e:  # noqa: BLE001 - the test reads it
             self.error = e
 
@@ -73,7 +67,10 @@ class Camera:
         raise AssertionError("the page never came up")
 
     def __exit__(self, *exc):
+        if not self.options.max_frames:
+            self.stop.set()
         self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the camera did not stop"
 
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
@@ -146,7 +143,7 @@ def test_page_stream_json_and_health(colour_tflite, video):
 
 
 def test_token_and_viewer_limit(colour_tflite, video):
-    with Camera(colour_tflite, video, serve_token="s3cret", duration=15.0) as cam:
+    with Camera(colour_tflite, video, serve_token="s3cret") as cam:
         with pytest.raises(urllib.error.HTTPError) as e:
             cam.get("/")
         assert e.value.code == 403
@@ -220,7 +217,7 @@ def _browser():
                                                "chromium-headless-shell (.ci/run does)")
 def test_a_real_browser_shows_the_stream(colour_tflite, video, tmp_path):
     shot = tmp_path / "page.png"
-    with Camera(colour_tflite, video, duration=30.0) as cam:
+    with Camera(colour_tflite, video) as cam:
         proc = subprocess.run(
             [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
              "--no-first-run", "--disable-background-networking", "--disable-component-update",

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from helpers import free_ports, tledge
+
 pytestmark = pytest.mark.slow
 
 SCRIPT = textwrap.dedent("""
@@ -16,7 +18,7 @@ SCRIPT = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, sys.argv[2])
-    from conftest import tiny_config
+    from helpers import tiny_config
     from tledge.train import train
     for augment in (False, True):  # feature-cache path and plain path
         config = tiny_config(strategy="mirrored").override(data={"augment": augment})
@@ -37,39 +39,21 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert (tmp_path / "runFalse" / "model.keras").is_file()
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _cli(args, env, **kwargs):
-    import os
-    return subprocess.Popen([sys.executable, "-m", "tledge.cli", *args],
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
 def test_two_workers_on_localhost_train_one_run_folder(tmp_path):
     """MultiWorkerMirroredStrategy: two processes on 127.0.0.1, as two hosts would run it.
     Only the chief writes the run folder; the other worker leaves nothing there."""
     import json
 
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     config = tmp_path / "config.yaml"
     config.write_text(tiny_config().override(
         data={"shapes_per_class": 12}, train={"strategy": "multi-worker"}).to_yaml())
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     run, backups = tmp_path / "run", tmp_path / "backups"
     args = ["train", "--config", str(config), "--out", str(run), "--backup-dir", str(backups)]
-    procs = [_cli(args, {"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+    procs = [tledge(*args, background=True,
+                    env={"TF_CONFIG": json.dumps({"cluster": {"worker": workers},
                                                   "task": {"type": "worker", "index": i}})})
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
@@ -98,33 +82,26 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path):
                          ({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}, '
                                         '"task": {"type": "worker", "index": 3}}'},
                           "is not in its cluster")):
-        proc = _cli(["train", "--strategy", "multi-worker", "--out", str(tmp_path / "r")], env)
-        stdout, stderr = proc.communicate(timeout=120)
+        proc = tledge("train", "--strategy", "multi-worker", "--out", tmp_path / "r", env=env,
+                      timeout=120)
+        stderr = proc.stderr
         assert proc.returncode == 1, stderr
         assert message in stderr and "Traceback" not in stderr
         assert len(stderr.strip().splitlines()) == 1, stderr
         assert not (tmp_path / "r").exists()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _lonely_worker(tmp_path, *extra):
     """The chief of a two-worker cluster whose second worker never starts."""
     import json
 
-    config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{_free_port()}",
-                                                f"127.0.0.1:{_free_port()}"]},
+    config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]},
                          "task": {"type": "worker", "index": 0}})
-    return _cli(["train", "--data", "shapes", "--image-size", "32", "--alpha", "0.35",
-                 "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune", "0",
-                 "--no-qat", "--limit", "8", "--strategy", "multi-worker", "--out",
-                 str(tmp_path / "run"), *extra], {"TF_CONFIG": config})
+    return tledge("train", "--data", "shapes", "--image-size", "32", "--alpha", "0.35",
+                  "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune", "0",
+                  "--no-qat", "--limit", "8", "--strategy", "multi-worker", "--out",
+                  tmp_path / "run", *extra, env={"TF_CONFIG": config, "PYTHONUNBUFFERED": "1"},
+                  background=True)
 
 
 def test_a_missing_worker_is_waited_for_a_bounded_time(tmp_path):
@@ -148,14 +125,18 @@ def test_ctrl_c_ends_the_wait_for_the_cluster_at_once(tmp_path):
 
     proc = _lonely_worker(tmp_path)  # the default bound: 300 s
     lock = tmp_path / "run" / ".tledge.lock"
-    deadline = time.time() + 90
-    while not lock.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(2)  # inside TensorFlow's wait by now
+    for line in proc.stdout:  # printed as the wait begins
+        if "waiting up to 300 s for the cluster" in line:
+            break
+    assert lock.exists()
     proc.send_signal(signal.SIGINT)
+    started = time.time()
     proc.communicate(timeout=20)
-    time.sleep(1)  # the watchdog releases the folder within 0.2 s
-    assert proc.returncode != 0 and not lock.exists() and not (tmp_path / "run").exists()
+    assert proc.returncode != 0 and time.time() - started < 10
+    deadline = time.time() + 5  # the watchdog releases the folder within 0.2 s
+    while (tmp_path / "run").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not lock.exists() and not (tmp_path / "run").exists()
 
 
 def test_a_restarted_phase_resumes_from_its_backup(tmp_path):
@@ -202,7 +183,7 @@ def test_mixed_precision_model_trains_with_float32_output(caplog):
     import numpy as np
     import tf_keras as keras
 
-    from conftest import tiny_config
+    from helpers import tiny_config
     from tledge.models import build_classifier
     from tledge.fitting import compile_model
     from tledge.train import precision_policy

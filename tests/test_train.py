@@ -4,10 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import tf_keras as keras
 import yaml
 
-from conftest import tiny_config
+from helpers import keras, tiny_config
 from tledge import rundir
 from tledge.config import PhaseHParams
 from tledge.errors import TledgeError
@@ -91,10 +90,17 @@ def test_feature_cache_gives_the_same_head_as_a_plain_fit(tiny_splits):
         np.testing.assert_allclose(cached, plain, rtol=1e-3, atol=1e-4)
 
 
-def test_run_folder_contents_and_refusal_to_overwrite(tiny_splits, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tiny_splits, tmp_path_factory):
+    """One run of tiny_config() (frozen, fine-tune) that several tests read; copy it to change
+    it."""
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    return out, train(tiny_config(), out, splits=tiny_splits, echo=lambda s: None)
+
+
+def test_run_folder_contents_and_refusal_to_overwrite(tiny_splits, tiny_run):
+    out, result = tiny_run
     config = tiny_config()
-    result = train(config, out, splits=tiny_splits, echo=lambda s: None)
     for name in (rundir.CONFIG, rundir.LABELS, rundir.HISTORY, rundir.CURVES,
                  rundir.FLOAT_MODEL, rundir.METRICS):
         assert (out / name).is_file(), name
@@ -215,9 +221,15 @@ def test_same_seed_same_run(tiny_splits, tmp_path):
     assert runs[0].phases[-1].history == runs[1].phases[-1].history
 
 
-def test_init_from_a_run_skips_to_qat(tiny_splits, tmp_path):
+def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    from tledge import qat
     from tledge.config import QATHParams
-    first = train(tiny_config(), tmp_path / "a", splits=tiny_splits, echo=lambda s: None)
+    from tledge.fitting import PhaseResult, save_model
+
+    shutil.copytree(tiny_run[0], tmp_path / "a")
+    first = tiny_run[1]
     config = tiny_config(frozen=PhaseHParams(epochs=0),
                          finetune=tiny_config().train.finetune.__class__(epochs=0),
                          qat=QATHParams(enabled=True, epochs=1, learning_rate=1e-5),
@@ -232,7 +244,13 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tmp_path):
     redone = keras.models.load_model(tmp_path / "b" / rundir.FLOAT_MODEL, compile=False)
     np.testing.assert_allclose(redone.predict(x, verbose=0), first.model.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
-    # ... and redone in place, the run keeps its own float model
+    # ... and redone in place, the run keeps its own float model (what QAT does was proved
+    # above: here a stand-in phase that saves the model it was given)
+    def qat_phase(model, splits, config, strategy, out, backup=None):
+        save_model(model, out / rundir.QAT_MODEL)
+        return PhaseResult("qat", {"loss": [1.0]}, 1, 0.5), model
+
+    monkeypatch.setattr(qat, "qat_phase", qat_phase)
     train(config, tmp_path / "a", overwrite=True, splits=tiny_splits, echo=lambda s: None)
     in_place = keras.models.load_model(tmp_path / "a" / rundir.FLOAT_MODEL, compile=False)
     np.testing.assert_allclose(in_place.predict(x, verbose=0), first.model.predict(x, verbose=0),

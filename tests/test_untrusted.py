@@ -134,10 +134,11 @@ def test_sigterm_ends_the_camera_with_its_outputs_written(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not list(tmp_path.glob(".out.mp4*")):
-            time.sleep(0.2)
-        time.sleep(2)
+        deadline = time.time() + 60  # until frames have reached both outputs
+        while time.time() < deadline and not (
+                list(tmp_path.glob(".out.mp4*"))
+                and any(p.stat().st_size for p in tmp_path.glob(".out.jsonl*"))):
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -7,13 +7,25 @@
   is the converter's output *before* that rewrite, what the rewrite and the delegation report
   are tested on.
 
+- ``colour_int8.tflite`` and ``colour_fp32.tflite``: the colour classifier of tests/helpers.py
+  (two convolutions, four colours, 32x32) trained with QAT and exported by ``tledge export``:
+  metadata, embedded labels, verified. The runtime, camera, serve, bench, predict and fault
+  tests run on them without TensorFlow.
+- ``vector_in.tflite`` and ``image_out.tflite``: two models that are not image classifiers (a
+  vector in; an image out), for the commands' one-line refusals.
+
 Regenerate with ``.venv/bin/python tests/models/make_models.py``; the slow test
-``test_committed_models_match_their_script`` checks that the script still makes the same graph.
+``test_committed_models_match_their_script`` (tests/test_export.py) makes them again and checks
+that they still match what the script and export produce: the same graphs (ops, tensor types
+and shapes, I/O quantization, signature), and for the colour files the same predictions. Not the
+same bytes: training is not bit-reproducible from run to run (threaded float reductions).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/helpers.py
 HARD_SWISH = HERE / "hard_swish_int8.tflite"
 SIZE = 32
 
@@ -72,9 +85,42 @@ def hard_swish_int8() -> bytes:
     return converter.convert()
 
 
+def not_classifiers() -> dict[str, bytes]:
+    """A model with a vector input and one with an image output, converted as they are."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(0)
+    # layers named: Keras' automatic names count the models built before in this process
+    models = {"vector_in": keras.Sequential([keras.Input((10,), name="vector"),
+                                             keras.layers.Dense(3, name="scores")]),
+              "image_out": keras.Sequential([keras.Input((16, 16, 3), name="image"),
+                                             keras.layers.Conv2D(2, 3, name="feature_map")])}
+    return {name: tf.lite.TFLiteConverter.from_keras_model(model).convert()
+            for name, model in models.items()}
+
+
+def colour_models() -> dict[str, bytes]:
+    """The colour classifier trained (float, then QAT) and exported by tledge: int8 and fp32."""
+    from helpers import export_colour_run, train_colour_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        splits, _ = train_colour_run(Path(tmp) / "run")
+        files = export_colour_run(Path(tmp) / "run", splits, Path(tmp) / "export")
+        return {f"colour_{fmt}": path.read_bytes() for fmt, path in files.items()}
+
+
+def all_models() -> dict[str, bytes]:
+    """Every committed model by file stem."""
+    return {"hard_swish_int8": hard_swish_int8(), **not_classifiers(), **colour_models()}
+
+
 def main() -> None:
-    HARD_SWISH.write_bytes(hard_swish_int8())
-    print(f"wrote {HARD_SWISH} ({HARD_SWISH.stat().st_size:,} bytes)")
+    from tledge import fileio
+
+    for stem, data in all_models().items():
+        path = fileio.write_bytes(HERE / f"{stem}.tflite", data)
+        print(f"wrote {path} ({len(data):,} bytes)")
 
 
 if __name__ == "__main__":
