@@ -34,7 +34,7 @@ install-pi: .venv-pi/bin/tledge
 # process (tests/conftest.py fails a test that does) and runs on the committed models in
 # tests/models; the whole suite adds the tests that train, convert and export.
 test: install install-pi  ## the whole suite but the emulated Pi, on every core (what CI runs)
-	$(BIN)/python -m pytest -q -m "not pi" -n auto --maxprocesses=4 --durations=20
+	$(BIN)/python -m pytest -q -m "not pi" -n auto --maxprocesses=4 --dist worksteal --durations=20
 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):
 # builds the root once (cached in ~/.cache/tledge), installs .[pi] there, checks every command.
@@ -43,7 +43,7 @@ pi-check: install
 	$(BIN)/python tests/pi/pi_check.py
 
 test-fast: install  ## no TensorFlow: runtime, camera, serve, CLI, config, faults on tiny models
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses=4
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist worksteal
 
 demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export, evaluate
 	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) \
