@@ -81,19 +81,16 @@ def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
     """The CLI path a user takes: train (frozen, fine-tune at the block boundary, QAT), then a
     verified full-integer export from the QAT model."""
     import json
-    import subprocess
-    import sys
+    from helpers import tledge
 
     run = tmp_path / "run"
-    train = subprocess.run([sys.executable, "-m", "tledge.cli", "train", "--data", "shapes",
-                            "--backbone", "mobilenet_v3_small", "--image-size", "48",
-                            "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune",
-                            "1", "--epochs-qat", "1", "--limit", "12", "--no-augment", "--out",
-                            str(run)], capture_output=True, text=True, timeout=600)
+    train = tledge("train", "--data", "shapes", "--backbone", "mobilenet_v3_small",
+                   "--image-size", "48", "--weights", "none", "--epochs-frozen", "1",
+                   "--epochs-finetune", "1", "--epochs-qat", "1", "--limit", "12",
+                   "--no-augment", "--out", run)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "phase finetune" in train.stdout and "phase qat" in train.stdout
-    export = subprocess.run([sys.executable, "-m", "tledge.cli", "export", str(run), "--int8",
-                             "--max-drop", "100"], capture_output=True, text=True, timeout=600)
+    export = tledge("export", run, "--int8", "--max-drop", "100")
     assert export.returncode == 0, export.stderr[-3000:]
     card = json.loads((run / "export" / "model_card.json").read_text())
     entry = card["files"]["model_int8.tflite"]

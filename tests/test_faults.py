@@ -66,9 +66,7 @@ def test_a_run_folder_belongs_to_one_process(tmp_path):
 def test_two_trains_into_one_folder_never_mix(tmp_path):
     """The campaign's case: T --epochs-frozen 3 --out R & then T --image-size 48 --out R."""
     run = tmp_path / "R"
-    first = subprocess.Popen([sys.executable, "-m", "tledge.cli", *T, "--epochs-frozen", "3",
-                              "--out", str(run)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = tledge(*T, "--epochs-frozen", "3", "--out", run, background=True)
     deadline = time.time() + 120
     while not (run / rundir.LOCK).exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.1)

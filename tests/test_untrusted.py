@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -92,9 +91,7 @@ def test_sigterm_and_sighup_stop_bench_like_ctrl_c(tmp_path, sig):
     """bench measures in a child process: a termination signal ends both, the usual way."""
     model = tmp_path / "probe.tflite"
     model.write_bytes(PROBE.read_bytes())
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "bench", str(model), "--runs",
-                             "100000000", "--threads", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = tledge("bench", model, "--runs", "100000000", "--threads", "1", background=True)
     child = None
     try:
         deadline = time.time() + 60
@@ -128,11 +125,9 @@ def test_sigterm_ends_the_camera_with_its_outputs_written(tmp_path):
 
     video = write_video(tmp_path / "in.mp4", frames=40, size=(160, 120))
     model = Path(__file__).parent / "models" / "hard_swish_int8.tflite"
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "camera", "--model", str(model),
-                             "--source", str(video), "--loop", "--headless", "--record",
-                             str(tmp_path / "out.mp4"), "--output", str(tmp_path / "out.jsonl")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
+    proc = tledge("camera", "--model", model, "--source", video, "--loop", "--headless",
+                  "--record", tmp_path / "out.mp4", "--output", tmp_path / "out.jsonl",
+                  background=True, cwd=tmp_path)
     try:
         deadline = time.time() + 60  # until frames have reached both outputs
         while time.time() < deadline and not (
