@@ -60,15 +60,30 @@ def test_missing_weights_file_is_a_clear_error():
         build_classifier(ModelOptions(weights="/nope/w.h5"), 2, 32)
 
 
-def test_failed_imagenet_download_is_a_clear_error(keras, monkeypatch):
+@pytest.mark.parametrize("failure, why", [
+    (Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] "
+               "Temporary failure in name resolution"),
+     "no network ([Errno -3] Temporary failure in name resolution)"),
+    (Exception("URL fetch failure on https://storage.googleapis.com/x.h5: 403 -- Forbidden"),
+     "the server answered HTTP 403 Forbidden"),
+    (ValueError("Incomplete or corrupted file detected. The sha256 file hash does not match "
+                "the provided value of 1234."), "checksum does not match"),
+])
+def test_failed_imagenet_download_says_why_and_how_to_work_offline(keras, monkeypatch, failure,
+                                                                   why):
     def offline(*args, **kwargs):
-        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+        raise failure
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     import tf_keras.src.applications.mobilenet_v2 as mnv2
     monkeypatch.setattr(mnv2.data_utils, "get_file", offline)
-    with pytest.raises(TledgeError, match="could not download the ImageNet weights.*--weights"):
+    with pytest.raises(TledgeError) as e:
         build_classifier(ModelOptions(alpha=0.35, weights="imagenet"), 2, 96)
+    message = str(e.value)
+    assert message.startswith("could not download the ImageNet weights for mobilenet_v2: ")
+    assert why in message
+    for fix in ("--weights PATH", "make demo WEIGHTS=PATH", "--weights none", "WEIGHTS=none"):
+        assert fix in message, message
 
 
 def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen(keras):

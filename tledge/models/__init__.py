@@ -148,6 +148,27 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
+def download_failure(e: BaseException) -> str:
+    """Why a Keras download failed, in words: no network, an HTTP status, a bad checksum.
+    Keras' get_file wraps URLError and HTTPError in a bare Exception("URL fetch failure on
+    URL: CODE -- REASON") and raises ValueError on a checksum mismatch."""
+    import re
+
+    text = first_line(e)
+    if "hash" in text and "does not match" in text:
+        return ("the downloaded file's checksum does not match (a partial or damaged download; "
+                "delete it from ~/.keras/models and retry)")
+    fetch = re.search(r"URL fetch failure on (\S+): (\S+) -- (.*)", text)
+    if fetch:
+        code, reason = fetch.group(2), fetch.group(3).strip()
+        if code.isdigit() and 100 <= int(code) < 600:
+            return f"the server answered HTTP {code} {reason}"
+        return f"no network ({reason or 'unreachable'})"
+    if isinstance(e, (ConnectionError, TimeoutError)) or "Errno" in text:
+        return f"no network ({text[:120]})"
+    return text[:160] or type(e).__name__
+
+
 def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
     """The flat transfer classifier: uint8-range RGB in, class probabilities out."""
     keras = _keras()
@@ -159,14 +180,15 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
         base = spec.build(x, weights, options.alpha)
     except TledgeError:
         raise
-    except ValueError as e:
-        raise TledgeError(f"cannot build {options.backbone}: {first_line(e)}") from e
     except Exception as e:  # a failed download surfaces as URLError/HTTPError/OSError/Exception
-        if weights == "imagenet":
+        if weights == "imagenet" and (not isinstance(e, ValueError) or "hash" in str(e)):
             raise TledgeError(
-                f"could not download the ImageNet weights for {options.backbone} "
-                f"({type(e).__name__}): pass --weights PATH to a local weights file, or "
-                "--weights none to start from random weights")
+                f"could not download the ImageNet weights for {options.backbone}: "
+                f"{download_failure(e)}. Offline, use a local weights file (--weights PATH; "
+                "make demo WEIGHTS=PATH) or start from random weights (--weights none; make "
+                "demo WEIGHTS=none)") from e
+        if isinstance(e, ValueError):
+            raise TledgeError(f"cannot build {options.backbone}: {first_line(e)}") from e
         raise TledgeError(f"could not load weights {weights} for {options.backbone} "
                           f"({first_line(e)[:160]}): pass a weights file saved for "
                           "this backbone (and --alpha) without its top") from e
