@@ -38,7 +38,7 @@ def main(out: str) -> None:
     lines += ["", "## Export formats (test split, 10,000 images)", "",
               "| model | source | size | test accuracy | vs float | int8 input / output |",
               "|---|---|---:|---:|---:|---|"]
-    float_eval = load(root / "transfer" / "evaluation" / "evaluation.json")
+    float_eval = load(root / "transfer" / "evaluation_fashion_mnist" / "evaluation.json")
     base = float_eval["accuracy"]
     lines.append(f"| Keras float (model.keras) | float | "
                  f"{(root / 'transfer' / 'model.keras').stat().st_size / 1e6:.2f} MB | "
@@ -48,7 +48,7 @@ def main(out: str) -> None:
         report = load(root / "transfer" / folder / "export_report.json")
         for r in report["formats"]:
             path = Path(r["path"])
-            ev = load(path.with_name(f"{path.stem}_evaluation") / "evaluation.json")
+            ev = load(path.with_name(f"{path.stem}_evaluation_fashion_mnist") / "evaluation.json")
             sizes[(r["format"], r["source"])] = r["size_bytes"]
             q = r["quantization"]
             lines.append(

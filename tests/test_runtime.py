@@ -242,3 +242,25 @@ def test_doctor_exits_nonzero_without_a_runtime(monkeypatch):
     assert result.exit_code == 1
     assert "no TFLite runtime can load a model" in result.output
     assert "pip install ai-edge-litert" in result.output
+
+
+def test_evaluate_keeps_one_report_per_data_set(colour_tflite, tmp_path):
+    """A second data set needs no --out: the default folder is named after the data."""
+    from PIL import Image
+
+    from helpers import cli
+
+    model = tmp_path / "model_int8.tflite"
+    model.write_bytes(colour_tflite["int8"].read_bytes())
+    for name, size in (("day", 32), ("night shots", 24)):
+        for label, rgb in zip(LABELS, COLOURS):
+            (tmp_path / name / label).mkdir(parents=True)
+            Image.new("RGB", (size, size), tuple(int(v) for v in rgb)).save(
+                tmp_path / name / label / "1.png")
+        result = cli("evaluate", model, "--data", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    for folder in ("model_int8_evaluation_day", "model_int8_evaluation_night_shots"):
+        report = json.loads((tmp_path / folder / "evaluation.json").read_text())
+        assert report["accuracy"] == 1.0, folder
+    again = cli("evaluate", model, "--data", tmp_path / "day")  # the same data: refused
+    assert again.exit_code == 1 and "--overwrite" in again.output

@@ -307,13 +307,13 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.  [default: "
-              "RUN_DIR/evaluation or <model>_evaluation beside the .tflite]")
+              "RUN_DIR/evaluation_<data> or <model>_evaluation_<data> beside the .tflite]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
     """Accuracy, per-class precision and recall, and a confusion matrix for MODEL."""
     from tledge import evaluate as ev
 
-    out_dir = Path(out) if out else ev.default_eval_dir(Path(model))
+    out_dir = Path(out) if out else ev.default_eval_dir(Path(model), data)
     report_path = out_dir / "evaluation.json"
     fileio.check_output_dir(out_dir, "--out")
     if report_path.exists() and not overwrite:

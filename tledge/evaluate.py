@@ -171,6 +171,16 @@ def plot_confusion(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def default_eval_dir(model: Path) -> Path:
+def default_eval_dir(model: Path, data: str) -> Path:
+    """One report folder per model and data set: RUN/evaluation_<data>, or
+    <model>_evaluation_<data> beside a .tflite; <data> is a built-in set's name or the data
+    folder's own name. A second data set then needs no --out."""
+    import re
+
+    from tledge.data import BUILTIN
+
     model = Path(model)
-    return model / "evaluation" if model.is_dir() else model.with_name(f"{model.stem}_evaluation")
+    name = data if data in BUILTIN else Path(data).expanduser().resolve().name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
+    folder = f"evaluation_{name}"
+    return model / folder if model.is_dir() else model.with_name(f"{model.stem}_{folder}")
