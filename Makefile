@@ -2,10 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The demo's backbone weights: a local pretrained file when this checkout has one beside it
-# (machines without internet), else ImageNet weights that Keras downloads once.
-OFFLINE_WEIGHTS := ../shared/weights/mobilenet_v2_1.0_no_top_stanford_dogs.h5
-WEIGHTS ?= $(if $(wildcard $(OFFLINE_WEIGHTS)),$(OFFLINE_WEIGHTS),imagenet)
+# The demo's backbone weights: a local pretrained MobileNetV2 1.0 file when this checkout has
+# one beside it (machines without internet; any name starting mobilenet_v2_1.0 and ending .h5),
+# else ImageNet weights that Keras downloads once.
+OFFLINE_WEIGHTS := $(firstword $(sort $(wildcard ../shared/weights/mobilenet_v2_1.0*.h5)))
+WEIGHTS ?= $(if $(OFFLINE_WEIGHTS),$(OFFLINE_WEIGHTS),imagenet)
 DEMO_OUT ?= models/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2

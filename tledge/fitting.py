@@ -210,5 +210,10 @@ def evaluate_accuracy(model, images: ImageSet, batch_size: int) -> float:
 
 
 def save_model(model, path: Path) -> None:
-    with fileio.atomic_path(path) as tmp:
+    import warnings
+
+    with fileio.atomic_path(path) as tmp, warnings.catch_warnings():
+        # the QAT model is HDF5 on purpose (tfmot's wrappers load from it); tf_keras' two-line
+        # "legacy format" warning is not news for the user
+        warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
         model.save(tmp)
