@@ -8,6 +8,7 @@ backbones separately.
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +232,27 @@ def test_committed_models_match_their_script(colour_run, tmp_path):
         agree = np.mean(new.predict_batch(splits.test.x).argmax(1)
                         == old.predict_batch(splits.test.x).argmax(1))
         assert agree >= 0.95, (fmt, agree)
+
+
+def test_the_card_describes_every_model_file_in_the_folder(colour_run, tmp_path):
+    """An export of fewer formats into a folder that holds more: refused without --overwrite
+    (naming the files), and with it the earlier files go, so card and report describe every
+    model file there."""
+    run, splits, _ = colour_run
+    out = tmp_path / "export"
+    export(run, ExportOptions(formats=("fp32", "dynamic")), out=out, splits=splits,
+           echo=lambda s: None)
+    with pytest.raises(TledgeError, match="holds model_dynamic.tflite, model_fp32.tflite from "
+                                          "an earlier export.*--overwrite"):
+        export(run, ExportOptions(formats=("int8",)), out=out, splits=splits,
+               echo=lambda s: None)
+    assert (out / "model_fp32.tflite").is_file()  # nothing lost without being asked
+    lines = []
+    export(run, ExportOptions(formats=("int8", "fp32")), out=out, splits=splits,
+           overwrite=True, echo=lines.append)
+    assert any("removed model_dynamic.tflite" in line for line in lines)
+    card = json.loads((out / "model_card.json").read_text())
+    report = json.loads((out / "export_report.json").read_text())
+    files = sorted(p.name for p in out.glob("model_*.tflite"))
+    assert files == sorted(card["files"]) == ["model_fp32.tflite", "model_int8.tflite"]
+    assert sorted(Path(r["path"]).name for r in report["formats"]) == files

@@ -232,6 +232,15 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
     if existing and not overwrite:
         raise TledgeError(f"{existing[0]} already exists: pass --overwrite to replace it, or "
                           "--out another folder")
+    # The card and report describe every model file in the folder: files of formats this
+    # export does not make (an earlier export's) go, with --overwrite, when the new ones land.
+    ours = {f"model_{fmt}{tag}.tflite" for fmt in options.formats for tag in ("", ".REJECTED")}
+    stale = sorted(p for p in out.glob("model_*.tflite") if p.name not in ours)
+    if stale and not overwrite:
+        raise TledgeError(
+            f"{out} holds {', '.join(p.name for p in stale)} from an earlier export, which this "
+            "one would not describe: pass --overwrite to replace the folder's model files, ask "
+            "for that format too, or --out another folder")
     # The run folder is read, the export folder written: neither may change under us. A run
     # folder we cannot write to (a read-only copy) cannot be written by train either here: it
     # is only checked for a live writer, not locked.
@@ -241,7 +250,7 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         rundir.prepare_read(run_dir)
         hold_run = contextlib.nullcontext(run_dir)
     with hold_run, rundir.lock(out, rundir.command_line()), contextlib.ExitStack() as staged:
-        return _export(run_dir, options, out, targets, echo, splits, staged)
+        return _export(run_dir, options, out, targets, echo, splits, staged, stale)
 
 
 def load_run_model(run: Path, qat: bool = False):
@@ -275,7 +284,7 @@ def load_keras_file(path: Path, qat: bool = False):
                           "another run)") from e
 
 
-def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
+def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> dict:
     from tledge.runtime import Classifier, in_batches
 
     qat_path = run_dir / rundir.QAT_MODEL
@@ -373,6 +382,9 @@ def _export(run_dir, options, out, targets, echo, splits, staged) -> dict:
             final.with_name(final.name.replace(".REJECTED", "")).unlink(missing_ok=True)
         else:
             final.with_name(final.stem + ".REJECTED.tflite").unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
+        echo(f"removed {path.name}: an earlier export's, which this report would not describe")
     fileio.write_labels(out / "labels.txt", labels)
     fileio.write_json(out / REPORT, report)
     fileio.write_json(out / CARD, card)
