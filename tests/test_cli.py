@@ -9,6 +9,8 @@ def test_help_lists_every_command_and_options_have_help():
     assert result.exit_code == 0
     for command in main.commands:
         assert command in result.output
+    listing = result.output.split("Commands:")[1]
+    assert "..." not in listing, listing  # whole one-line descriptions, not cut ones
     for command in main.commands.values():
         for param in command.params:
             if param.param_type_name == "option" and param.name != "help":

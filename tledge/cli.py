@@ -121,7 +121,7 @@ D, M, T = DataOptions, ModelOptions, TrainOptions
 F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 
 
-@main.command()
+@main.command(short_help="Train a transfer classifier: frozen head, fine-tune, QAT.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML config to start from (a run's config.yaml); flags override it.")
 @click.option("--data", help="Folder with one subfolder per class, or a built-in data set: "
@@ -142,7 +142,8 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @click.option("--backbone", type=click.Choice(BACKBONES),
               help=f"Pretrained convolutional base.  [default: {_default(M, 'backbone')}]")
 @click.option("--alpha", type=float,
-              help=f"MobileNetV2 width multiplier.  [default: {_default(M, 'alpha')}]")
+              help="Width multiplier of MobileNetV2 and MobileNetV3 (channels x alpha; "
+              f"ignored by the others).  [default: {_default(M, 'alpha')}]")
 @click.option("--weights", help="imagenet (downloaded once by Keras), none (random), or the path "
               "of a backbone weights file without its top.  [default: imagenet]")
 @click.option("--head-units", type=int,
@@ -248,7 +249,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
 
 
-@main.command()
+@main.command(short_help="Convert a run to TFLite files verified against the float model.")
 @click.argument("run_dir", type=click.Path())
 @click.option("--fp32", is_flag=True, help="Float32 TFLite (the default when no format is given).")
 @click.option("--fp16", is_flag=True, help="Float16 weights, float compute.")
@@ -296,7 +297,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
                echo=click.echo)
 
 
-@main.command()
+@main.command(short_help="Accuracy, per-class precision/recall and a confusion matrix.")
 @click.argument("model", type=click.Path())
 @click.option("--data", required=True, help="A folder with one subfolder per class (evaluated "
               "whole), or a built-in data set (its test split).")
@@ -328,7 +329,7 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
     click.echo(f"report and confusion matrix in {out_dir}")
 
 
-@main.command()
+@main.command(short_help="Top-k labels and scores of images (.tflite needs no TensorFlow).")
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
@@ -385,7 +386,7 @@ def _size(ctx, param, value):
     return width, height
 
 
-@main.command()
+@main.command(short_help="Latency, size, memory and accuracy of models, side by side.")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--threads", callback=_int_list, help="Comma-separated thread counts for TFLite "
               "models.  [default: 1 and all cores]")
@@ -420,7 +421,7 @@ def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_pa
     b.write_outputs(report, json_path, csv_path, md_path, chart_path, echo=click.echo)
 
 
-@main.command()
+@main.command(short_help="Check this machine: Python, TFLite runtimes, cameras, GPUs.")
 @click.option("--no-tensorflow", is_flag=True, help="Skip the TensorFlow checks (faster).")
 @click.option("--reprobe", is_flag=True, help="Probe every backend again instead of using the "
               "cached results (after installing another version).")
@@ -435,7 +436,7 @@ def doctor(no_tensorflow, reprobe):
         raise TledgeError("no TFLite runtime can load a model here: pip install 'tledge[pi]'")
 
 
-@main.command()
+@main.command(short_help="Live classification of a camera, video, folder or stream.")
 @click.option("--model", required=True, type=click.Path(),
               help="The .tflite model to show (or a run folder).")
 @click.option("--source", default="0", show_default=True, help="Camera index, /dev/videoN, a "

@@ -199,7 +199,7 @@ class ModelOptions:
 
     Attributes:
       backbone: a name from the backbone registry (``mobilenet_v2``, ``resnet50``).
-      alpha: MobileNetV2 width multiplier (0.35, 0.5, 0.75, 1.0, 1.3, 1.4); ignored by resnet50.
+      alpha: width multiplier of MobileNetV2 and MobileNetV3; ignored by the others.
       weights: ``imagenet`` (downloaded by Keras and cached), ``none`` (random init), or the
         path of a Keras weights file for the backbone without its top.
       head_units: width of an optional hidden dense layer in the head (0: none).
