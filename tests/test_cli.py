@@ -11,6 +11,12 @@ def test_help_lists_every_command_and_options_have_help():
         assert command in result.output
     listing = result.output.split("Commands:")[1]
     assert "..." not in listing, listing  # whole one-line descriptions, not cut ones
+    train = cli("train", "--help").output
+    sections = ["Data:", "Model:", "Phase 1: frozen:", "Phase 2: fine-tune:", "Phase 3: QAT:",
+                "Every phase:", "Distribution:", "Run folder:"]
+    at = [train.find(f"\n  {title}") for title in sections]
+    assert -1 not in at and at == sorted(at), train  # train's options in sections, in order
+    assert max(map(len, train.splitlines())) <= 80, train  # no 200-character choice line
     for command in main.commands.values():
         for param in command.params:
             if param.param_type_name == "option" and param.name != "help":

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from click_option_group import optgroup
 
 from tledge import __version__, fileio
 from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
@@ -122,90 +123,99 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 
 
 @main.command(short_help="Train a transfer classifier: frozen head, fine-tune, QAT.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="YAML config to start from (a run's config.yaml); flags override it.")
-@click.option("--data", help="Folder with one subfolder per class, or a built-in data set: "
-              f"shapes, cifar10, fashion_mnist.  [default: {_default(D, 'source')}]")
-@click.option("--image-size", type=int,
-              help=f"Square model input in pixels.  [default: {_default(D, 'image_size')}]")
-@click.option("--val-split", type=float, help="Fraction of each class held out for validation "
-              f"(stratified, seeded).  [default: {_default(D, 'val_split')}]")
-@click.option("--limit", type=int, help="At most N training images per class (quick runs).")
-@click.option("--augment/--no-augment", default=None,
-              help="Flip, rotation, zoom and contrast on training batches.  [default: "
-              f"{'augment' if D.augment else 'no-augment'}]")
-@click.option("--batch-size", type=int, help="Images per training step (split across devices "
-              f"under MirroredStrategy).  [default: {_default(D, 'batch_size')}]")
-@click.option("--data-cache", type=click.Choice(DATA_CACHES), help="Where decoded images "
-              "live: memory, disk (decoded once into ~/.cache/tledge, reused by later runs, read "
-              "per batch), or auto: disk above 128 MiB.  [default: auto]")
-@click.option("--backbone", type=click.Choice(BACKBONES),
-              help=f"Pretrained convolutional base.  [default: {_default(M, 'backbone')}]")
-@click.option("--alpha", type=float,
-              help="Width multiplier of MobileNetV2 and MobileNetV3 (channels x alpha; "
-              f"ignored by the others).  [default: {_default(M, 'alpha')}]")
-@click.option("--weights", help="imagenet (downloaded once by Keras), none (random), or the path "
-              "of a backbone weights file without its top.  [default: imagenet]")
-@click.option("--head-units", type=int,
-              help="Hidden dense layer in the head, 0 for none.  [default: 0]")
-@click.option("--dropout", type=float,
-              help=f"Dropout rate in the head.  [default: {_default(M, 'dropout')}]")
-@click.option("--epochs-frozen", type=int, help="Phase 1 epochs, head only on a frozen "
-              f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
-@click.option("--lr", type=float,
-              help=f"Phase 1 learning rate.  [default: {_default(F, 'learning_rate')}]")
-@click.option("--lr-schedule-frozen", type=click.Choice(SCHEDULES), help="Phase 1: "
-              f"constant, or cosine decay to 1% over the phase.  [default: {F.schedule}]")
-@click.option("--feature-norm/--no-feature-norm", default=None, help="Phase 1: fit the head on "
-              "standardised backbone features, folded into its first layer after the phase.  "
-              "[default: on]")
-@click.option("--epochs-finetune", type=int, help="Phase 2 epochs, top of the backbone "
-              f"unfrozen; 0 skips.  [default: {_default(FT, 'epochs')}]")
-@click.option("--lr-finetune", type=float,
-              help=f"Phase 2 learning rate.  [default: {_default(FT, 'learning_rate')}]")
-@click.option("--unfreeze", help="Phase 2: 'auto' (the backbone's last block or blocks), a "
-              "number of top backbone layers to unfreeze, the name of the first one, or 'all'.  "
-              f"[default: {_default(FT, 'unfreeze')}]")
-@click.option("--lr-schedule", type=click.Choice(SCHEDULES), help="Phase 2: "
-              f"constant, or cosine decay to 1% over the phase.  [default: {FT.schedule}]")
-@click.option("--warmup", type=float, help="Phase 2: fraction of its steps over which the "
-              f"rate rises linearly to --lr-finetune.  [default: {_default(FT, 'warmup')}]")
-@click.option("--batchnorm", type=click.Choice(BATCHNORM), help="Phase 2: a pretrained "
-              "backbone's BatchNorm layers stay frozen (inference mode, ImageNet statistics) or "
-              f"train with batch statistics.  [default: {FT.batchnorm}]")
-@click.option("--label-smoothing", type=float, help="Share of each label spread over the other "
-              f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
-@click.option("--test-data", type=click.Path(file_okay=False), help="A folder with the same "
-              "classes, evaluated after every phase as the test split.")
-@click.option("--qat/--no-qat", default=None,
-              help="Phase 3, quantization-aware training.  [default: qat]")
-@click.option("--epochs-qat", type=int,
-              help=f"Phase 3 epochs; 0 skips.  [default: {_default(Q, 'epochs')}]")
-@click.option("--lr-qat", type=float,
-              help=f"Phase 3 learning rate.  [default: {_default(Q, 'learning_rate')}]")
-@click.option("--early-stop", type=int,
-              help="Stop a phase after N epochs without better validation accuracy.")
-@click.option("--seed", type=int,
-              help=f"Makes a run repeatable.  [default: {_default(T, 'seed')}]")
-@click.option("--strategy", type=click.Choice(STRATEGIES),
-              help="auto: MirroredStrategy when more than one GPU is visible; multi-worker: "
-              "over the machines in TF_CONFIG, every worker running this same command.  "
-              "[default: auto]")
-@click.option("--backup-dir", type=click.Path(file_okay=False), help="multi-worker: where each "
-              "phase's state is backed up for a restart (on several hosts, a path all see).  "
-              "[default: in ~/.cache/tledge]")
-@click.option("--cluster-timeout", type=float, help="multi-worker: seconds to wait for every "
-              "worker in TF_CONFIG before giving up.  [default: "
-              f"{_default(T, 'cluster_timeout'):g}]")
-@click.option("--mixed-precision/--no-mixed-precision", default=None,
-              help="float16 compute on GPU.  [default: off]")
-@click.option("--feature-cache/--no-feature-cache", default=None, help="Without augmentation, "
-              "fit phase 1 on backbone features computed once.  [default: on]")
-@click.option("--init-from", type=click.Path(file_okay=False), help="Start from this run "
-              "folder's float model (e.g. to redo QAT: --epochs-frozen 0 --epochs-finetune 0).")
-@click.option("--out", type=click.Path(file_okay=False),
-              help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
+@optgroup.group("Data", help="the pictures and how they are fed")
+@optgroup.option("--data", help="Folder with one subfolder per class, or a built-in data set: "
+                 f"shapes, cifar10, fashion_mnist.  [default: {_default(D, 'source')}]")
+@optgroup.option("--test-data", type=click.Path(file_okay=False), help="A folder with the same "
+                 "classes, evaluated after every phase as the test split.")
+@optgroup.option("--image-size", type=int,
+                 help=f"Square model input in pixels.  [default: {_default(D, 'image_size')}]")
+@optgroup.option("--val-split", type=float, help="Fraction of each class held out for validation "
+                 f"(stratified, seeded).  [default: {_default(D, 'val_split')}]")
+@optgroup.option("--limit", type=int, help="At most N training images per class (quick runs).")
+@optgroup.option("--augment/--no-augment", default=None,
+                 help="Flip, rotation, zoom and contrast on training batches.  [default: "
+                 f"{'augment' if D.augment else 'no-augment'}]")
+@optgroup.option("--batch-size", type=int, help="Images per training step (split across devices "
+                 f"under MirroredStrategy).  [default: {_default(D, 'batch_size')}]")
+@optgroup.option("--data-cache", type=click.Choice(DATA_CACHES), help="Where decoded images "
+                 "live: memory, disk (decoded once into ~/.cache/tledge, reused by later runs, "
+                 "read per batch), or auto: disk above 128 MiB.  [default: auto]")
+@optgroup.group("Model", help="the network")
+@optgroup.option("--backbone", type=click.Choice(BACKBONES), metavar="NAME",
+                 help=f"Pretrained convolutional base: {', '.join(BACKBONES)}.  [default: "
+                 f"{_default(M, 'backbone')}]")
+@optgroup.option("--alpha", type=float,
+                 help="Width multiplier of MobileNetV2 and MobileNetV3 (channels x alpha; "
+                 f"ignored by the others).  [default: {_default(M, 'alpha')}]")
+@optgroup.option("--weights", help="imagenet (downloaded once by Keras), none (random), or the "
+                 "path of a backbone weights file without its top.  [default: imagenet]")
+@optgroup.option("--head-units", type=int,
+                 help="Hidden dense layer in the head, 0 for none.  [default: 0]")
+@optgroup.option("--dropout", type=float,
+                 help=f"Dropout rate in the head.  [default: {_default(M, 'dropout')}]")
+@optgroup.option("--init-from", type=click.Path(file_okay=False), help="Start from this run "
+                 "folder's float model (e.g. to redo QAT: --epochs-frozen 0 --epochs-finetune 0).")
+@optgroup.group("Phase 1: frozen", help="a new head on the frozen backbone")
+@optgroup.option("--epochs-frozen", type=int, help="Phase 1 epochs, head only on a frozen "
+                 f"backbone; 0 skips.  [default: {_default(F, 'epochs')}]")
+@optgroup.option("--lr", type=float,
+                 help=f"Phase 1 learning rate.  [default: {_default(F, 'learning_rate')}]")
+@optgroup.option("--lr-schedule-frozen", type=click.Choice(SCHEDULES), help="Phase 1: "
+                 f"constant, or cosine decay to 1% over the phase.  [default: {F.schedule}]")
+@optgroup.option("--feature-norm/--no-feature-norm", default=None, help="Phase 1: fit the head on "
+                 "standardised backbone features, folded into its first layer after the phase.  "
+                 "[default: on]")
+@optgroup.option("--feature-cache/--no-feature-cache", default=None, help="Without augmentation, "
+                 "fit phase 1 on backbone features computed once.  [default: on]")
+@optgroup.group("Phase 2: fine-tune", help="the backbone's top unfrozen, a lower rate")
+@optgroup.option("--epochs-finetune", type=int, help="Phase 2 epochs, top of the backbone "
+                 f"unfrozen; 0 skips.  [default: {_default(FT, 'epochs')}]")
+@optgroup.option("--lr-finetune", type=float,
+                 help=f"Phase 2 learning rate.  [default: {_default(FT, 'learning_rate')}]")
+@optgroup.option("--unfreeze", help="Phase 2: 'auto' (the backbone's last block or blocks), a "
+                 "number of top backbone layers to unfreeze, the name of the first one, or 'all'.  "
+                 f"[default: {_default(FT, 'unfreeze')}]")
+@optgroup.option("--lr-schedule", type=click.Choice(SCHEDULES), help="Phase 2: "
+                 f"constant, or cosine decay to 1% over the phase.  [default: {FT.schedule}]")
+@optgroup.option("--warmup", type=float, help="Phase 2: fraction of its steps over which the "
+                 f"rate rises linearly to --lr-finetune.  [default: {_default(FT, 'warmup')}]")
+@optgroup.option("--batchnorm", type=click.Choice(BATCHNORM), help="Phase 2: a pretrained "
+                 "backbone's BatchNorm layers stay frozen (inference mode, ImageNet statistics) or "
+                 f"train with batch statistics.  [default: {FT.batchnorm}]")
+@optgroup.group("Phase 3: QAT", help="quantization-aware training, for int8")
+@optgroup.option("--qat/--no-qat", default=None,
+                 help="Phase 3, quantization-aware training.  [default: qat]")
+@optgroup.option("--epochs-qat", type=int,
+                 help=f"Phase 3 epochs; 0 skips.  [default: {_default(Q, 'epochs')}]")
+@optgroup.option("--lr-qat", type=float,
+                 help=f"Phase 3 learning rate.  [default: {_default(Q, 'learning_rate')}]")
+@optgroup.group("Every phase", help="loss, early stopping, seed")
+@optgroup.option("--label-smoothing", type=float, help="Share of each label spread over the other "
+                 f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
+@optgroup.option("--early-stop", type=int,
+                 help="Stop a phase after N epochs without better validation accuracy.")
+@optgroup.option("--seed", type=int,
+                 help=f"Makes a run repeatable.  [default: {_default(T, 'seed')}]")
+@optgroup.group("Distribution", help="several GPUs or machines")
+@optgroup.option("--strategy", type=click.Choice(STRATEGIES),
+                 help="auto: MirroredStrategy when more than one GPU is visible; multi-worker: "
+                 "over the machines in TF_CONFIG, every worker running this same command.  "
+                 "[default: auto]")
+@optgroup.option("--backup-dir", type=click.Path(file_okay=False), help="multi-worker: where each "
+                 "phase's state is backed up for a restart (on several hosts, a path all see).  "
+                 "[default: in ~/.cache/tledge]")
+@optgroup.option("--cluster-timeout", type=float, help="multi-worker: seconds to wait for every "
+                 "worker in TF_CONFIG before giving up.  [default: "
+                 f"{_default(T, 'cluster_timeout'):g}]")
+@optgroup.option("--mixed-precision/--no-mixed-precision", default=None,
+                 help="float16 compute on GPU.  [default: off]")
+@optgroup.group("Run folder", help="where the run goes")
+@optgroup.option("--config", "config_file", type=click.Path(dir_okay=False),
+                 help="YAML config to start from (a run's config.yaml); flags override it.")
+@optgroup.option("--out", type=click.Path(file_okay=False),
+                 help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
+@optgroup.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
