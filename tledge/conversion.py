@@ -121,8 +121,10 @@ def make_converter(model, qconfig: QuantizationConfig):
 
     inputs = model.inputs[0]
     spec = tf.TensorSpec([None, *inputs.shape[1:]], inputs.dtype, name="image")
-    infer = tf.function(lambda image: model(image, training=False))
-    with _quiet_tensorflow_logs():
+    # autograph=False: a Keras model's call needs no conversion (autograph cannot even read
+    # a lambda's source, and says so in three lines)
+    infer = tf.function(lambda image: model(image, training=False), autograph=False)
+    with _quiet_absl():
         converter = tf.lite.TFLiteConverter.from_concrete_functions(
             [infer.get_concrete_function(spec)])
     qconfig.apply(converter)
@@ -130,12 +132,10 @@ def make_converter(model, qconfig: QuantizationConfig):
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow_logs():
-    """Without a trackable object the converter logs that it takes the frozen-graph path:
-    chosen on purpose (make_converter), not news for the user."""
-    import tensorflow as tf
-
-    logger = tf.get_logger()
+def _quiet_absl():
+    """Without a trackable object the converter warns, through absl's logger, that it takes
+    the frozen-graph path: chosen on purpose (make_converter), not news for the user."""
+    logger = logging.getLogger("absl")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

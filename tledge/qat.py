@@ -200,7 +200,8 @@ def calibrate_ranges(qat_model, batches, decay: float = 0.8) -> bool:
     # One traced step, not eager calls (50 eager passes of a QAT MobileNetV2 were 18 s of a
     # tiny QAT run): the quantizers look MovingAvgQuantize up while the step is traced, so the
     # patched one is what the graph holds; the patch stays until the last batch has run.
-    step = tf.function(lambda x: qat_model(x, training=True), reduce_retracing=True)
+    step = tf.function(lambda x: qat_model(x, training=True), reduce_retracing=True,
+                       autograph=False)  # a Keras model's call needs no AutoGraph
     quant_ops.MovingAvgQuantize = fast_ema
     try:
         for x, _ in batches:
