@@ -76,7 +76,7 @@ def colour_tflite(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def not_classifiers(tmp_path_factory):
+def not_classifiers():
     """Committed .tflite files that are not image classifiers (vector in, image out)."""
     return {name: MODELS / f"{name}.tflite" for name in ("vector_in", "image_out")}
 

@@ -188,7 +188,7 @@ def train_colour_run(run: Path):
     (splits, float model). Seeded: the same models each time on one machine."""
     import tf_keras as keras
 
-    from tledge import fileio, rundir
+    from tledge import rundir
     from tledge.qat import make_qat_model
 
     keras.utils.set_random_seed(0)
@@ -200,13 +200,20 @@ def train_colour_run(run: Path):
     qat = make_qat_model(model)
     qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
     qat.fit(train.x.astype(np.float32), train.y, epochs=2, batch_size=16, verbose=0)
-    run.mkdir(parents=True, exist_ok=True)
-    config = RunConfig().override(data={"image_size": SIZE})
-    fileio.write_text(run / rundir.CONFIG, config.to_yaml())
-    fileio.write_labels(run / rundir.LABELS, LABELS)
+    _run_folder(run)
     model.save(run / rundir.FLOAT_MODEL)
     qat.save(run / rundir.QAT_MODEL)
     return splits, model
+
+
+def _run_folder(folder: Path) -> None:
+    """A run folder's config (SIZE px) and labels (the COLOURS)."""
+    from tledge import fileio, rundir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fileio.write_text(folder / rundir.CONFIG,
+                      RunConfig().override(data={"image_size": SIZE}).to_yaml())
+    fileio.write_labels(folder / rundir.LABELS, LABELS)
 
 
 def export_colour_run(run: Path, splits, out: Path) -> dict:
@@ -224,10 +231,7 @@ def stub_run(folder: Path) -> Path:
     install to say, in one line, that a run needs TensorFlow (it stops before reading one)."""
     from tledge import fileio, rundir
 
-    folder.mkdir(parents=True, exist_ok=True)
-    fileio.write_text(folder / rundir.CONFIG, RunConfig().override(
-        data={"image_size": SIZE}).to_yaml())
-    fileio.write_labels(folder / rundir.LABELS, LABELS)
+    _run_folder(folder)
     for name in (rundir.FLOAT_MODEL, rundir.QAT_MODEL):
         fileio.write_bytes(folder / name, b"not a model: tests/helpers.py stub_run")
     return folder
