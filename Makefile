@@ -10,13 +10,15 @@ WEIGHTS ?= $(if $(OFFLINE_WEIGHTS),$(OFFLINE_WEIGHTS),imagenet)
 DEMO_OUT ?= models/demo
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# setuptools' ten-line "Editable installation" banner warns of nothing a user did
+QUIET_PIP := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: install install-pi test test-fast pi-check demo bench lint clean
 
 $(BIN)/tledge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[train,pi,dev]"
+	$(QUIET_PIP) $(BIN)/python -m pip install --quiet -e ".[train,pi,dev]"
 	@touch $@
 
 install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev extras
@@ -26,7 +28,7 @@ install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev 
 .venv-pi/bin/tledge: pyproject.toml
 	$(PYTHON) -m venv .venv-pi
 	.venv-pi/bin/python -m pip install --quiet --upgrade pip
-	.venv-pi/bin/python -m pip install --quiet -e ".[pi]"
+	$(QUIET_PIP) .venv-pi/bin/python -m pip install --quiet -e ".[pi]"
 	@touch $@
 
 install-pi: .venv-pi/bin/tledge

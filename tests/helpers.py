@@ -119,6 +119,24 @@ def one_line_error(proc, *fragments, code: int | tuple = 1) -> str:
     return errors[0]
 
 
+# What a user must never see without -v (issue 24's list): native and library log lines that
+# say nothing about their run.
+TERMINAL_NOISE = (
+    "Created TensorFlow Lite XNNPACK delegate",  # LiteRT's native INFO line
+    "saving your model as an HDF5 file", "legacy",  # tf_keras on model.h5
+    "fully_quantize:", "inference_type:",  # the TFLite converter's debug print
+    "UserWarning", "DeprecationWarning", "warnings.warn",  # Python warnings from TF
+    "tf.lite.Interpreter is deprecated", "Statistics for quantized inputs",
+    "cuInit", "I0000", "E0000", "W0000", "absl::InitializeLog", "oneDNN",
+)
+
+
+def assert_quiet(stderr: str) -> None:
+    """None of TERMINAL_NOISE in a command's stderr."""
+    for noise in TERMINAL_NOISE:
+        assert noise not in stderr, (noise, stderr[-3000:])
+
+
 # ---------------------------------------------------------------------------- fixtures' parts
 
 def write_video(path, frames: int = 30, size: tuple = (320, 240), fps: float = 15.0, seed=0,

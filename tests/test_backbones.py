@@ -81,7 +81,7 @@ def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
     """The CLI path a user takes: train (frozen, fine-tune at the block boundary, QAT), then a
     verified full-integer export from the QAT model."""
     import json
-    from helpers import tledge
+    from helpers import assert_quiet, tledge
 
     run = tmp_path / "run"
     train = tledge("train", "--data", "shapes", "--backbone", "mobilenet_v3_small",
@@ -90,8 +90,10 @@ def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
                    "--no-augment", "--out", run)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "phase finetune" in train.stdout and "phase qat" in train.stdout
-    export = tledge("export", run, "--int8", "--max-drop", "100")
+    export = tledge("export", run, "--int8", "--max-drop", "100", "--debug")
     assert export.returncode == 0, export.stderr[-3000:]
+    assert_quiet(train.stderr)  # issue 24: no library noise without -v
+    assert_quiet(export.stderr)
     card = json.loads((run / "export" / "model_card.json").read_text())
     entry = card["files"]["model_int8.tflite"]
     assert entry["converted_from"] == "qat" and entry["input_dtype"] == "uint8"

@@ -12,7 +12,7 @@ import pytest
 import tledge.runtime as rt
 from tledge.errors import TledgeError
 
-from helpers import COLOURS, LABELS, stub_run
+from helpers import COLOURS, LABELS, assert_quiet, stub_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +159,10 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "blue" in out.stdout.split(":")[1].split(",")[0]
+    assert_quiet(out.stderr)  # LiteRT's "INFO: Created ... XNNPACK delegate" line is held back
+    loud = subprocess.run([str(tledge), "-v", "predict", str(colour_tflite["int8"]), str(image)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert "XNNPACK delegate" in loud.stderr, loud.stderr  # and shown with -v
     doctor = subprocess.run([str(tledge), "doctor"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert doctor.returncode == 0 and "tensorflow" in doctor.stdout
@@ -181,6 +185,7 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
                               timeout=300)
         assert done.returncode == rc, (args, done.stderr[-2000:])
         assert "Traceback" not in done.stderr, (args, done.stderr[-2000:])
+        assert_quiet(done.stderr)
         if rc:
             assert 'pip install "tledge[train]"' in done.stderr, done.stderr
     assert (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 0

@@ -111,6 +111,8 @@ def main(verbose: bool) -> None:
     tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
     """
     interrupt_on_termination()
+    if verbose:  # native code's own log lines too (tledge.quiet filters them otherwise)
+        os.environ["TLEDGE_RAW_STDERR"] = "1"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -131,10 +132,15 @@ def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[Lay
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_debug_metrics={}, layer_direct_compare_metrics=_direct_metrics())
     try:
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=_int8_converter(model, calibration), debug_dataset=_images(images),
-            debug_options=options)
-        debugger.run()
+        with warnings.catch_warnings():
+            # The debugger runs tf.lite.Interpreter (deprecated for LiteRT: it warns) and the
+            # converter warns of "input statistics" our uint8 input does not need.
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=_int8_converter(model, calibration), debug_dataset=_images(images),
+                debug_options=options)
+            debugger.run()
     except Exception as e:  # the debugger's errors are long MLIR dumps
         raise TledgeError(f"the int8 quantization debugger failed ({first_line(e)[:200]})"
                           ) from e

@@ -15,8 +15,10 @@ pass through live.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 
 NOISE = (
     "All log messages before absl::InitializeLog() is called",
@@ -33,6 +35,7 @@ NOISE = (
     "Attempting to register factory for plugin",
     "NodeDef mentions attribute use_unbounded_threadpool",
     "fully_quantize: 0, inference_type:",  # the TFLite converter's debug print
+    "Created TensorFlow Lite XNNPACK delegate for CPU",  # LiteRT's native INFO, once a process
 )
 # absl's line prefixes: a partial line starting like this is held until its newline, to be
 # judged whole; anything else is passed on at once.
@@ -93,6 +96,45 @@ class _LiveFilter:
             pass
         os.dup2(self.out, 2)
         self.thread.join(timeout=2)
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+    """Hold what native code writes to file descriptor 2 inside the block, then pass it on minus
+    the known noise lines (``NOISE``): for a TFLite backend's interpreter creation, which logs
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." with no switch to turn it off
+    (LiteRT has no Python logging control). The held text goes to a temporary file, not a pipe,
+    so nothing can block; it reaches the terminal when the block ends, error or not.
+    ``TLEDGE_RAW_STDERR=1`` turns this off."""
+    if os.environ.get("TLEDGE_RAW_STDERR") == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        held = tempfile.TemporaryFile()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2: nothing to filter
+        yield
+        return
+    try:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            held.seek(0)
+            text = held.read()
+            kept = b"".join(line for line in text.splitlines(keepends=True)
+                            if not is_noise(line.decode("utf-8", errors="replace")))
+            while kept:
+                kept = kept[os.write(2, kept):]
+    finally:
+        os.close(saved)
+        held.close()
 
 
 def original_stderr() -> int:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 
 from tledge.errors import TledgeError, first_line
+from tledge.quiet import native_stderr_filtered
 from tledge.runtime.preprocess import resize_rgb
 
 BACKENDS = ("litert", "tflite_runtime", "tensorflow")
@@ -245,8 +246,9 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     threads = threads or cores
     _check_in_child(path, chosen)
     try:
-        interpreter = chosen.interpreter_cls(model_path=str(path), num_threads=threads)
-        interpreter.allocate_tensors()
+        with native_stderr_filtered():  # LiteRT's "INFO: Created ... XNNPACK delegate" line
+            interpreter = chosen.interpreter_cls(model_path=str(path), num_threads=threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise TledgeError(f"{path} could not be loaded by {chosen.name} "
                           f"({first_line(e)[:160]}): the file is truncated or corrupt; export "
