@@ -464,12 +464,13 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
 
 
 def plot_curves(phases: list[PhaseResult], path: Path) -> None:
-    """Training and validation accuracy and loss across phases, phase boundaries marked."""
+    """Training and validation accuracy and loss across phases: phase boundaries and names,
+    and each phase's kept epoch (the weights the phase went on with) marked."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         start = 0
         for i, p in enumerate(phases):
@@ -478,20 +479,28 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
                 continue
             epochs = np.arange(start + 1, start + n + 1)
             ax.plot(epochs, p.history[metric], "o-", color="C0",
-                    label=f"train {metric}" if i == 0 else None)
-            if f"val_{metric}" in p.history:
-                ax.plot(epochs, p.history[f"val_{metric}"], "s--", color="C1",
-                        label=f"validation {metric}" if i == 0 else None)
+                    label="train" if i == 0 else None)
+            val = p.history.get(f"val_{metric}")
+            if val:
+                ax.plot(epochs, val, "s--", color="C1",
+                        label="validation" if i == 0 else None)
+                if 1 <= p.best_epoch <= n:
+                    ax.plot(start + p.best_epoch, val[p.best_epoch - 1], "*", ms=15, mfc="none",
+                            mec="C3", mew=1.5, label="kept epoch" if i == 0 else None)
             if start:
                 ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
-            ax.text(start + 0.6, 1.0, p.name, transform=ax.get_xaxis_transform(), va="top",
-                    fontsize=8, color="grey", in_layout=False)
+            # the phase's name just above the plot, over its epochs: never on a curve
+            ax.text(start + 0.5 + n / 2, 1.01, p.name, transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=8, color="dimgrey")
             start += n
         ax.set_xlim(0.5, max(start, 1) + 0.5)  # one epoch alone: autoscale would hide labels
         ax.set_xlabel("epoch")
-        ax.set_title(metric)
+        ax.set_title(metric, pad=14)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    # one legend for both plots, below them, where no curve or phase name is
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+               frameon=False)
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
