@@ -118,3 +118,55 @@ def test_missing_model_and_cli_one_line_error(colour_video, tmp_path):
         run_camera(CameraOptions(model=str(tmp_path / "none.tflite"), source=str(colour_video)))
     one_line_error(tledge("camera", "--model", tmp_path / "none.tflite", "--source",
                           colour_video, "--headless", timeout=120), "does not exist")
+
+
+def test_a_watched_video_plays_at_its_own_frame_rate_and_a_headless_one_flat_out(
+        colour_tflite, colour_video):
+    """Issue 24: --loop with --serve replayed a 30 FPS file at 175-300 FPS, a flicker."""
+    from tledge import camera
+    from tledge.serve import ServeOutput
+
+    model = str(colour_tflite["int8"])
+    flat = run_camera(CameraOptions(model=model, source=str(colour_video), headless=True,
+                                    threads=1), echo=lambda s: None)
+    timed = run_camera(CameraOptions(model=model, source=str(colour_video), headless=True,
+                                     threads=1, realtime=True), echo=lambda s: None)
+    assert flat.frames == timed.frames == N_FRAMES
+    # 24 frames at the file's 12 FPS: 23 intervals, 1.92 s from the first to the last
+    assert 1.8 <= timed.seconds <= 2.6 and 9 <= timed.fps <= 12.6, timed.format()
+    assert flat.fps > 2 * timed.fps, (flat.format(), timed.format())
+    # the default: real time for what someone watches (a window, the page), else flat out
+    source = camera.open_source(str(colour_video))
+    try:
+        for outputs, realtime, interval in (
+                ([camera.StatusLineOutput()], None, 0.0),
+                ([camera.WindowOutput()], None, 1 / 12),
+                ([camera.StatusLineOutput(), ServeOutput("0")], None, 1 / 12),
+                ([camera.WindowOutput()], False, 0.0),
+                ([camera.StatusLineOutput()], True, 1 / 12)):
+            options = CameraOptions(model=model, source=str(colour_video), realtime=realtime)
+            pipeline = camera.Pipeline(source, [], options, outputs, echo=lambda s: None)
+            assert pipeline.frame_interval == pytest.approx(interval, rel=0.01), outputs
+    finally:
+        source.release()
+
+
+def test_the_overlay_shows_fps(colour_tflite, colour_video, tmp_path, monkeypatch):
+    from tledge import camera
+
+    shown = []
+    draw = camera.draw_overlay
+
+    def spy(packet, models, agreement, status):
+        shown.append(status.get("fps"))
+        return draw(packet, models, agreement, status)
+
+    monkeypatch.setattr(camera, "draw_overlay", spy)
+    run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=str(colour_video),
+                             headless=True, record=str(tmp_path / "r.mp4"), realtime=True),
+               echo=lambda s: None)
+    assert len(shown) == N_FRAMES and all(f is not None for f in shown[2:])
+    assert 8 <= shown[-1] <= 14, shown  # frames classified a second, the file's 12 here
+    packet = camera.Packet(0, 0.0, np.zeros((120, 160, 3), np.uint8), [])
+    lines = [text for text, _ in camera.overlay_lines(packet, [], {"n": 0}, fps=12.34)]
+    assert lines[0] == "12.3 FPS"

@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -61,6 +61,9 @@ class CameraOptions:
         --record), else the camera's own. The Pi camera always delivers full frames on its
         main stream and feeds inference from its ISP-scaled lores stream.
       loop: play a video file or folder again from the start when it ends (demos, --serve).
+      realtime: play a video file at its own frame rate (True) or as fast as it decodes
+        (False); None: at its frame rate when a window or --serve shows it, else flat out.
+        Cameras and streams always deliver in real time; a folder has no frame rate.
       serve: [HOST:]PORT to serve a live page (MJPEG stream, figures, JSON) on; None: none.
         HOST defaults to 127.0.0.1.
       serve_token: a secret the page's URLs must carry (?token=...); None: none.
@@ -81,6 +84,7 @@ class CameraOptions:
     retries: int = 5
     capture_size: Optional[tuple] = None
     loop: bool = False
+    realtime: Optional[bool] = None
     serve: Optional[str] = None
     serve_token: Optional[str] = None
     serve_fps: float = 15.0
@@ -425,10 +429,13 @@ class Output:
         does, which saves a headless Pi that work).
       full_frames: needs the camera's full-size frames (a window, a video, a web page), so the
         camera is not asked for frames near the model's input size.
+      live_view: someone watches it as it happens (a window, the web page): a video file then
+        plays at its own frame rate, not as fast as it decodes.
     """
 
     annotated = False
     full_frames = False
+    live_view = False
 
     def start(self, run: RunInfo) -> None:
         self.run = run
@@ -445,7 +452,7 @@ class Output:
 
 
 class WindowOutput(Output):
-    annotated = full_frames = True
+    annotated = full_frames = live_view = True
 
     def frame(self, packet, annotated):
         import cv2
@@ -573,12 +580,19 @@ class Pipeline:
         self.timings: dict = defaultdict(list)
         self.agreement = {"n": 0, "agree": 0}
         self.annotate = any(o.annotated for o in outputs)
+        realtime = options.realtime if options.realtime is not None else \
+            any(o.live_view for o in outputs)
+        # seconds between a file's frames when it plays at its own rate; 0: flat out
+        self.frame_interval = 1.0 / source.fps if realtime and not source.live and \
+            source.fps and 0 < source.fps <= 1000 else 0.0
+        self.done_times: deque = deque(maxlen=30)  # when each of the last frames was classified
 
     # capture: read, convert, resize and quantize for each model
     def capture(self) -> None:
         import cv2
 
         index, failures, source, options = 0, 0, self.source, self.options
+        due = time.perf_counter()  # when the next frame of a file playing in real time is due
         try:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
@@ -612,6 +626,14 @@ class Pipeline:
                 packet = Packet(index, time.time(), bgr, inputs,
                                 {"capture": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)})
                 index += 1
+                if self.frame_interval:  # the file's own frame rate: wait for this frame's time
+                    now = time.perf_counter()
+                    if due > now and self.stop.wait(due - now):
+                        break
+                    # on time: the next is one interval on; late by a frame or more (slow
+                    # inference): start the cadence again from now rather than rush to catch up
+                    due = due + self.frame_interval if now - due < self.frame_interval \
+                        else now + self.frame_interval
                 if source.live:
                     self.latest.put(packet)
                 else:
@@ -648,7 +670,8 @@ class Pipeline:
                 annotated = None
                 if self.annotate:
                     t0 = time.perf_counter()
-                    annotated = draw_overlay(packet, self.models, self.agreement, {})
+                    annotated = draw_overlay(packet, self.models, self.agreement,
+                                             {"fps": self.fps()})
                     packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
                 for stage, ms in packet.times.items():
                     self.timings[stage].append(ms)
@@ -662,6 +685,13 @@ class Pipeline:
             except Exception as e:  # noqa: BLE001 - reported by the main thread
                 self.counters["error"], failed = e, True
                 self.stop.set()
+
+    def fps(self) -> Optional[float]:
+        """Frames classified a second, over the last 30 (None before two)."""
+        times = list(self.done_times)
+        if len(times) < 2 or times[-1] <= times[0]:
+            return None
+        return (len(times) - 1) / (times[-1] - times[0])
 
     def run(self) -> Summary:
         options = self.options
@@ -712,9 +742,10 @@ class Pipeline:
                     self.agreement["n"] += 1
                     self.agreement["agree"] += \
                         packet.results[0][0].label == packet.results[1][0].label
+                last = time.perf_counter()
+                self.done_times.append(last)
                 self.out_q.put(packet)
                 frames += 1
-                last = time.perf_counter()
         except KeyboardInterrupt:
             summary.reason = "interrupted"
         finally:
@@ -857,9 +888,11 @@ def frame_record(packet: Packet, models: list) -> dict:
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 
 
-def overlay_lines(packet: Packet, models: list, agreement: dict) -> list:
-    """(text, BGR colour) per line: each model's latency and top-k, then the agreement."""
-    lines = []
+def overlay_lines(packet: Packet, models: list, agreement: dict,
+                  fps: Optional[float] = None) -> list:
+    """(text, BGR colour) per line: FPS end to end, each model's latency and top-k, then the
+    agreement."""
+    lines = [(f"{fps:.1f} FPS", (255, 255, 255))] if fps else []
     for i, (model, result) in enumerate(zip(models, packet.results)):
         key = "inference" if i == 0 else "compare"
         colour = (80, 255, 80) if i == 0 else (255, 200, 80)
@@ -905,9 +938,10 @@ def draw_text_panel(img: np.ndarray, lines: list, origin: tuple = (0, 0)) -> tup
 
 
 def draw_overlay(packet: Packet, models: list, agreement: dict, status: dict) -> np.ndarray:
-    """Top-k labels and scores, latency per model and agreement, on a copy of the frame."""
+    """FPS (``status["fps"]``), top-k labels and scores, latency per model and agreement, on a
+    copy of the frame."""
     img = packet.bgr.copy()
-    draw_text_panel(img, overlay_lines(packet, models, agreement))
+    draw_text_panel(img, overlay_lines(packet, models, agreement, status.get("fps")))
     return img
 
 

@@ -479,9 +479,13 @@ def doctor(no_tensorflow, reprobe):
               show_default=True, help="With --serve: JPEGs a second at most on the stream "
               "(0: every frame).")
 @click.option("--loop", is_flag=True, help="Play a video file or folder again when it ends.")
+@click.option("--realtime/--flat-out", default=None, help="Play a video file at its own frame "
+              "rate, or as fast as it decodes.  [default: its own rate when a window or --serve "
+              "shows it, else flat out]")
 @click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
 def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
-           top_k, backend, capture_size, serve, serve_token, serve_fps, loop, overwrite):
+           top_k, backend, capture_size, serve, serve_token, serve_fps, loop, realtime,
+           overwrite):
     """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
     from tledge.camera import CameraOptions, run_camera
 
@@ -492,8 +496,8 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
     options = CameraOptions(model=model, source=source, compare=compare, headless=headless,
                             output=output, record=record, max_frames=max_frames,
                             duration=duration, threads=threads, top_k=top_k, backend=backend,
-                            capture_size=capture_size, loop=loop, serve=serve,
-                            serve_token=serve_token, serve_fps=serve_fps)
+                            capture_size=capture_size, loop=loop, realtime=realtime,
+                            serve=serve, serve_token=serve_token, serve_fps=serve_fps)
     if serve:
         from tledge.serve import parse_serve
         parse_serve(serve)  # a bad address fails now, before the models load

@@ -289,7 +289,7 @@ class ServeOutput(Output):
     """The camera output that feeds a FrameServer: encodes the newest annotated frame to JPEG
     in a thread of its own, while anyone watches."""
 
-    annotated = full_frames = True
+    annotated = full_frames = live_view = True
 
     def __init__(self, spec: str, token: Optional[str] = None, fps: float = STREAM_FPS):
         self.host, self.port = parse_serve(spec)
