@@ -33,8 +33,8 @@ def video(tmp_path_factory):
 
 
 class Camera:
-    """run_camera in a thread, on a looping video, serving on a free port; stopped when the
-    ``with`` block ends (``duration`` only bounds a hang)."""
+    """run_camera in a thread, on a looping video played flat out, serving on a free port;
+    stopped when the ``with`` block ends (``duration`` only bounds a hang)."""
 
     def __init__(self, colour_tflite, video, **options):
         self.port = options.pop("port", None) or free_port()
@@ -42,7 +42,8 @@ class Camera:
         self.options = CameraOptions(
             model=str(colour_tflite["int8"]), compare=str(colour_tflite["fp32"]),
             source=str(video), headless=True, loop=True, threads=1,
-            serve=f"127.0.0.1:{self.port}", **{"duration": 120.0, **options})
+            serve=f"127.0.0.1:{self.port}",
+            **{"duration": 120.0, "realtime": False, **options})  # flat out: the tests count
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
