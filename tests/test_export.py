@@ -217,7 +217,8 @@ def test_committed_models_match_their_script(colour_run, tmp_path):
     spec = importlib.util.spec_from_file_location("make_models", MODELS / "make_models.py")
     make_models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_models)
-    fresh = {"hard_swish_int8": make_models.hard_swish_int8(), **make_models.not_classifiers()}
+    fresh = {"hard_swish_int8": make_models.hard_swish_int8(), **make_models.not_classifiers(),
+             **make_models.normalised_models()}
     run, splits, _ = colour_run  # the same seeded recipe as make_models.colour_models()
     exported = export_colour_run(run, splits, tmp_path / "export")
     fresh.update({f"colour_{fmt}": path.read_bytes() for fmt, path in exported.items()})

@@ -269,3 +269,48 @@ def test_evaluate_keeps_one_report_per_data_set(colour_tflite, tmp_path):
         assert report["accuracy"] == 1.0, folder
     again = cli("evaluate", model, "--data", tmp_path / "day")  # the same data: refused
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+@pytest.mark.parametrize("stem", ["unit_range_fp32", "unit_range_uint8", "signed_range_fp32"])
+def test_another_tools_model_scores_as_mediapipe_tasks_does(stem, tmp_path):
+    """Issue 24: a MediaPipe Model Maker classifier (float input in [0, 1], metadata mean 0 /
+    std 255) scored 33.8% in tledge, which fed it raw pixels. The input's normalisation now
+    comes from the metadata, in every command (they all classify through Classifier)."""
+    import hashlib
+
+    from helpers import MODELS, colour_set
+
+    expected = json.loads((MODELS / "mediapipe_scores.json").read_text())
+    images = colour_set(expected["per_class"], expected["seed"]).x
+    assert hashlib.sha256(images).hexdigest() == expected["images_sha256"]
+    clf = rt.Classifier(MODELS / f"{stem}.tflite")
+    ours = clf.predict_batch(images)
+    theirs = np.array(expected["scores"][stem])
+    # the same scores as MediaPipe Tasks: to a uint8 output's step, else to float rounding
+    tolerance = 1 / 256 + 1e-6 if clf.output_dtype == np.uint8 else 1e-4
+    np.testing.assert_allclose(ours, theirs, atol=tolerance)
+    assert (ours.argmax(1) == np.repeat(np.arange(4), expected["per_class"])).all()
+    # fed raw pixels, as before, the same model answers wrongly: the test can tell
+    if clf.input_dtype == np.float32:
+        raw = clf.invoke(images.astype(np.float32))
+        assert (raw.argmax(1) != ours.argmax(1)).mean() >= 0.5
+
+
+def test_a_float_model_without_normalisation_metadata_is_warned_once(tmp_path, caplog):
+    """No metadata: raw pixels assumed (tledge's own files), said in one line, once a file."""
+    import logging
+
+    from helpers import MODELS
+    from tledge.runtime.metadata import metadata_buffer
+
+    stripped = tmp_path / "no_metadata.tflite"
+    data = (MODELS / "unit_range_fp32.tflite").read_bytes()
+    assert metadata_buffer(data) is not None
+    # a flatbuffer with its metadata entry renamed reads as one without normalisation
+    stripped.write_bytes(data.replace(b"TFLITE_METADATA", b"OTHER_METADATA_"))
+    with caplog.at_level(logging.WARNING, logger="tledge"):
+        clf = rt.Classifier(stripped)
+        rt.Classifier(stripped)
+    assert clf.normalization.is_identity
+    warnings = [r.getMessage() for r in caplog.records if "normalisation metadata" in r.message]
+    assert len(warnings) == 1 and "raw pixels 0..255" in warnings[0] and "\n" not in warnings[0]

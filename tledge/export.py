@@ -66,18 +66,24 @@ def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> d
     return {"tensor_types": counts, "input_dtype": in_dtype, "output_dtype": out_dtype}
 
 
-def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: str) -> bytes:
-    """TFLite metadata (schema M001) for an image classifier: RGB input 0..255 (the model
-    normalises itself, so mean 0 and std 1), probabilities out, labels as the output tensor's
-    associated TENSOR_AXIS_LABELS file."""
+def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: str,
+                   normalization: tuple[float, float] = (0.0, 1.0)) -> bytes:
+    """TFLite metadata (schema M001) for an image classifier: RGB input, ``(pixel - mean) /
+    std`` with ``normalization`` = (mean, std) (tledge's models normalise themselves: mean 0
+    and std 1, raw pixels), probabilities out, labels as the output tensor's associated
+    TENSOR_AXIS_LABELS file."""
     import flatbuffers
 
     from tledge._vendor import metadata_schema_py_generated as m
 
+    mean, std = normalization
     image = m.TensorMetadataT()
     image.name = "image"
-    image.description = ("RGB image, raw pixels 0..255, stretched to the model's input size; "
-                         "normalisation happens inside the model")
+    image.description = (
+        "RGB image, raw pixels 0..255, stretched to the model's input size; normalisation "
+        "happens inside the model" if (mean, std) == (0.0, 1.0) else
+        f"RGB image stretched to the model's input size, each pixel as (pixel - {mean:g}) / "
+        f"{std:g}")
     image.content = m.ContentT()
     image.content.contentPropertiesType = m.ContentProperties.ImageProperties
     image.content.contentProperties = m.ImagePropertiesT()
@@ -85,10 +91,10 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
     norm = m.ProcessUnitT()
     norm.optionsType = m.ProcessUnitOptions.NormalizationOptions
     norm.options = m.NormalizationOptionsT()
-    norm.options.mean, norm.options.std = [0.0], [1.0]
+    norm.options.mean, norm.options.std = [float(mean)], [float(std)]
     image.processUnits = [norm]
     image.stats = m.StatsT()
-    image.stats.min, image.stats.max = [0.0], [255.0]
+    image.stats.min, image.stats.max = [(0.0 - mean) / std], [(255.0 - mean) / std]
 
     probs = m.TensorMetadataT()
     probs.name = "probability"

@@ -13,6 +13,10 @@
   tests run on them without TensorFlow.
 - ``vector_in.tflite`` and ``image_out.tflite``: two models that are not image classifiers (a
   vector in; an image out), for the commands' one-line refusals.
+- ``unit_range_fp32.tflite``, ``unit_range_uint8.tflite``, ``signed_range_fp32.tflite``: another
+  tool's classifiers of the same colours, which take normalised input ([0, 1] as MediaPipe Model
+  Maker's, [-1, 1]) and say so in their metadata. ``mediapipe_scores.json`` holds what MediaPipe
+  Tasks scores on them (written by ``mediapipe_scores.py``, in a venv with ``mediapipe``).
 
 Regenerate with ``.venv/bin/python tests/models/make_models.py``; the slow test
 ``test_committed_models_match_their_script`` (tests/test_export.py) makes them again and checks
@@ -110,9 +114,65 @@ def colour_models() -> dict[str, bytes]:
         return {f"colour_{fmt}": path.read_bytes() for fmt, path in files.items()}
 
 
+# Another tool's classifiers, which take normalised input and say so in their metadata
+# (NormalizationOptions), as MediaPipe Model Maker's do: (stem, mean, std, quantized).
+NORMALISED = [("unit_range_fp32", 0.0, 255.0, False),     # [0, 1], Model Maker's float files
+              ("unit_range_uint8", 0.0, 255.0, True),     # its quantized files: uint8 in
+              ("signed_range_fp32", 127.5, 127.5, False)]  # [-1, 1], Keras' MobileNet range
+
+
+def normalised_classifier(mean: float, std: float):
+    """The colours of tests/helpers.py told apart by their nearest centroid, on input already
+    normalised as (pixel - mean) / std: logits = c . x - |c|^2 / 2 for each colour c (in the
+    same normalised units) over the image's mean colour, times 10, softmax. Fed raw 0..255
+    pixels instead it answers wrongly, so a test sees whether normalisation happened."""
+    import tf_keras as keras
+
+    from helpers import COLOURS
+
+    centroids = (COLOURS.astype(np.float32) - mean) / std
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(len(centroids), activation="softmax", name="predictions")
+    outputs = dense(x)
+    dense.set_weights([10 * centroids.T, -10 * (centroids ** 2).sum(1) / 2])
+    return keras.Model(inputs, outputs)
+
+
+def normalised_models() -> dict[str, bytes]:
+    """NORMALISED as .tflite files with metadata (normalisation, labels) written by tledge's
+    own metadata writer; the uint8 one quantized as Model Maker does it (calibrated on
+    normalised images, so its uint8 input has scale std / 255)."""
+    import tensorflow as tf
+
+    from helpers import LABELS, colour_set
+    from tledge.export import metadata_bytes, with_metadata
+
+    pixels = colour_set(8, seed=0).x.astype(np.float32)
+    pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255  # the whole 0..255 range calibrated
+    out = {}
+    for stem, mean, std, quantized in NORMALISED:
+        converter = tf.lite.TFLiteConverter.from_keras_model(normalised_classifier(mean, std))
+        if quantized:
+            def representative(images=(pixels - mean) / std):
+                for image in images:
+                    yield [image[None]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        meta = metadata_bytes(LABELS, stem, "normalised-input colour classifier",
+                              "int8" if quantized else "fp32", normalization=(mean, std))
+        out[stem] = with_metadata(converter.convert(), meta, LABELS)
+    return out
+
+
 def all_models() -> dict[str, bytes]:
     """Every committed model by file stem."""
-    return {"hard_swish_int8": hard_swish_int8(), **not_classifiers(), **colour_models()}
+    return {"hard_swish_int8": hard_swish_int8(), **not_classifiers(), **colour_models(),
+            **normalised_models()}
 
 
 def main() -> None:

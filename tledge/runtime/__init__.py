@@ -24,6 +24,7 @@ import numpy as np
 
 from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
+from tledge.runtime.metadata import Normalization
 from tledge.runtime.preprocess import resize_rgb
 
 BACKENDS = ("litert", "tflite_runtime", "tensorflow")
@@ -282,23 +283,14 @@ def _check_in_child(path: Path, backend: Backend) -> None:
 
 def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
     """The oldest TFLite runtime that can run the file, as the converter recorded it (the
-    model's "min_runtime_version" metadata), or None where it cannot be read. Uses the schema
-    that LiteRT ships, so no TensorFlow."""
+    model's "min_runtime_version" metadata), or None where it cannot be read. No TensorFlow."""
+    from tledge.runtime.metadata import metadata_buffer
+
     try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
+        raw = metadata_buffer(Path(path).read_bytes(), b"min_runtime_version")
+        return raw.split(b"\0")[0].decode("ascii") or None if raw is not None else None
+    except (OSError, UnicodeDecodeError):
         return None
-    try:
-        data = Path(path).read_bytes()
-        model = schema.Model.GetRootAs(data, 0)
-        for i in range(model.MetadataLength()):
-            entry = model.Metadata(i)
-            if entry.Name() == b"min_runtime_version":
-                raw = model.Buffers(entry.Buffer()).DataAsNumpy()
-                return bytes(raw).split(b"\0")[0].decode("ascii") or None
-    except Exception:  # noqa: BLE001 - an unexpected layout just means "unknown"
-        return None
-    return None
 
 
 def check_image_classifier(path, inputs: list, outputs: list) -> None:
@@ -389,6 +381,42 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
 
 
+_warned_normalization: set = set()
+
+
+def input_normalization(path: Path, input_dtype: np.dtype, input_quant: tuple) -> Normalization:
+    """The input normalisation of the model at ``path`` (Classifier.normalization), from its
+    metadata. Warns once per file, in one line, where tledge has to assume: a float input with
+    no NormalizationOptions (raw pixels assumed, as tledge's own files take them), or a uint8
+    input whose metadata and quantization disagree about what a pixel means (raw pixels fed,
+    as MediaPipe does)."""
+    import logging
+
+    from tledge.runtime.metadata import input_normalization as read
+
+    found = read(path)
+    warn = None
+    if found is None and input_dtype != np.uint8:
+        warn = (f"{path.name} has a {input_dtype.name} input and no normalisation metadata: "
+                "tledge feeds it raw pixels 0..255 (mean 0, std 1), as tledge's own files take "
+                "them; a model that wants [0, 1] or [-1, 1] needs NormalizationOptions (mean, "
+                "std) in its metadata, as MediaPipe Model Maker writes them")
+    elif found is not None and input_dtype == np.uint8 and input_quant[0]:
+        scale, zero_point = input_quant
+        ends = np.array([0.0, 255.0], np.float32)
+        by_metadata = (ends[:, None] - found.mean) / found.std
+        by_tensor = scale * (ends - zero_point)
+        spread = max(float(np.abs(by_tensor[1] - by_tensor[0])), 1e-12)
+        if float(np.max(np.abs(by_metadata - by_tensor[:, None]))) > 0.02 * spread:
+            warn = (f"{path.name}: its metadata normalises pixels with {found.describe()} but "
+                    f"its uint8 input's quantization (scale {scale:g}, zero point {zero_point}) "
+                    "says otherwise: tledge feeds raw pixels, as MediaPipe does")
+    if warn and str(path) not in _warned_normalization:
+        _warned_normalization.add(str(path))
+        logging.getLogger("tledge").warning(warn)
+    return found or Normalization(np.zeros(1, np.float32), np.ones(1, np.float32))
+
+
 class Classifier:
     """A TFLite image classifier: resize, quantize, invoke, dequantize, top-k.
 
@@ -398,6 +426,10 @@ class Classifier:
       labels: one per class.
       height, width: the model's input size.
       input_dtype, output_dtype: numpy dtypes of the model's input and output.
+      normalization: what a float or int8 input wants of each 0..255 pixel, ``(pixel - mean)
+        / std``, from the model's metadata (NormalizationOptions); raw pixels (mean 0, std 1)
+        where it has none. A uint8 input takes the raw pixels, as MediaPipe Tasks and the Task
+        Library feed it: the converter maps the calibration images' 0..255 onto it.
     """
 
     def __init__(self, path: str | os.PathLike, backend: Optional[str] = None,
@@ -416,6 +448,7 @@ class Classifier:
         self.output_quant = tuple(self._output["quantization"])
         num_classes = int(self._output["shape"][-1])
         self.labels = list(labels) if labels else find_labels(self.path, num_classes)
+        self.normalization = input_normalization(self.path, self.input_dtype, self.input_quant)
         self._batch = 1
         self._input_table: Optional[np.ndarray] = None  # uint8 pixel -> input value
 
@@ -434,24 +467,28 @@ class Classifier:
         return self.to_input_dtype(pixels)
 
     def to_input_dtype(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw 0..255 pixels at the model's size -> its input dtype (the model normalises)."""
+        """Raw 0..255 pixels at the model's size -> its input: as they are for a uint8 input,
+        ``(pixel - mean) / std`` for a float one, and that quantized for an int8 one."""
+        norm = self.normalization
+        if self.input_dtype == np.uint8:
+            return pixels
         if self.input_dtype == np.float32:
-            return pixels.astype(np.float32)
+            x = pixels.astype(np.float32)
+            return x if norm.is_identity else (x - norm.mean) / norm.std
         scale, zero_point = self.input_quant
-        if self.input_dtype == np.uint8 and scale == 1.0 and zero_point == 0:
-            return pixels  # a uint8 input that takes raw pixels: nothing to do
-        if pixels.dtype == np.uint8:
-            # q = pixel / scale + zero_point for each of the 256 pixel values once, then
-            # OpenCV's table look-up: 0.05 ms for a 224x224 frame, where the arithmetic takes
-            # 0.5-1 ms and numpy's fancy indexing 0.35 ms
+        if pixels.dtype == np.uint8 and len(norm.mean) == len(norm.std) == 1:
+            # q = ((pixel - mean) / std) / scale + zero_point for each of the 256 pixel values
+            # once, then OpenCV's table look-up: 0.05 ms for a 224x224 frame, where the
+            # arithmetic takes 0.5-1 ms and numpy's fancy indexing 0.35 ms
             import cv2
 
             if self._input_table is None:
-                self._input_table = quantize(np.arange(256, dtype=np.float32), scale,
-                                             zero_point, self.input_dtype)
+                real = (np.arange(256, dtype=np.float32) - norm.mean) / norm.std
+                self._input_table = quantize(real, scale, zero_point, self.input_dtype)
             flat = np.ascontiguousarray(pixels).reshape(-1, pixels.shape[-2] * pixels.shape[-1])
             return cv2.LUT(flat, self._input_table).reshape(pixels.shape)
-        return quantize(pixels.astype(np.float32), scale, zero_point, self.input_dtype)
+        real = (pixels.astype(np.float32) - norm.mean) / norm.std
+        return quantize(real, scale, zero_point, self.input_dtype)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
         """Run the model on a batch already in its input dtype; dequantized probabilities."""
@@ -474,7 +511,7 @@ class Classifier:
             self.interpreter.resize_tensor_input(self._input["index"], list(batch.shape))
             self.interpreter.allocate_tensors()
             self._batch = len(batch)
-        if raw and self.input_dtype != np.float32:
+        if raw and not (self.input_dtype == np.float32 and self.normalization.is_identity):
             batch = self.to_input_dtype(batch)
         # Write straight into the interpreter's input buffer: numpy casts uint8 pixels to a
         # float input in the same pass, where astype + set_tensor would make two copies.

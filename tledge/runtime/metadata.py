@@ -1,0 +1,118 @@
+"""What a .tflite file's own metadata says about its input image, read without TensorFlow.
+
+The TFLite metadata (the ``TFLITE_METADATA`` buffer, schema M001, as the Task Library, MediaPipe
+Model Maker and ``tledge export`` write it) carries the input's ``NormalizationOptions``: a float
+input wants ``(pixel - mean) / std``. MediaPipe Model Maker's classifiers take [0, 1] (mean 0,
+std 255), Keras' MobileNet preprocessing [-1, 1] (mean 127.5, std 127.5), tledge's own files raw
+pixels (mean 0, std 1: the model normalises itself).
+
+The model flatbuffer is read with the ``flatbuffers`` package's table reader (field numbers from
+the TFLite schema: Model.buffers is field 4, Model.metadata field 6; Metadata.name 0,
+Metadata.buffer 1; Buffer.data 0), so this works with any backend, tflite-runtime included;
+the metadata itself with the vendored schema of the TFLite Support library.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+METADATA_NAME = b"TFLITE_METADATA"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``(pixel - mean) / std`` per channel (one value for all three, or one each).
+
+    Attributes:
+      mean, std: float32 arrays of length 1 or 3.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @property
+    def is_identity(self) -> bool:
+        """Raw pixels: mean 0, std 1."""
+        return bool(np.all(self.mean == 0) and np.all(self.std == 1))
+
+    def describe(self) -> str:
+        def fmt(values):
+            return "/".join(f"{v:g}" for v in values)
+        return f"mean {fmt(self.mean)}, std {fmt(self.std)}"
+
+
+def _table(buf: bytes, pos: int):
+    from flatbuffers.table import Table
+
+    return Table(buf, pos)
+
+
+def _vector_tables(buf, table, field: int) -> list:
+    """The tables of a vector-of-tables field (0-based field number)."""
+    offset = table.Offset(4 + 2 * field)
+    if not offset:
+        return []
+    start = table.Vector(offset)
+    return [_table(buf, table.Indirect(start + 4 * i)) for i in range(table.VectorLen(offset))]
+
+
+def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes]:
+    """The bytes of the model's metadata entry ``name`` (a buffer inside the flatbuffer), or
+    None when there is none or the file cannot be read as a TFLite flatbuffer."""
+    from flatbuffers import encode, packer
+    from flatbuffers import number_types as N
+
+    try:
+        root = _table(model, encode.Get(packer.uoffset, model, 0))
+        buffers = _vector_tables(model, root, 4)
+        for entry in _vector_tables(model, root, 6):
+            name_at = entry.Offset(4)
+            if not name_at or entry.String(name_at + entry.Pos) != name:
+                continue
+            buffer_at = entry.Offset(6)
+            index = entry.Get(N.Uint32Flags, buffer_at + entry.Pos) if buffer_at else 0
+            if index >= len(buffers):
+                return None
+            data_at = buffers[index].Offset(4)
+            if not data_at:
+                return None
+            return bytes(buffers[index].GetVectorAsNumpy(N.Uint8Flags, data_at))
+    except Exception:  # noqa: BLE001 - an unexpected layout just means "no metadata"
+        return None
+    return None
+
+
+def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
+    """The first input's NormalizationOptions from the model's metadata, or None where the
+    file has no metadata, no such options, or options that cannot be used (a zero std, a count
+    that is neither 1 nor 3)."""
+    try:
+        model = Path(path).read_bytes()
+    except OSError:
+        return None
+    raw = metadata_buffer(model)
+    if raw is None:
+        return None
+    try:
+        from tledge._vendor import metadata_schema_py_generated as m
+
+        meta = m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAs(raw, 0))
+        tensor = meta.subgraphMetadata[0].inputTensorMetadata[0]
+        for unit in tensor.processUnits or []:
+            if unit.optionsType == m.ProcessUnitOptions.NormalizationOptions:
+                mean = np.asarray(unit.options.mean, np.float32).ravel()
+                std = np.asarray(unit.options.std, np.float32).ravel()
+                break
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - metadata another tool wrote oddly: as if absent
+        return None
+    if len(mean) not in (1, 3) or len(std) not in (1, 3) or not np.all(np.isfinite(mean)) \
+            or not np.all(np.isfinite(std)) or np.any(np.abs(std) < 1e-12):
+        return None
+    return Normalization(mean, std)
