@@ -46,3 +46,11 @@ def test_curves_name_each_phase_inside_the_picture_and_mark_the_kept_epochs(tmp_
                     (6, _phases()[2].history[metric][0])]
         assert points == expected, points
     assert "kept epoch" in [t.get_text() for t in legend.get_texts()]
+
+
+def test_curves_of_phases_without_history_are_drawn(tmp_path):
+    """A run that starts from another's model (--init-from) has an empty first phase."""
+    phases = [PhaseResult("frozen", {}), PhaseResult("finetune", {})] + _phases()[2:]
+    plot_curves(phases, tmp_path / "c.png")
+    plot_curves([PhaseResult("frozen", {})], tmp_path / "empty.png")
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "empty.png").is_file()

@@ -473,20 +473,23 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         start = 0
-        for i, p in enumerate(phases):
+        for p in phases:
             n = len(p.history.get(metric, []))
             if not n:
                 continue
+            labelled = {line.get_label() for line in ax.lines}  # each label once
+
+            def label(text):
+                return text if text not in labelled else None
+
             epochs = np.arange(start + 1, start + n + 1)
-            ax.plot(epochs, p.history[metric], "o-", color="C0",
-                    label="train" if i == 0 else None)
+            ax.plot(epochs, p.history[metric], "o-", color="C0", label=label("train"))
             val = p.history.get(f"val_{metric}")
             if val:
-                ax.plot(epochs, val, "s--", color="C1",
-                        label="validation" if i == 0 else None)
+                ax.plot(epochs, val, "s--", color="C1", label=label("validation"))
                 if 1 <= p.best_epoch <= n:
                     ax.plot(start + p.best_epoch, val[p.best_epoch - 1], "*", ms=15, mfc="none",
-                            mec="C3", mew=1.5, label="kept epoch" if i == 0 else None)
+                            mec="C3", mew=1.5, label=label("kept epoch"))
             if start:
                 ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
             # the phase's name just above the plot, over its epochs: never on a curve
@@ -498,9 +501,9 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
         ax.set_title(metric, pad=14)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    # one legend for both plots, below them, where no curve or phase name is
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
-               frameon=False)
+    if handles:  # one legend for both plots, below them, where no curve or phase name is
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+                   frameon=False)
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
