@@ -90,7 +90,7 @@ def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
                    "--no-augment", "--out", run)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "phase finetune" in train.stdout and "phase qat" in train.stdout
-    export = tledge("export", run, "--int8", "--max-drop", "100", "--debug")
+    export = tledge("export", run, "--int8", "--max-drop", "100")
     assert export.returncode == 0, export.stderr[-3000:]
     assert_quiet(train.stderr)  # issue 24: no library noise without -v
     assert_quiet(export.stderr)

@@ -158,3 +158,56 @@ def test_rows_with_impossible_reference_values_are_flagged_not_ranked():
     assert worst_names(rows, 2).startswith("real (CONV_2D") and "garbage" not in \
         worst_names(rows, 3)
     assert first_new(rows, ["real", "fine"]) is None
+
+
+def test_the_report_of_a_qat_run_analyses_the_file_that_ships(colour_run, tmp_path):
+    """Issue 24: the report came from a post-training conversion of the float model while the
+    int8 file that ships came from QAT, and ranked rows on impossible values. Now it analyses
+    model_int8.tflite itself against the QAT model computing in float, and says so."""
+    import csv
+    import math
+
+    from tledge.conversion import QuantizationConfig, convert
+    from tledge.export import load_keras_file
+    from tledge.graph_rewrite import strip_fake_quant
+    from tledge.runtime import Classifier
+
+    from helpers import assert_quiet, tledge
+
+    run, splits, _ = colour_run
+    out = tmp_path / "export"
+    proc = tledge("export", run, "--int8", "--debug", "--max-drop", "100", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_quiet(proc.stderr)  # no converter, debugger or LiteRT noise on the terminal
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["formats"][0]["source"] == "qat"
+    analysed = report["int8_layer_report"]["analysed"]
+    assert analysed.startswith("model_int8.tflite (from the QAT model)"), analysed
+    lines = proc.stdout.splitlines()
+    assert any("against the QAT model in float" in line for line in lines)
+    assert any(line.startswith("worst int8 layers:") and "analysed: model_int8.tflite" in line
+               for line in lines)
+    with open(out / "quant_debug.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 3  # both convolutions, the dense layer
+    for row in rows:  # finite everywhere, and no requantizing or delegate node as a "layer"
+        assert all(math.isfinite(float(row[k])) for k in ("rel_rmse", "end_to_end",
+                                                           "float_min", "float_max")), row
+        assert row["op"] not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE"), row
+    reliable = [r for r in rows if r["reliable"] == "True"]
+    assert rows[:len(reliable)] == reliable  # flagged rows, if any, last
+    added = [float(r["rel_rmse"]) for r in reliable]
+    assert added == sorted(added, reverse=True)
+    # the reference: the QAT model's fp32 conversion without its fake quantization is the QAT
+    # model computing in float (no QUANTIZE left), and classifies as the QAT model does
+    qat_model = load_keras_file(run / rundir.QAT_MODEL, qat=True)
+    twin, removed = strip_fake_quant(convert(qat_model, QuantizationConfig.for_float32()))
+    assert removed > 0
+    twin_file = tmp_path / "twin.tflite"
+    twin_file.write_bytes(twin)
+    clf = Classifier(twin_file, labels=LABELS)
+    ops = {op["op_name"] for op in clf.interpreter._get_ops_details()}
+    assert not ops & {"QUANTIZE", "DEQUANTIZE"}, ops
+    ours = clf.predict_batch(splits.val.x).argmax(1)
+    keras_qat = qat_model.predict(splits.val.x.astype(np.float32), verbose=0).argmax(1)
+    assert np.mean(ours == keras_qat) >= 0.95

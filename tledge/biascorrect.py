@@ -23,7 +23,6 @@ Only biases change: the graph, its ops and its speed stay as they were.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -160,22 +159,13 @@ def _pre_activation_mean(layer: _Layer, weights: np.ndarray, mean: np.ndarray) -
     return weights @ mean  # FULLY_CONNECTED (out, in)
 
 
-def _interpreter(model: bytes, threads: int):
-    from tledge.runtime import get_backend
-
-    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": it is
-        warnings.simplefilter("ignore")
-        interpreter = get_backend().interpreter_cls(
-            model_content=model, experimental_preserve_all_tensors=True, num_threads=threads)
-    interpreter.allocate_tensors()
-    return interpreter
-
-
 def _input_means(model: bytes, images: np.ndarray, tensors: list[int],
                  threads: int) -> dict[int, np.ndarray]:
     """Mean over ``images`` (and positions) of each tensor, per channel, as stored (int8 or
     float)."""
-    interpreter = _interpreter(model, threads)
+    from tledge.runtime import all_tensors_interpreter
+
+    interpreter = all_tensors_interpreter(model, threads)
     index = interpreter.get_input_details()[0]["index"]
     dtype = interpreter.get_input_details()[0]["dtype"]
     sums: dict[int, np.ndarray] = {}

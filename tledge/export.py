@@ -362,11 +362,10 @@ def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> d
         if fmt == "int8" and options.keep_float == ("auto",) and not result.passed:
             tmp, result = _keep_float_auto(debug, make, tmp, result, echo)
         if fmt == "int8" and (options.debug or not result.passed):
-            debug.report()
-            if qconfig.source == "qat":
-                echo("note: the per-layer report analyses a post-training int8 conversion of "
-                     "the float model (QuantizationDebugger needs one); model_int8.tflite came "
-                     "from the QAT model")
+            if qconfig.source == "qat":  # the file that ships, against the QAT model in float
+                debug.report(shipped=(tmp.read_bytes(), model))
+            else:
+                debug.report()
         final = targets[fmt] if result.passed else \
             targets[fmt].with_name(f"model_{fmt}.REJECTED.tflite")
         result.path = str(final)
@@ -380,6 +379,9 @@ def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> d
         "max_drop_points": options.max_drop,
         "formats": [r.__dict__ for r in results],
     }
+    if debug.shown is not None:  # the per-layer int8 report: what it analysed
+        report["int8_layer_report"] = {"csv": "quant_debug.csv", "png": "quant_debug.png",
+                                       "analysed": debug.source}
     card = model_card(run_dir, config, labels, results, float_acc, len(val))
     # Publish: the files, then what describes them, in one quick run of renames.
     for tmp, final in publish:
@@ -406,7 +408,8 @@ def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> d
 def gate_advice(result: "FormatResult", debug: "_Debug") -> str:
     """What to do about a file that failed the gate, by what made it."""
     if result.format == "int8":
-        worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " if debug.errors else ""
+        worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " \
+            if debug.shown else ""
         return (worst + "try --keep-float auto (or name layers), calibrate on more images "
                 "(--calibration), train QAT longer, or raise --max-drop")
     if result.format == "dynamic":
@@ -429,9 +432,13 @@ class _Debug:
         self.bias_correction = bias_correction
         self.out, self.echo = out, echo
         self.errors = None
+        self.shown = None  # the rows of the report written (and the gate's advice)
+        self.source = None  # what that report analysed, in words
         self.csv_name = str(Path(out) / "quant_debug.csv")
 
     def compute(self):
+        """The debugger's rows for a post-training conversion of the float model: what
+        --keep-float picks from."""
         if self.errors is None:
             from tledge import quantdebug
 
@@ -440,16 +447,34 @@ class _Debug:
             self.errors = quantdebug.layer_errors(self.model, self.calibration, self.images)
         return self.errors
 
-    def report(self) -> None:
+    def report(self, shipped: Optional[tuple] = None) -> None:
+        """Write quant_debug.csv/.png: of the post-training conversion of the float model, or,
+        with ``shipped`` = (the int8 file's bytes, the QAT Keras model it came from), of that
+        file against the QAT model computing in float."""
         from tledge import quantdebug
 
-        csv_path, png_path = quantdebug.write_report(self.compute(), self.out)
-        self.echo(f"worst int8 layers: {self.worst()}; report in {csv_path} and {png_path}")
+        if shipped is None:
+            self.shown = self.compute()
+            self.source = ("a post-training int8 conversion of the float model, each op against "
+                           "its float twin (QuantizationDebugger)")
+        else:
+            from tledge.graph_rewrite import strip_fake_quant
+
+            int8_file, qat_model = shipped
+            twin, _ = strip_fake_quant(convert(qat_model, QuantizationConfig.for_float32()))
+            self.echo(f"per-layer int8 errors of model_int8.tflite on {len(self.images)} "
+                      "validation images, against the QAT model in float")
+            self.shown = quantdebug.file_errors(int8_file, twin, self.images)
+            self.source = ("model_int8.tflite (from the QAT model), end to end against the QAT "
+                           "model computing in float; rel_rmse is the error each op added")
+        csv_path, png_path = quantdebug.write_report(self.shown, self.out, source=self.source)
+        self.echo(f"worst int8 layers: {self.worst()}; report in {csv_path} and {png_path} "
+                  f"(analysed: {self.source})")
 
     def worst(self, count: int = 3) -> str:
         from tledge import quantdebug
 
-        return quantdebug.worst_names(self.compute(), count)
+        return quantdebug.worst_names(self.shown or self.compute(), count)
 
     def keep_float(self, names) -> bytes:
         from tledge import quantdebug

@@ -259,3 +259,53 @@ def name_signature(model_bytes: bytes, input_name: str = "image",
     builder = flatbuffers.Builder(len(model_bytes) + 1024)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output())
+
+
+def strip_fake_quant(model_bytes: bytes) -> tuple[bytes, int]:
+    """A float graph with each QUANTIZE -> DEQUANTIZE pair of float tensors taken out: the fp32
+    conversion of a QAT model keeps its fake quantization as such pairs (on weights and
+    activations alike); without them it is the QAT model computing in float, the reference
+    that shows what quantizing it costs, apart from what QAT changed in the weights.
+
+    Returns:
+      (the new flatbuffer, the pairs removed); ``model_bytes`` itself when there were none.
+    """
+    import flatbuffers
+
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    op_type = schema.BuiltinOperator
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes or []]
+    removed = 0
+    for subgraph in model.subgraphs:
+        producer = {int(o): op for op in subgraph.operators for o in op.outputs}
+        replace: dict[int, int] = {}  # DEQUANTIZE output -> the float tensor before QUANTIZE
+        dropped = set()
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] != op_type.DEQUANTIZE:
+                continue
+            quant = producer.get(int(op.inputs[0]))
+            if quant is None or codes[quant.opcodeIndex] != op_type.QUANTIZE:
+                continue
+            source = subgraph.tensors[int(quant.inputs[0])]
+            if source.type != schema.TensorType.FLOAT32:
+                continue
+            replace[int(op.outputs[0])] = int(quant.inputs[0])
+            dropped.add(id(op))
+        if not replace:
+            continue
+        outputs = set(int(o) for o in subgraph.outputs)
+        kept = [op for op in subgraph.operators if id(op) not in dropped]
+        for op in kept:
+            op.inputs = np.asarray([replace.get(int(i), int(i)) for i in op.inputs], np.int32)
+        subgraph.outputs = np.asarray([replace.get(o, o) for o in subgraph.outputs], np.int32)
+        used = {int(i) for op in kept for i in op.inputs} | outputs
+        # a QUANTIZE whose output nothing reads any more goes too
+        subgraph.operators = [op for op in kept if codes[op.opcodeIndex] != op_type.QUANTIZE
+                              or any(int(o) in used for o in op.outputs)]
+        removed += len(replace)
+    if not removed:
+        return model_bytes, 0
+    builder = flatbuffers.Builder(len(model_bytes) + 4096)
+    builder.Finish(model.Pack(builder), b"TFL3")
+    return bytes(builder.Output()), removed

@@ -13,6 +13,15 @@ the same (quantized) input, over the validation images, and for each op's output
   zero yet keeps ``rmse/scale`` small, and only the relative error shows it;
 - the float values' range and the fraction of them outside the int8 range (clipped).
 
+``file_errors`` analyses an int8 *file* instead, the one that ships, where the debugger cannot
+(a QAT model's ops are quantized by its own fake-quant ranges, so the debugger has no float twin
+for them): the file and the float model's fp32 conversion run end to end on the same images,
+every intermediate tensor kept, and each op output of the int8 file is compared with the float
+tensor of the same layer. Errors then accumulate along the graph, so a row's ``rel_rmse`` is the
+error that op *added* (its output's end-to-end relative error minus the largest of its inputs'),
+and ``end_to_end`` the accumulated one; against the float model they include what QAT changed
+in the weights.
+
 ``convert_keep_float`` makes a full-integer file (uint8 in, uint8 out) in which the named ops stay
 float (the converter's ``denylisted_nodes``), with quantize/dequantize around them.
 """
@@ -52,6 +61,8 @@ class LayerError:
       reliable: the float reference is finite and within 100x the tensor's int8 range. The
         debugger's float twin of an op sometimes reads garbage (2.3e34 out of a ReLU6 was
         seen); such a row is flagged and ranked last, never named as the worst layer.
+      end_to_end: (file_errors only) the output's relative error with every op before it
+        quantized too; rel_rmse is then what this op added. NaN for the debugger's rows.
     """
 
     layer: str
@@ -66,6 +77,7 @@ class LayerError:
     scale: float
     zero_point: int
     reliable: bool = True
+    end_to_end: float = float("nan")
 
 
 def short_name(tensor: str) -> str:
@@ -158,6 +170,87 @@ def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[Lay
     return sorted(rows, key=lambda r: (not r.reliable, -r.rel_rmse))
 
 
+def _layer_key(tensor: str) -> str:
+    """A converted tensor's name as the layer path it came from, the same for a QAT model's
+    file ("model/quant_block_1_expand_relu/Relu6;...") and the float model's
+    ("model/block_1_expand_relu/Relu6;...")."""
+    first = tensor.split(";")[0]
+    return "/".join(p[len("quant_"):] if p.startswith("quant_") else p for p in first.split("/"))
+
+
+def _all_tensors(model: bytes, images: np.ndarray) -> tuple[list, dict, dict]:
+    """(the op details, {tensor index: values stacked over ``images``} of every op output,
+    {tensor index: tensor details}) of the model run one image at a time."""
+    from tledge.runtime import all_tensors_interpreter, quantize
+
+    interpreter = all_tensors_interpreter(model)
+    # the ops as the model has them (a DELEGATE node repeats the outputs of the ops it took)
+    ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    inp = interpreter.get_input_details()[0]
+    outputs = [o for op in ops for o in op["outputs"] if o >= 0]
+    values: dict = {o: [] for o in outputs}
+    for image in images:  # raw pixels, as tledge's files take them (uint8 as they are)
+        x = image[None]
+        if inp["dtype"] == np.float32:
+            x = x.astype(np.float32)
+        elif inp["dtype"] == np.int8:
+            x = quantize(x.astype(np.float32), *inp["quantization"], np.int8)
+        interpreter.set_tensor(inp["index"], x)
+        interpreter.invoke()
+        for o in outputs:
+            values[o].append(interpreter.get_tensor(o).copy())
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    return ops, {o: np.stack(v) for o, v in values.items()}, details
+
+
+def file_errors(int8_file: bytes, float_file: bytes, images: np.ndarray) -> list[LayerError]:
+    """Per-op errors of an int8 .tflite (``int8_file``) against a float .tflite of the same
+    network (``float_file``), both run end to end on ``images`` (uint8 pixels at the model's
+    size); worst added error first (module docstring). Ops of the int8 file with no float twin
+    of the same layer (a QAT model's own input quantizer) and requantizing QUANTIZE ops are
+    left out."""
+    q_ops, q_values, q_details = _all_tensors(int8_file, images)
+    f_ops, f_values, f_details = _all_tensors(float_file, images)
+    f_by_key = {}
+    for op in f_ops:
+        for o in op["outputs"]:
+            f_by_key.setdefault(_layer_key(f_details[o]["name"]), o)
+    end_to_end: dict = {}  # each int8 tensor's relative error so far (carried through ops
+    rows = []              # that have no twin, such as QUANTIZE)
+    for op in q_ops:
+        before = max((end_to_end.get(int(i), 0.0) for i in op["inputs"] if i >= 0), default=0.0)
+        for o in op["outputs"]:
+            end_to_end[o] = before
+            detail = q_details.get(o)
+            twin = f_by_key.get(_layer_key(detail["name"])) if detail else None
+            if twin is None or detail["dtype"] not in (np.int8, np.uint8) \
+                    or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+                continue  # requantizing is no layer: its error is its input's
+            scale, zero_point = detail["quantization"]
+            f = f_values[twin].astype(np.float64).ravel()
+            q = q_values[o].astype(np.float64).ravel()
+            if not scale or f.shape != q.shape:
+                continue
+            d = scale * (q - zero_point)
+            err = d - f
+            rel = float(np.sqrt(np.mean(err ** 2)) / (np.std(f) + 1e-12))
+            end_to_end[o] = rel
+            low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
+            if detail["dtype"] == np.uint8:
+                low, high = scale * (0 - zero_point), scale * (255 - zero_point)
+            row = {"float_min": float(f.min()), "float_max": float(f.max()), "rel_rmse": rel,
+                   "scale": float(scale)}
+            rows.append(LayerError(
+                layer=short_name(detail["name"]), op=op["op_name"], tensor=detail["name"],
+                rel_rmse=max(rel - before, 0.0),
+                rmse_scaled=float(np.sqrt(np.mean(err ** 2)) / scale),
+                max_scaled=float(np.max(np.abs(err)) / scale),
+                clipped=float(np.mean((f < low - scale / 2) | (f > high + scale / 2))),
+                float_min=row["float_min"], float_max=row["float_max"], scale=float(scale),
+                zero_point=int(zero_point), reliable=_reliable(row), end_to_end=rel))
+    return sorted(rows, key=lambda r: (not r.reliable, -r.rel_rmse))
+
+
 def _reliable(row: dict) -> bool:
     """Whether a debugger row's float reference can be believed (LayerError.reliable)."""
     try:
@@ -170,8 +263,10 @@ def _reliable(row: dict) -> bool:
     return max(abs(values[0]), abs(values[1])) <= reach
 
 
-def write_report(errors: list[LayerError], out: Path, worst: int = 15) -> tuple[Path, Path]:
-    """``quant_debug.csv`` (every op, worst first) and a PNG chart of the worst ones."""
+def write_report(errors: list[LayerError], out: Path, worst: int = 15,
+                 source: str = "") -> tuple[Path, Path]:
+    """``quant_debug.csv`` (every op, worst first) and a PNG chart of the worst ones, whose
+    title names ``source``, what was analysed."""
     buf = io.StringIO()
     fields = list(asdict(errors[0]).keys()) if errors else ["layer"]
     writer = csv.DictWriter(buf, fields)
@@ -181,11 +276,11 @@ def write_report(errors: list[LayerError], out: Path, worst: int = 15) -> tuple[
                          for k, v in asdict(e).items()})
     csv_path = fileio.write_text(Path(out) / CSV_NAME, buf.getvalue())
     png_path = Path(out) / PNG_NAME
-    _plot(errors[:worst], png_path)
+    _plot(errors[:worst], png_path, source)
     return csv_path, png_path
 
 
-def _plot(errors: list[LayerError], path: Path) -> None:
+def _plot(errors: list[LayerError], path: Path, source: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -197,7 +292,11 @@ def _plot(errors: list[LayerError], path: Path) -> None:
     ax.barh(range(len(values)), values, color=colours)
     ax.set_yticks(range(len(values)), labels, fontsize=8)
     ax.set_xlabel("int8 error / float signal std (relative RMSE); red: values clipped")
-    ax.set_title("where int8 loses: the worst layers", fontsize=10)
+    import textwrap
+
+    lines = ["where int8 loses: the worst layers"]
+    lines += textwrap.wrap(f"analysed: {source}", 75) if source else []
+    ax.set_title("\n".join(lines), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

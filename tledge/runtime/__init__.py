@@ -258,6 +258,22 @@ def make_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     return interpreter
 
 
+def all_tensors_interpreter(model: bytes, threads: int = 1):
+    """An interpreter of the model's bytes that keeps every intermediate tensor readable after
+    ``invoke()`` (for per-layer analysis: bias correction, the int8 report), tensors allocated,
+    on the default backend."""
+    import warnings
+
+    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": it is
+        warnings.simplefilter("ignore")
+        with native_stderr_filtered():
+            interpreter = get_backend().interpreter_cls(
+                model_content=model, experimental_preserve_all_tensors=True,
+                num_threads=threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
 def check_model_file(path: str | os.PathLike, backend: Optional[str] = None) -> None:
     """Raise a one-line TledgeError unless the backend loads and runs the model file in a
     child process (cached by the file's content; see ``_check_in_child``)."""
