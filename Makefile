@@ -49,8 +49,8 @@ test-fast: install  ## no TensorFlow: runtime, camera, serve, CLI, config, fault
 	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist worksteal
 
 demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export, evaluate
-	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) \
-		--epochs-frozen 5 --epochs-finetune 2 --epochs-qat 1 \
+	$(BIN)/tledge train --data shapes --image-size 96 --weights $(WEIGHTS) --val-split 0.25 \
+		--epochs-frozen 5 --epochs-finetune 2 --epochs-qat 2 \
 		--out $(DEMO_OUT) --overwrite
 	$(BIN)/tledge export $(DEMO_OUT) --int8 --fp32 --overwrite
 	$(BIN)/tledge evaluate $(DEMO_OUT)/export/model_int8.tflite --data shapes --overwrite

@@ -177,7 +177,7 @@ class DataOptions:
     limit: Optional[int] = None
     augment: bool = False
     batch_size: int = 32
-    shapes_per_class: int = 120
+    shapes_per_class: int = 200
     cache: str = "auto"
     test_source: Optional[str] = None
 

@@ -1,9 +1,14 @@
 """``shapes``: a generated, offline, deterministic data set of coloured geometric shapes.
 
 Six classes (circle, square, triangle, cross, ring, star), each drawn at a random size,
-position, rotation and colour on a random background (flat, gradient or noisy). Every image is
-a pure function of (seed, split, class, index), so any image size and any count give the same
-pictures for the same seed. It is the built-in default for the demo and the tests.
+position, rotation and colour on a random background (flat, gradient or noisy), often with a
+few thin strokes of clutter across it. Every image is a pure function of (seed, split, class,
+index), so any image size and any count give the same pictures for the same seed. It is the
+built-in default for the demo and the tests.
+
+Hard enough that the recipe's phases differ (the demo's table): shapes as small as a tenth of
+the picture, colours only moderately apart from the background, and clutter strokes that a
+frozen ImageNet backbone's features confuse with edges of a shape.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ CLASSES = ["circle", "square", "triangle", "cross", "ring", "star"]
 TEST_PER_CLASS = 50
 _SPLIT_ID = {"train": 0, "test": 1}
 _SUPERSAMPLE = 2  # draw at 2x and shrink: antialiased edges
+RADIUS = (0.1, 0.38)  # the shape's radius, as a fraction of the picture
+MIN_CONTRAST = 120    # the shape's colour differs from the background's mean by this (R+G+B)
+MAX_STROKES = 3       # clutter strokes across the picture, 0 to this many
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -55,13 +63,13 @@ def draw_shape(label: int, seed: int, split: str, index: int, size: int) -> np.n
     bg = _background(rng, big)
     img = Image.fromarray(bg)
     draw = ImageDraw.Draw(img)
-    # A colour far from the background's mean, so the shape is always visible.
+    # A colour apart from the background's mean, so the shape is always visible.
     mean = bg.reshape(-1, 3).mean(axis=0)
     colour = rng.integers(0, 256, size=3)
-    while np.abs(colour - mean).sum() < 200:
+    while np.abs(colour - mean).sum() < MIN_CONTRAST:
         colour = rng.integers(0, 256, size=3)
     fill = tuple(int(c) for c in colour)
-    r = rng.uniform(0.22, 0.4) * big
+    r = rng.uniform(*RADIUS) * big
     cx = rng.uniform(r, big - r)
     cy = rng.uniform(r, big - r)
     rot = rng.uniform(0, 2 * math.pi)
@@ -85,6 +93,10 @@ def draw_shape(label: int, seed: int, split: str, index: int, size: int) -> np.n
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=fill, width=max(2, int(r * 0.3)))
     elif name == "star":
         draw.polygon(_polygon(cx, cy, r, 5, rot, inner=0.45), fill=fill)
+    for _ in range(rng.integers(0, MAX_STROKES + 1)):  # clutter: thin strokes of any colour
+        ends = [tuple(rng.uniform(0, big, 2)) for _ in range(2)]
+        draw.line(ends, fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+                  width=max(1, int(big * rng.uniform(0.01, 0.03))))
     return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
@@ -98,7 +110,7 @@ def generate(per_class: int, size: int, seed: int, split: str = "train"):
     return x, y
 
 
-GENERATOR_VERSION = 1  # bump when draw_shape changes its pictures
+GENERATOR_VERSION = 2  # bump when draw_shape changes its pictures
 
 
 def load_shapes(options: DataOptions, seed: int):
