@@ -37,14 +37,23 @@ NOISE = (
     "fully_quantize: 0, inference_type:",  # the TFLite converter's debug print
     "Created TensorFlow Lite XNNPACK delegate for CPU",  # LiteRT's native INFO, once a process
 )
-# absl's line prefixes: a partial line starting like this is held until its newline, to be
-# judged whole; anything else is passed on at once.
-_ABSL = ("I0000", "W0000", "E0000", "WARNING: All log messages")
+# How noise lines begin (absl's prefixes, the converter's print, LiteRT's INFO): a partial
+# line that begins like one of these, or could still grow into one, is held until its newline
+# to be judged whole (native code's writes can reach the pipe in pieces); anything else, such
+# as a progress bar's carriage-return line, is passed on at once.
+_LINE_STARTS = ("I0000", "W0000", "E0000", "WARNING: All log messages", "fully_quantize:",
+                "INFO: Created TensorFlow Lite")
 _filter = None
 
 
 def is_noise(line: str) -> bool:
     return any(pattern in line for pattern in NOISE)
+
+
+def _may_be_noise(partial: bytes) -> bool:
+    """Whether a line's first bytes begin, or may yet begin, a noise line (_LINE_STARTS)."""
+    head = partial.lstrip().decode("utf-8", errors="replace")
+    return any(head.startswith(start) or start.startswith(head) for start in _LINE_STARTS)
 
 
 class _LiveFilter:
@@ -82,7 +91,7 @@ class _LiveFilter:
             for line in lines:
                 if not is_noise(line.decode("utf-8", errors="replace")):
                     self._write(line + b"\n")
-            if pending and not pending.lstrip().startswith(tuple(p.encode() for p in _ABSL)):
+            if pending and not _may_be_noise(pending):
                 self._write(pending)  # a progress bar's partial line: show it now
                 pending = b""
         if pending and not is_noise(pending.decode("utf-8", errors="replace")):
