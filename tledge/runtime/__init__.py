@@ -304,7 +304,9 @@ def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
 
     try:
         raw = metadata_buffer(Path(path).read_bytes(), b"min_runtime_version")
-        return raw.split(b"\0")[0].decode("ascii") or None if raw is not None else None
+        if raw is None:
+            return None
+        return raw.split(b"\0")[0].decode("ascii") or None
     except (OSError, UnicodeDecodeError):
         return None
 
