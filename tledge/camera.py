@@ -870,10 +870,6 @@ class _AtomicLines:
         _discard(self._ctx)
 
 
-def open_atomic(path: Optional[str]) -> Optional[_AtomicLines]:
-    return _AtomicLines(path) if path else None
-
-
 def frame_record(packet: Packet, models: list) -> dict:
     record = {"frame": packet.index, "timestamp": round(packet.timestamp, 4),
               "top_k": [[c.label, round(c.score, 5)] for c in packet.results[0]],

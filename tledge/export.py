@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import zipfile
@@ -566,7 +565,3 @@ def format_table(float_acc: float, results: list[FormatResult]) -> str:
                     f"{r.drop_points:>+7.2f} {r.agreement:>7.4f} {r.max_prob_diff:>8.4f}  "
                     f"{'ok' if r.passed else 'FAILED'}")
     return "\n".join(rows)
-
-
-def load_report(out: Path) -> dict:
-    return json.loads((Path(out) / REPORT).read_text())

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
 
 
 def cache_root() -> Path:
@@ -73,10 +72,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
-
-
-def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 def _jsonable(obj: Any) -> Any:

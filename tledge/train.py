@@ -463,6 +463,11 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
         plot_curves(phases, out / rundir.CURVES)
 
 
+def _once(ax, label: str):
+    """``label`` for the first line of the axes that carries it, None after (one legend entry)."""
+    return None if label in {line.get_label() for line in ax.lines} else label
+
+
 def plot_curves(phases: list[PhaseResult], path: Path) -> None:
     """Training and validation accuracy and loss across phases: phase boundaries and names,
     and each phase's kept epoch (the weights the phase went on with) marked."""
@@ -477,19 +482,14 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
             n = len(p.history.get(metric, []))
             if not n:
                 continue
-            labelled = {line.get_label() for line in ax.lines}  # each label once
-
-            def label(text):
-                return text if text not in labelled else None
-
             epochs = np.arange(start + 1, start + n + 1)
-            ax.plot(epochs, p.history[metric], "o-", color="C0", label=label("train"))
+            ax.plot(epochs, p.history[metric], "o-", color="C0", label=_once(ax, "train"))
             val = p.history.get(f"val_{metric}")
             if val:
-                ax.plot(epochs, val, "s--", color="C1", label=label("validation"))
+                ax.plot(epochs, val, "s--", color="C1", label=_once(ax, "validation"))
                 if 1 <= p.best_epoch <= n:
                     ax.plot(start + p.best_epoch, val[p.best_epoch - 1], "*", ms=15, mfc="none",
-                            mec="C3", mew=1.5, label=label("kept epoch"))
+                            mec="C3", mew=1.5, label=_once(ax, "kept epoch"))
             if start:
                 ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
             # the phase's name just above the plot, over its epochs: never on a curve
@@ -727,7 +727,3 @@ def load_initial_model(run: Path, splits: Splits, image_size: int):
         raise TledgeError(f"--init-from {run} takes {model.input_shape[1]}px images, not "
                           f"{image_size}px: pass --image-size {model.input_shape[1]}")
     return model
-
-
-def load_history(out: Path) -> dict:
-    return json.loads((Path(out) / rundir.HISTORY).read_text())
