@@ -42,3 +42,13 @@ def test_train_refuses_an_existing_run_before_loading_data(tmp_path):
     (tmp_path / "model.keras").write_text("precious")
     one_line_error(cli("train", "--out", tmp_path), "--overwrite")
     assert (tmp_path / "model.keras").read_text() == "precious"
+
+
+def test_verbose_shows_the_cause_under_the_one_line(tmp_path):
+    """Issue 23: errors are raised `from` their cause, and -v prints the chain."""
+    quiet = cli("train", "--config", tmp_path / "missing.yaml")
+    loud = cli("-v", "train", "--config", tmp_path / "missing.yaml")
+    for result in (quiet, loud):
+        one_line_error(result, "missing.yaml", "does not exist")
+    assert "caused by" not in quiet.output
+    assert "  caused by FileNotFoundError: [Errno 2]" in loud.output, loud.output

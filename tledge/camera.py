@@ -279,14 +279,15 @@ def _open_picamera(model_size: Optional[tuple] = None) -> Source:
 
     try:
         from picamera2 import Picamera2
-    except ImportError:
+    except ImportError as cause:
         raise TledgeError("Picamera2 is not installed: sudo apt install python3-picamera2 and "
-                          "create the venv with --system-site-packages")
+                          "create the venv with --system-site-packages") from cause
     try:
         cam = Picamera2()
     except (IndexError, RuntimeError) as e:  # no camera attached, or held by another process
         raise TledgeError(f"cannot open the Pi camera ({type(e).__name__}: {e}): check its "
-                          "cable and that no other program (rpicam-hello, another tledge) uses it")
+                          "cable and that no other program (rpicam-hello, another tledge) uses "
+                          "it") from e
     # main: full frames for the window, --record and the overlay. lores: the same field of view
     # scaled by the ISP to about the model's input, free of CPU, which feeds inference. A Pi 4's
     # lores stream must be YUV420.

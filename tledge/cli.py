@@ -17,7 +17,7 @@ from tledge import __version__, fileio
 from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
-from tledge.errors import Interrupted, TledgeError, missing_training_stack, \
+from tledge.errors import Interrupted, TledgeError, first_line, missing_training_stack, \
     require_training_stack
 
 
@@ -57,6 +57,10 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TledgeError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
+            if ctx.params.get("verbose"):  # -v: what lay under the one line
+                for cause in causes(e):
+                    click.echo(f"  caused by {type(cause).__name__}: {first_line(cause)}",
+                               err=True)
             sys.exit(_interrupted_code() if isinstance(e, Interrupted) else 1)
         except (ImportError, OSError) as e:
             # The training stack imported where a [pi] install lacks it, or a write the disk
@@ -69,6 +73,20 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
             sys.exit(_interrupted_code())
+
+
+def causes(error: BaseException, limit: int = 10) -> list:
+    """The exceptions under ``error``: its ``__cause__`` (``raise ... from``), else the one it
+    was raised while handling, and theirs, outermost first."""
+    chain, seen = [], {id(error)}
+    e = error
+    while len(chain) < limit:
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if e is None or id(e) in seen:
+            break
+        seen.add(id(e))
+        chain.append(e)
+    return chain
 
 
 def disk_error(e: OSError) -> str | None:
@@ -379,8 +397,9 @@ def _int_list(ctx, param, value):
         return None
     try:
         counts = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 1,2,4, got {value!r}")
+    except ValueError as cause:
+        raise click.BadParameter(
+            f"expected comma-separated integers like 1,2,4, got {value!r}") from cause
     if not counts or any(c < 1 for c in counts):
         raise click.BadParameter(f"thread counts must be 1 or more, like 1,2,4; got {value!r}")
     return counts
@@ -391,8 +410,8 @@ def _size(ctx, param, value):
         return None
     try:
         width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT like 320x240, got {value!r}")
+    except ValueError as cause:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT like 320x240, got {value!r}") from cause
     if width < 1 or height < 1:
         raise click.BadParameter(f"width and height must be positive, got {value!r}")
     return width, height

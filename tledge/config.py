@@ -403,21 +403,23 @@ class RunConfig:
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         try:
             raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}
-        except RecursionError:
+        except RecursionError as cause:
             raise TledgeError(f"config file {path} is nested too deeply to be a tledge config: "
-                              "pass a run's config.yaml or a file of the same shape")
-        except FileNotFoundError:
-            raise TledgeError(f"config file {path} does not exist: pass an existing YAML file")
-        except IsADirectoryError:
+                              "pass a run's config.yaml or a file of the same shape") from cause
+        except FileNotFoundError as cause:
+            raise TledgeError(
+                f"config file {path} does not exist: pass an existing YAML file") from cause
+        except IsADirectoryError as cause:
             raise TledgeError(f"config file {path} is a folder: pass a YAML file (a run's "
-                              "config.yaml)")
-        except PermissionError:
-            raise TledgeError(f"config file {path} cannot be read (permission denied)")
-        except (UnicodeDecodeError, ValueError):
+                              "config.yaml)") from cause
+        except PermissionError as cause:
+            raise TledgeError(f"config file {path} cannot be read (permission denied)") from cause
+        except (UnicodeDecodeError, ValueError) as cause:
             raise TledgeError(f"config file {path} is not a text file: pass a YAML file (a "
-                              "run's config.yaml)")
+                              "run's config.yaml)") from cause
         except yaml.YAMLError as e:
-            raise TledgeError(f"config file {path} is not valid YAML ({first_line(e)}): fix it")
+            raise TledgeError(
+                f"config file {path} is not valid YAML ({first_line(e)}): fix it") from e
         if not isinstance(raw, dict):
             raise TledgeError(f"config file {path} must hold a mapping of sections")
         return cls.from_dict(raw)

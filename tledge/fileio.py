@@ -89,12 +89,12 @@ def read_labels(path: str | os.PathLike) -> list[str]:
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+    except FileNotFoundError as cause:
         raise TledgeError(f"{path} is missing: restore it (one class name per line, in the "
-                          "model's output order) or train the run again")
+                          "model's output order) or train the run again") from cause
     except (OSError, UnicodeDecodeError) as e:
         raise TledgeError(f"{path} cannot be read as labels ({type(e).__name__}): one class "
-                          "name per line, UTF-8")
+                          "name per line, UTF-8") from e
     labels = [line.strip() for line in lines if line.strip()]
     if not labels:
         raise TledgeError(f"{path} holds no labels: one class name per line")
@@ -129,7 +129,7 @@ def _check_writable_from(start: Path, what: str, path: Path) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise TledgeError(f"{what} {path} cannot be written: {folder} is not writable "
-                          f"({e.strerror or type(e).__name__}): choose another path")
+                          f"({e.strerror or type(e).__name__}): choose another path") from e
 
 
 def check_output_file(path: str | os.PathLike | None, what: str) -> None:

@@ -120,7 +120,7 @@ def lock(folder: Path, command: str) -> Iterator[Path]:
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        except FileExistsError as cause:
             holder = read_lock(folder)
             if holder is None:
                 with contextlib.suppress(FileNotFoundError):
@@ -129,7 +129,7 @@ def lock(folder: Path, command: str) -> Iterator[Path]:
             if held_by_me(holder):
                 yield folder  # already ours (export inside train's own folder, say)
                 return
-            raise _in_use(folder, holder)
+            raise _in_use(folder, holder) from cause
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
         break

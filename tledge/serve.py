@@ -146,9 +146,9 @@ class FrameServer:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise TledgeError(f"port {port} on {host} is in use: pick another, e.g. "
-                                  f"--serve {port + 1}")
+                                  f"--serve {port + 1}") from e
             raise TledgeError(f"cannot serve on {host}:{port} ({e.strerror or e}): pass "
-                              "another --serve address")
+                              "another --serve address") from e
         self.httpd.daemon_threads = True
         # A viewer that goes away mid-request is normal: no traceback on the camera's stderr.
         self.httpd.handle_error = lambda request, address: None

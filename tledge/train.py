@@ -83,7 +83,7 @@ def worker_role(strategy_name: str) -> Optional[WorkerRole]:
         kind, index = task["type"], int(task.get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise TledgeError(f"TF_CONFIG is not a cluster description ({type(e).__name__}: "
-                          f"{str(e)[:80]}): set it like {TF_CONFIG_EXAMPLE}")
+                          f"{str(e)[:80]}): set it like {TF_CONFIG_EXAMPLE}") from e
     _check_addresses(cluster, chiefs + workers)
     members = {"chief": chiefs, "worker": workers}
     if kind not in members or not 0 <= index < len(members[kind]) or len(chiefs) > 1:
@@ -637,15 +637,15 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
                      f"{phase.seconds:.1f}s, best val_accuracy {phase.val_accuracy:.4f}"
                      + (f", test accuracy {phase.test_accuracy:.4f}"
                         if phase.test_accuracy is not None else ""))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as cause:
             if not run.saved:
                 raise Interrupted(f"interrupted during phase {current}, before it finished: "
                                   f"{out} is as it was" + (" (the old run, whole)"
-                                                           if run.replacing else ""))
+                                                           if run.replacing else "")) from cause
             write_reports(out, result.phases, splits, status=f"interrupted during {current}")
             done = ", ".join(p.name for p in result.phases) or "none"
             raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
-                              f"are saved in {out}")
+                              f"are saved in {out}") from cause
         except Exception as e:
             # Whatever stopped it (a NaN loss, a full disk), metrics.json must not go on saying
             # "running". On a full disk this small write may fail too: the old file then stays.

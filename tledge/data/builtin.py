@@ -94,9 +94,9 @@ def download(name: str):
         loader = getattr(keras.datasets, name).load_data
         log.info("no local copy of %s found; downloading it through keras.datasets", name)
         return loader()
-    except ImportError:
+    except ImportError as cause:
         raise TledgeError(f"{name} is not on this machine and downloading it needs the train "
-                          f"extra: pip install 'tledge[train]', or {OFFLINE_HINT[name]}")
+                          f"extra: pip install 'tledge[train]', or {OFFLINE_HINT[name]}") from cause
     except Exception as e:  # urllib, SSL, tarfile and Keras' own wrappers all show up here
         raise TledgeError(f"could not download {name} ({first_line(e)[:160]}): "
                           f"{OFFLINE_HINT[name]}") from e
@@ -112,7 +112,7 @@ def load_raw(name: str):
         return read_fashion_mnist(folder) if name == "fashion_mnist" else read_cifar10(folder)
     except (OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as e:
         raise TledgeError(f"the local copy of {name} in {folder} is damaged ({e}): replace it "
-                          "or remove it so Keras downloads a fresh one")
+                          "or remove it so Keras downloads a fresh one") from e
 
 
 def resize_all(x: np.ndarray, image_size: int, desc: str, source: dict,

@@ -283,7 +283,7 @@ def decoded(source: dict, version: dict, count: int, image_size: int, produce: P
     except OSError as e:
         raise TledgeError(f"could not write the image cache in {root} ({e.strerror or e}): "
                           "free some space there, point $TLEDGE_CACHE_DIR elsewhere, or pass "
-                          "--data-cache memory")
+                          "--data-cache memory") from e
     ok = np.load(entry / "ok.npy")
     _prune(root, slot.hexdigest()[:24], keep=entry)
     return DiskArray(entry / "images.npy"), ok, str(entry)

@@ -112,8 +112,8 @@ def _import_backend(name: str) -> Backend:
     """Import a backend into this process (after its probe passed)."""
     try:
         cls = load_interpreter_class(_MODULES[name])
-    except AttributeError:  # a TensorFlow without tf.lite.Interpreter
-        raise BackendUnusable(f"{installed_version(name)} has no Interpreter class")
+    except AttributeError as cause:  # a TensorFlow without tf.lite.Interpreter
+        raise BackendUnusable(f"{installed_version(name)} has no Interpreter class") from cause
     return Backend(name, installed_version(name) or "unknown", cls)
 
 
@@ -585,18 +585,18 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         with open_image(path) as image:
             image.load()
             return np.asarray(to_rgb(image), dtype=np.uint8)
-    except FileNotFoundError:
-        raise TledgeError(f"image {path} does not exist: check the path")
-    except (IsADirectoryError, NotAFile):
+    except FileNotFoundError as cause:
+        raise TledgeError(f"image {path} does not exist: check the path") from cause
+    except (IsADirectoryError, NotAFile) as cause:
         if Path(path).is_dir():
-            raise TledgeError(f"{path} is a folder: pass image files")
+            raise TledgeError(f"{path} is a folder: pass image files") from cause
         raise TledgeError(f"{path} is not a regular file (a pipe, device, or a broken or looping "
-                          "link): pass image files")
+                          "link): pass image files") from cause
     except ImageTooLarge as e:
-        raise TledgeError(f"{path} is too large to decode ({e}): resize it first")
+        raise TledgeError(f"{path} is too large to decode ({e}): resize it first") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise TledgeError(f"{path} is not a readable image ({type(e).__name__}): pass a jpg, "
-                          "png, bmp or webp file")
+                          "png, bmp or webp file") from e
 
 
 __all__ = ["Class", "Classifier", "available_backends", "check_model_file", "check_tflite_file",
