@@ -13,7 +13,10 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # setuptools' ten-line "Editable installation" banner warns of nothing a user did
 QUIET_PIP := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: install install-pi test test-fast pi-check demo bench lint clean
+.PHONY: help install install-pi test test-fast pi-check demo bench lint clean
+
+help:  ## this list: each target and what it does
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
 
 $(BIN)/tledge: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +34,7 @@ install: $(BIN)/tledge  ## the training machine's environment: train + pi + dev 
 	$(QUIET_PIP) .venv-pi/bin/python -m pip install --quiet -e ".[pi]"
 	@touch $@
 
-install-pi: .venv-pi/bin/tledge
+install-pi: .venv-pi/bin/tledge  ## what a Raspberry Pi installs (tledge[pi], no TensorFlow), in .venv-pi
 
 # The suite on every core (pytest-xdist). The fast tier imports no TensorFlow in the test
 # process (tests/conftest.py fails a test that does) and runs on the committed models in
@@ -42,7 +45,7 @@ test: install install-pi  ## the whole suite but the emulated Pi, on every core 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):
 # builds the root once (cached in ~/.cache/tledge), installs .[pi] there, checks every command.
 # Needs root; says why and skips where qemu/binfmt_misc can't be used. Proves behaviour, not speed.
-pi-check: install
+pi-check: install  ## the Pi commands on an emulated Raspberry Pi OS (arm64, qemu; needs root)
 	$(BIN)/python tests/pi/pi_check.py
 
 test-fast: install  ## no TensorFlow: runtime, camera, serve, CLI, config, faults on tiny models
@@ -55,11 +58,11 @@ demo: install  ## train on the generated shapes (frozen, fine-tune, QAT), export
 	$(BIN)/tledge export $(DEMO_OUT) --int8 --fp32 --overwrite
 	$(BIN)/tledge evaluate $(DEMO_OUT)/export/model_int8.tflite --data shapes --overwrite
 
-bench: install  ## every format of MobileNetV2 (224, 96) and ResNet50 side by side, on this machine
+bench: install  ## every format of the reference backbones side by side, timed on this machine
 	$(BIN)/python benchmarks/run.py --weights $(WEIGHTS)
 
-lint: install
+lint: install  ## ruff over the package and the tests
 	$(BIN)/ruff check tledge tests benchmarks
 
-clean:
+clean:  ## remove the demo run and pytest's cache
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -150,7 +150,7 @@ def _why(e: Exception) -> str:
         return str(e)
     if isinstance(e, ImportError) and "No module named" in str(e):
         return "not installed"
-    first = str(e).strip().splitlines()[0][:100] if str(e).strip() else ""
+    first = first_line(e)[:100] if str(e).strip() else ""
     return type(e).__name__ + (f" ({first})" if first else "")
 
 
