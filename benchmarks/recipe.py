@@ -95,8 +95,9 @@ def digits_folders(root: Path) -> tuple[Path, Path]:
         return train, test
     try:
         from sklearn.datasets import load_digits
-    except ImportError:
-        raise click.ClickException("the digits set needs scikit-learn: pip install scikit-learn")
+    except ImportError as cause:
+        raise click.ClickException(
+            "the digits set needs scikit-learn: pip install scikit-learn") from cause
     from PIL import Image
 
     digits = load_digits()
