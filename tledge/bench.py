@@ -30,6 +30,7 @@ import numpy as np
 
 from tledge import fileio
 from tledge.errors import TledgeError
+from tledge.runtime.timing import latency_stats
 
 FRAME_SHAPE = (480, 640, 3)
 N_FRAMES = 8
@@ -65,24 +66,6 @@ class BenchOptions:
             raise TledgeError(f"--threads must be positive integers, got {self.threads}")
         if self.warmup < 0:
             raise TledgeError(f"--warmup must be 0 or more, got {self.warmup}")
-
-
-def time_ms(fn: Callable[[], None], runs: int, warmup: int = 1) -> list[float]:
-    """Milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return times
-
-
-def latency_stats(ms: Sequence[float]) -> dict:
-    a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std())}
 
 
 def frames(seed: int, n: int = N_FRAMES) -> np.ndarray:

@@ -513,7 +513,7 @@ def _keep_float_auto(debug: _Debug, make, tmp, result, echo, limit: int = 8):
 
 def _latency_ms(path: Path, runs: int = 30) -> float:
     """Median invoke() time at one thread: what keeping layers float costs."""
-    from tledge.bench import time_ms
+    from tledge.runtime.timing import time_ms
     from tledge.runtime import Classifier
 
     clf = Classifier(path, threads=1)
