@@ -52,3 +52,11 @@ def test_verbose_shows_the_cause_under_the_one_line(tmp_path):
         one_line_error(result, "missing.yaml", "does not exist")
     assert "caused by" not in quiet.output
     assert "  caused by FileNotFoundError: [Errno 2]" in loud.output, loud.output
+    # -v lasts one command and never reaches the environment, which child processes inherit
+    # (it once did, and let TensorFlow's start-up noise into later runs of the same worker)
+    import os
+
+    from tledge import quiet as quiet_module
+    assert "TLEDGE_RAW_STDERR" not in os.environ
+    cli("train", "--config", tmp_path / "missing.yaml")
+    assert not quiet_module.raw()

@@ -129,8 +129,10 @@ def main(verbose: bool) -> None:
     tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
     """
     interrupt_on_termination()
-    if verbose:  # native code's own log lines too (tledge.quiet filters them otherwise)
-        os.environ["TLEDGE_RAW_STDERR"] = "1"
+    # -v: native code's own log lines too (tledge.quiet filters them otherwise); set on every
+    # invocation, never in the environment, which child processes would inherit
+    from tledge import quiet
+    quiet.set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):

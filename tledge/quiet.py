@@ -44,6 +44,19 @@ NOISE = (
 _LINE_STARTS = ("I0000", "W0000", "E0000", "WARNING: All log messages", "fully_quantize:",
                 "INFO: Created TensorFlow Lite")
 _filter = None
+_verbose = False  # tledge -v: native code's lines reach the terminal unfiltered
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show native libraries' log lines as they are (``tledge -v``), or filter them (the
+    default). Per process and per command: the CLI sets it on each invocation."""
+    global _verbose
+    _verbose = bool(verbose)
+
+
+def raw() -> bool:
+    """Whether stderr passes unfiltered: -v, or ``TLEDGE_RAW_STDERR=1``."""
+    return _verbose or os.environ.get("TLEDGE_RAW_STDERR") == "1"
 
 
 def is_noise(line: str) -> bool:
@@ -114,8 +127,8 @@ def native_stderr_filtered():
     "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." with no switch to turn it off
     (LiteRT has no Python logging control). The held text goes to a temporary file, not a pipe,
     so nothing can block; it reaches the terminal when the block ends, error or not.
-    ``TLEDGE_RAW_STDERR=1`` turns this off."""
-    if os.environ.get("TLEDGE_RAW_STDERR") == "1":
+    ``TLEDGE_RAW_STDERR=1`` or -v turns this off."""
+    if raw():
         yield
         return
     try:
@@ -160,7 +173,7 @@ def import_tensorflow():
     if "tensorflow" in sys.modules:
         import tensorflow as tf
         return tf
-    if _filter is None and os.environ.get("TLEDGE_RAW_STDERR") != "1":
+    if _filter is None and not raw():
         try:
             _filter = _LiveFilter()
         except OSError:  # no fd 2, or no pipes: show the noise rather than fail
