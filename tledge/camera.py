@@ -402,6 +402,24 @@ class _OutputFailed(Exception):
 
 # ------------------------------------------------------------------ outputs
 
+class FrameRate:
+    """Frames a second over the last ``window`` frames: what the overlay and the page show."""
+
+    def __init__(self, window: int = 60):
+        self.times: deque = deque(maxlen=window)
+
+    def tick(self, when: float) -> None:
+        """A frame was classified at ``when`` (time.perf_counter())."""
+        self.times.append(when)
+
+    def fps(self) -> Optional[float]:
+        """None before two frames."""
+        times = list(self.times)
+        if len(times) < 2 or times[-1] <= times[0]:
+            return None
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
 @dataclass
 class RunInfo:
     """What every output may read about the run: the models, the source, the shared figures.
@@ -412,6 +430,7 @@ class RunInfo:
       agreement: {"n": frames compared, "agree": frames whose top-1 labels agree}.
       timings: stage -> list of milliseconds, appended as frames go through.
       echo: prints a line for the user.
+      rate: frames classified a second, end to end.
     """
 
     models: list
@@ -419,6 +438,7 @@ class RunInfo:
     agreement: dict
     timings: dict
     echo: Callable[[str], None]
+    rate: FrameRate
 
 
 class Output:
@@ -586,7 +606,7 @@ class Pipeline:
         # seconds between a file's frames when it plays at its own rate; 0: flat out
         self.frame_interval = 1.0 / source.fps if realtime and not source.live and \
             source.fps and 0 < source.fps <= 1000 else 0.0
-        self.done_times: deque = deque(maxlen=30)  # when each of the last frames was classified
+        self.rate = FrameRate()  # frames classified a second, for the overlay and the page
 
     # capture: read, convert, resize and quantize for each model
     def capture(self) -> None:
@@ -672,7 +692,7 @@ class Pipeline:
                 if self.annotate:
                     t0 = time.perf_counter()
                     annotated = draw_overlay(packet, self.models, self.agreement,
-                                             {"fps": self.fps()})
+                                             {"fps": self.rate.fps()})
                     packet.times["overlay"] = 1000 * (time.perf_counter() - t0)
                 for stage, ms in packet.times.items():
                     self.timings[stage].append(ms)
@@ -687,16 +707,10 @@ class Pipeline:
                 self.counters["error"], failed = e, True
                 self.stop.set()
 
-    def fps(self) -> Optional[float]:
-        """Frames classified a second, over the last 30 (None before two)."""
-        times = list(self.done_times)
-        if len(times) < 2 or times[-1] <= times[0]:
-            return None
-        return (len(times) - 1) / (times[-1] - times[0])
-
     def run(self) -> Summary:
         options = self.options
-        info = RunInfo(self.models, self.source, self.agreement, self.timings, self.echo)
+        info = RunInfo(self.models, self.source, self.agreement, self.timings, self.echo,
+                       self.rate)
         started = []
         try:
             for output in self.outputs:
@@ -744,7 +758,7 @@ class Pipeline:
                     self.agreement["agree"] += \
                         packet.results[0][0].label == packet.results[1][0].label
                 last = time.perf_counter()
-                self.done_times.append(last)
+                self.rate.tick(last)
                 self.out_q.put(packet)
                 frames += 1
         except KeyboardInterrupt:

@@ -27,7 +27,6 @@ import hmac
 import json
 import threading
 import time
-from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 from urllib.parse import parse_qs, quote, urlparse
@@ -298,7 +297,6 @@ class ServeOutput(Output):
         self.last_encode = 0.0
         self.mailbox = _Latest()
         self.shown = None  # the packet whose JPEG the viewers see
-        self.times: deque = deque(maxlen=60)
         self.server: Optional[FrameServer] = None
 
     def start(self, run):
@@ -317,7 +315,6 @@ class ServeOutput(Output):
         self.encoder.start()
 
     def frame(self, packet, annotated):
-        self.times.append(time.perf_counter())
         self.mailbox.put((packet, annotated))  # never blocks: a newer frame replaces it
 
     def _encode(self) -> None:
@@ -356,8 +353,7 @@ class ServeOutput(Output):
         """The page's figures: labels of ``shown`` (the frame on the viewers' screens) or of
         ``packet``; rates and latencies of the newest frames."""
         run = self.run
-        t = list(self.times)
-        fps = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+        fps = run.rate.fps() or 0.0
         stages = {}
         for stage, ms in list(run.timings.items()):
             recent = ms[-100:]
