@@ -24,7 +24,7 @@ import numpy as np
 
 from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
-from tledge.runtime.metadata import Normalization
+from tledge.runtime.metadata import Normalization, input_normalization, metadata_buffer
 from tledge.runtime.preprocess import resize_rgb
 
 BACKENDS = ("litert", "tflite_runtime", "tensorflow")
@@ -300,8 +300,6 @@ def _check_in_child(path: Path, backend: Backend) -> None:
 def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
     """The oldest TFLite runtime that can run the file, as the converter recorded it (the
     model's "min_runtime_version" metadata), or None where it cannot be read. No TensorFlow."""
-    from tledge.runtime.metadata import metadata_buffer
-
     try:
         raw = metadata_buffer(Path(path).read_bytes(), b"min_runtime_version")
         if raw is None:
@@ -402,7 +400,7 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 _warned_normalization: set = set()
 
 
-def input_normalization(path: Path, input_dtype: np.dtype, input_quant: tuple) -> Normalization:
+def _normalization_of(path: Path, input_dtype: np.dtype, input_quant: tuple) -> Normalization:
     """The input normalisation of the model at ``path`` (Classifier.normalization), from its
     metadata. Warns once per file, in one line, where tledge has to assume: a float input with
     no NormalizationOptions (raw pixels assumed, as tledge's own files take them), or a uint8
@@ -410,9 +408,7 @@ def input_normalization(path: Path, input_dtype: np.dtype, input_quant: tuple) -
     as MediaPipe does)."""
     import logging
 
-    from tledge.runtime.metadata import input_normalization as read
-
-    found = read(path)
+    found = input_normalization(path)
     warn = None
     if found is None and input_dtype != np.uint8:
         warn = (f"{path.name} has a {input_dtype.name} input and no normalisation metadata: "
@@ -466,7 +462,7 @@ class Classifier:
         self.output_quant = tuple(self._output["quantization"])
         num_classes = int(self._output["shape"][-1])
         self.labels = list(labels) if labels else find_labels(self.path, num_classes)
-        self.normalization = input_normalization(self.path, self.input_dtype, self.input_quant)
+        self.normalization = _normalization_of(self.path, self.input_dtype, self.input_quant)
         self._batch = 1
         self._input_table: Optional[np.ndarray] = None  # uint8 pixel -> input value
 
