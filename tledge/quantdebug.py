@@ -215,6 +215,7 @@ def file_errors(int8_file: bytes, float_file: bytes, images: np.ndarray) -> list
     for op in f_ops:
         for o in op["outputs"]:
             f_by_key.setdefault(_layer_key(f_details[o]["name"]), o)
+    metrics = _direct_metrics()  # the debugger's formulas, on whole tensors here
     end_to_end: dict = {}  # each int8 tensor's relative error so far (carried through ops
     rows = []              # that have no twin, such as QUANTIZE)
     for op in q_ops:
@@ -227,27 +228,22 @@ def file_errors(int8_file: bytes, float_file: bytes, images: np.ndarray) -> list
                     or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
                 continue  # requantizing is no layer: its error is its input's
             scale, zero_point = detail["quantization"]
-            f = f_values[twin].astype(np.float64).ravel()
-            q = q_values[o].astype(np.float64).ravel()
+            f, q = f_values[twin], q_values[o].astype(np.int32)
             if not scale or f.shape != q.shape:
                 continue
-            d = scale * (q - zero_point)
-            err = d - f
-            rel = float(np.sqrt(np.mean(err ** 2)) / (np.std(f) + 1e-12))
-            end_to_end[o] = rel
-            low, high = scale * (-128 - zero_point), scale * (127 - zero_point)
-            if detail["dtype"] == np.uint8:
-                low, high = scale * (0 - zero_point), scale * (255 - zero_point)
-            row = {"float_min": float(f.min()), "float_max": float(f.max()), "rel_rmse": rel,
-                   "scale": float(scale)}
+            if detail["dtype"] == np.uint8:  # as int8: the same real values, the same range
+                q, zero_point = q - 128, zero_point - 128
+            row = {name: metric([f], [q], scale, zero_point)
+                   for name, metric in metrics.items()}
+            row["scale"] = float(scale)
+            end_to_end[o] = row["rel_rmse"]
             rows.append(LayerError(
                 layer=short_name(detail["name"]), op=op["op_name"], tensor=detail["name"],
-                rel_rmse=max(rel - before, 0.0),
-                rmse_scaled=float(np.sqrt(np.mean(err ** 2)) / scale),
-                max_scaled=float(np.max(np.abs(err)) / scale),
-                clipped=float(np.mean((f < low - scale / 2) | (f > high + scale / 2))),
+                rel_rmse=max(row["rel_rmse"] - before, 0.0), rmse_scaled=row["rmse_scaled"],
+                max_scaled=row["max_scaled"], clipped=row["clipped"],
                 float_min=row["float_min"], float_max=row["float_max"], scale=float(scale),
-                zero_point=int(zero_point), reliable=_reliable(row), end_to_end=rel))
+                zero_point=int(detail["quantization"][1]), reliable=_reliable(row),
+                end_to_end=row["rel_rmse"]))
     return sorted(rows, key=lambda r: (not r.reliable, -r.rel_rmse))
 
 
