@@ -17,7 +17,8 @@ from tledge import rundir
 from tledge.config import ExportOptions, ModelOptions
 from tledge.data import ImageSet, Splits
 from tledge.errors import TledgeError
-from tledge.export import (QuantizationConfig, check_quantized, convert, export, read_metadata)
+from tledge.export import QuantizationConfig, check_quantized, convert, export
+from tledge.runtime.metadata import read_metadata
 from tledge.models import PREPROCESS, build_classifier
 from tledge.qat import load_qat_model, make_qat_model  # noqa: F401
 from tledge.runtime import Classifier, read_embedded_labels

@@ -26,12 +26,12 @@ from tledge.conversion import QuantizationConfig, convert, make_converter  # noq
 from tledge.errors import TledgeError, first_line
 from tledge.runtime import min_runtime_version
 from tledge.runtime.delegation import delegation
+from tledge.runtime.metadata import METADATA_NAME
 
 log = logging.getLogger(__name__)
 
 REPORT = "export_report.json"
 CARD = "model_card.json"
-METADATA_NAME = "TFLITE_METADATA"
 
 
 def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
@@ -139,8 +139,8 @@ def with_metadata(model_bytes: bytes, metadata: bytes, labels: list[str]) -> byt
     entry = schema.MetadataT()
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()
-                      and m.name != METADATA_NAME] + [entry]
+    model.metadata = [m for m in (model.metadata or [])
+                      if m.name not in (METADATA_NAME, METADATA_NAME.decode())] + [entry]
     builder = flatbuffers.Builder(len(model_bytes) + len(metadata) + 1024)
     builder.Finish(model.Pack(builder), b"TFL3")
     out = io.BytesIO(bytes(builder.Output()))
@@ -148,21 +148,6 @@ def with_metadata(model_bytes: bytes, metadata: bytes, labels: list[str]) -> byt
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:
         archive.writestr("labels.txt", "".join(f"{label}\n" for label in labels))
     return out.getvalue()
-
-
-def read_metadata(model_bytes: bytes):
-    """The embedded ModelMetadataT, or None."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    from tledge._vendor import metadata_schema_py_generated as m
-
-    model = schema.Model.GetRootAsModel(model_bytes, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name().decode() == METADATA_NAME:
-            data = model.Buffers(entry.Buffer()).DataAsNumpy().tobytes()
-            return m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAsModelMetadata(data, 0))
-    return None
 
 
 @dataclass

@@ -87,6 +87,17 @@ def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes
     return None
 
 
+def read_metadata(model: bytes):
+    """The model's embedded metadata as the TFLite Support schema's ModelMetadataT, or None
+    where it has none."""
+    from tledge._vendor import metadata_schema_py_generated as m
+
+    raw = metadata_buffer(model)
+    if raw is None:
+        return None
+    return m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAs(raw, 0))
+
+
 def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
     """The first input's NormalizationOptions from the model's metadata, or None where the
     file has no metadata, no such options, or options that cannot be used (a zero std, a count
@@ -95,13 +106,12 @@ def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
         model = Path(path).read_bytes()
     except OSError:
         return None
-    raw = metadata_buffer(model)
-    if raw is None:
-        return None
     try:
         from tledge._vendor import metadata_schema_py_generated as m
 
-        meta = m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAs(raw, 0))
+        meta = read_metadata(model)
+        if meta is None:
+            return None
         tensor = meta.subgraphMetadata[0].inputTensorMetadata[0]
         for unit in tensor.processUnits or []:
             if unit.optionsType == m.ProcessUnitOptions.NormalizationOptions:
