@@ -24,7 +24,7 @@ import numpy as np
 
 from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
-from tledge.runtime.metadata import Normalization, input_normalization, metadata_buffer
+from tledge.runtime.metadata import Normalization, file_metadata_buffer, input_normalization
 from tledge.runtime.preprocess import resize_rgb
 
 BACKENDS = ("litert", "tflite_runtime", "tensorflow")
@@ -300,12 +300,12 @@ def _check_in_child(path: Path, backend: Backend) -> None:
 def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
     """The oldest TFLite runtime that can run the file, as the converter recorded it (the
     model's "min_runtime_version" metadata), or None where it cannot be read. No TensorFlow."""
+    raw = file_metadata_buffer(path, b"min_runtime_version")
+    if raw is None:
+        return None
     try:
-        raw = metadata_buffer(Path(path).read_bytes(), b"min_runtime_version")
-        if raw is None:
-            return None
         return raw.split(b"\0")[0].decode("ascii") or None
-    except (OSError, UnicodeDecodeError):
+    except UnicodeDecodeError:
         return None
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -87,15 +86,31 @@ def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes
     return None
 
 
-def read_metadata(model: bytes):
-    """The model's embedded metadata as the TFLite Support schema's ModelMetadataT, or None
-    where it has none."""
+def file_metadata_buffer(path: str | os.PathLike, name: bytes = METADATA_NAME
+                         ) -> Optional[bytes]:
+    """``metadata_buffer`` of a model file, read through a memory map: only the pages the
+    lookup touches are read, not a 100 MB model's every byte. None where it cannot be read."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return metadata_buffer(mm, name)
+    except (OSError, ValueError):  # ValueError: an empty file has nothing to map
+        return None
+
+
+def _parse(raw: Optional[bytes]):
     from tledge._vendor import metadata_schema_py_generated as m
 
-    raw = metadata_buffer(model)
     if raw is None:
         return None
     return m.ModelMetadataT.InitFromObj(m.ModelMetadata.GetRootAs(raw, 0))
+
+
+def read_metadata(model: bytes):
+    """The model's embedded metadata as the TFLite Support schema's ModelMetadataT, or None
+    where it has none."""
+    return _parse(metadata_buffer(model))
 
 
 def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
@@ -103,13 +118,9 @@ def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
     file has no metadata, no such options, or options that cannot be used (a zero std, a count
     that is neither 1 nor 3)."""
     try:
-        model = Path(path).read_bytes()
-    except OSError:
-        return None
-    try:
         from tledge._vendor import metadata_schema_py_generated as m
 
-        meta = read_metadata(model)
+        meta = _parse(file_metadata_buffer(path))
         if meta is None:
             return None
         tensor = meta.subgraphMetadata[0].inputTensorMetadata[0]
