@@ -121,7 +121,8 @@ def test_every_format_loads_in_older_runtimes_with_one_output_name(colour_run, t
     every format, each file's minimum runtime recorded, uint8 output statistics 0..255."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from tledge.export import export, read_metadata
+    from tledge.export import export
+    from tledge.runtime.metadata import read_metadata
 
     run, splits, _ = colour_run
     out = tmp_path / "export"
