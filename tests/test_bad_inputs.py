@@ -154,7 +154,7 @@ def test_a_cluster_description_tf_would_hang_or_crash_on_is_one_line(monkeypatch
     import json
 
     from tledge.errors import TledgeError
-    from tledge.train import worker_role
+    from tledge.distribution import worker_role
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                 "task": {"type": "worker", "index": 0}}))

@@ -77,7 +77,7 @@ def test_live_dropout_is_retried_with_backoff_then_reported(colour_tflite, monke
     reconnection are classified; after --retries failures in a row the run ends and says why."""
     import time
 
-    from tledge import camera
+    from tledge.camera import pipeline
 
     bgr = np.full((60, 80, 3), COLOURS[2][::-1], np.uint8)
     script = ["frame"] * 3 + ["gone"] + ["frame"] * 3
@@ -88,7 +88,7 @@ def test_live_dropout_is_retried_with_backoff_then_reported(colour_tflite, monke
         return (True, bgr.copy(), None) if script and script.pop(0) == "frame" else \
             (False, None, None)
 
-    monkeypatch.setattr(camera, "open_source", lambda spec, *sizes: camera.Source(
+    monkeypatch.setattr(pipeline, "open_source", lambda spec, *sizes: pipeline.Source(
         "fake camera", True, read, lambda: reopened.append(time.perf_counter()), lambda: None))
     lines = []
     start = time.perf_counter()
@@ -124,7 +124,8 @@ def test_a_watched_video_plays_at_its_own_frame_rate_and_a_headless_one_flat_out
         colour_tflite, colour_video):
     """Issue 24: --loop with --serve replayed a 30 FPS file at 175-300 FPS, a flicker."""
     from tledge import camera
-    from tledge.serve import ServeOutput
+    from tledge.camera.outputs import StatusLineOutput, WindowOutput
+    from tledge.camera.serve import ServeOutput
 
     model = str(colour_tflite["int8"])
     flat = run_camera(CameraOptions(model=model, source=str(colour_video), headless=True,
@@ -139,11 +140,11 @@ def test_a_watched_video_plays_at_its_own_frame_rate_and_a_headless_one_flat_out
     source = camera.open_source(str(colour_video))
     try:
         for outputs, realtime, interval in (
-                ([camera.StatusLineOutput()], None, 0.0),
-                ([camera.WindowOutput()], None, 1 / 12),
-                ([camera.StatusLineOutput(), ServeOutput("0")], None, 1 / 12),
-                ([camera.WindowOutput()], False, 0.0),
-                ([camera.StatusLineOutput()], True, 1 / 12)):
+                ([StatusLineOutput()], None, 0.0),
+                ([WindowOutput()], None, 1 / 12),
+                ([StatusLineOutput(), ServeOutput("0")], None, 1 / 12),
+                ([WindowOutput()], False, 0.0),
+                ([StatusLineOutput()], True, 1 / 12)):
             options = CameraOptions(model=model, source=str(colour_video), realtime=realtime)
             pipeline = camera.Pipeline(source, [], options, outputs, echo=lambda s: None)
             assert pipeline.frame_interval == pytest.approx(interval, rel=0.01), outputs
@@ -152,21 +153,23 @@ def test_a_watched_video_plays_at_its_own_frame_rate_and_a_headless_one_flat_out
 
 
 def test_the_overlay_shows_fps(colour_tflite, colour_video, tmp_path, monkeypatch):
-    from tledge import camera
+    from tledge.camera import pipeline
+    from tledge.camera.outputs import Packet
+    from tledge.camera.overlay import draw_overlay as draw
+    from tledge.camera.overlay import overlay_lines
 
     shown = []
-    draw = camera.draw_overlay
 
     def spy(packet, models, agreement, status):
         shown.append(status.get("fps"))
         return draw(packet, models, agreement, status)
 
-    monkeypatch.setattr(camera, "draw_overlay", spy)
+    monkeypatch.setattr(pipeline, "draw_overlay", spy)
     run_camera(CameraOptions(model=str(colour_tflite["int8"]), source=str(colour_video),
                              headless=True, record=str(tmp_path / "r.mp4"), realtime=True),
                echo=lambda s: None)
     assert len(shown) == N_FRAMES and all(f is not None for f in shown[2:])
     assert 8 <= shown[-1] <= 14, shown  # frames classified a second, the file's 12 here
-    packet = camera.Packet(0, 0.0, np.zeros((120, 160, 3), np.uint8), [])
-    lines = [text for text, _ in camera.overlay_lines(packet, [], {"n": 0}, fps=12.34)]
+    packet = Packet(0, 0.0, np.zeros((120, 160, 3), np.uint8), [])
+    lines = [text for text, _ in overlay_lines(packet, [], {"n": 0}, fps=12.34)]
     assert lines[0] == "12.3 FPS"

@@ -403,10 +403,9 @@ def test_a_damaged_run_is_one_line_naming_the_file(colour_run, tmp_path, damage)
 # ---------------------------------------------------------------- 13, 14. camera, predict
 
 def test_a_source_that_never_delivers_a_frame_fails(colour_tflite, tmp_path, monkeypatch):
-    from tledge import camera
-    from tledge.camera import CameraOptions, run_camera
+    from tledge.camera import CameraOptions, pipeline, run_camera
 
-    monkeypatch.setattr(camera, "open_source", lambda spec, *sizes: camera.Source(
+    monkeypatch.setattr(pipeline, "open_source", lambda spec, *sizes: pipeline.Source(
         "fake camera", True, lambda: (False, None, None), lambda: None, lambda: None))
     out = tmp_path / "frames.jsonl"
     with pytest.raises(TledgeError, match="fake camera delivered no frame"):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tledge.runtime as rt
+import tledge.runtime.backends as backends
 from tledge.errors import TledgeError
 from tledge.runtime import probe
 
@@ -25,8 +26,8 @@ SHADOW = FAKES / "shadow"
 def fresh_backends(monkeypatch, tmp_path):
     """An empty probe cache and no backend loaded yet in this process."""
     monkeypatch.setenv("TLEDGE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(rt, "_loaded", {})
-    monkeypatch.setattr(rt, "_warned", set())
+    monkeypatch.setattr(backends, "_loaded", {})
+    monkeypatch.setattr(backends, "_warned", set())
     return tmp_path / "cache" / probe.CACHE_FILE
 
 
@@ -43,9 +44,9 @@ def test_a_crashing_backend_is_skipped_for_the_next_one_and_cached(monkeypatch, 
                                                                      fresh_backends):
     monkeypatch.syspath_prepend(str(FAKES))
     # Slot 1 holds the crashing stand-in, slot 2 the real LiteRT.
-    monkeypatch.setitem(rt._MODULES, "litert", "crashing_litert.interpreter")
-    monkeypatch.setitem(rt._MODULES, "tflite_runtime", "ai_edge_litert.interpreter")
-    monkeypatch.setitem(rt._DISTS, "tflite_runtime", ("ai-edge-litert",))
+    monkeypatch.setitem(backends._MODULES, "litert", "crashing_litert.interpreter")
+    monkeypatch.setitem(backends._MODULES, "tflite_runtime", "ai_edge_litert.interpreter")
+    monkeypatch.setitem(backends._DISTS, "tflite_runtime", ("ai-edge-litert",))
     with caplog.at_level(logging.WARNING, logger="tledge"):
         backend = rt.get_backend()
     assert backend.name == "tflite_runtime"
@@ -55,7 +56,7 @@ def test_a_crashing_backend_is_skipped_for_the_next_one_and_cached(monkeypatch, 
     cache = json.loads(fresh_backends.read_text())
     assert sorted(v["ok"] for v in cache.values()) == [False, True]
     # Later calls and later processes use the cache: no child process.
-    monkeypatch.setattr(rt, "_loaded", {})
+    monkeypatch.setattr(backends, "_loaded", {})
     monkeypatch.setattr(probe, "run_child", lambda module: pytest.fail("probed again"))
     assert rt.get_backend().name == "tflite_runtime"
     with pytest.raises(TledgeError, match="crashed with SIGSEGV.*tledge doctor"):
@@ -149,11 +150,10 @@ def test_picamera_frames_reach_the_model_in_the_right_colours(picamera):
 
 def test_picamera_run_classifies_red_from_the_lores_stream(picamera, colour_tflite, tmp_path,
                                                            monkeypatch):
-    from tledge import camera
-    from tledge.camera import CameraOptions, run_camera
+    from tledge.camera import CameraOptions, pipeline, run_camera
 
     seen = []
-    real = camera.load_frame_model
+    real = pipeline.load_frame_model
 
     def spy(*args):
         model = real(*args)
@@ -161,7 +161,7 @@ def test_picamera_run_classifies_red_from_the_lores_stream(picamera, colour_tfli
         model.prepare = lambda rgb: (seen.append(rgb.shape), prepare(rgb))[1]
         return model
 
-    monkeypatch.setattr(camera, "load_frame_model", spy)
+    monkeypatch.setattr(pipeline, "load_frame_model", spy)
     out, rec = tmp_path / "frames.jsonl", tmp_path / "rec.mp4"
     summary = run_camera(CameraOptions(model=str(colour_tflite["int8"]), source="picamera",
                                        headless=True, max_frames=6, output=str(out),
@@ -178,7 +178,7 @@ def test_picamera_run_classifies_red_from_the_lores_stream(picamera, colour_tfli
 
 
 def test_v4l2_capture_size_follows_the_model():
-    from tledge.camera import capture_size_for, picamera_lores_size
+    from tledge.camera.sources import capture_size_for, picamera_lores_size
 
     assert capture_size_for((224, 224)) == (320, 240)
     assert capture_size_for((96, 96)) == (160, 120)
@@ -193,7 +193,8 @@ def test_overlay_text_sits_on_a_panel_that_fits_it():
     """On rendered pixels: every text pixel lies on the dark panel, the panel ends within its
     padding of the text (measured at the thickness drawn), and text and panel contrast."""
     import cv2
-    from tledge.camera import Packet, draw_overlay
+    from tledge.camera.outputs import Packet
+    from tledge.camera.overlay import draw_overlay
     from tledge.runtime import Class
 
     class M:

@@ -16,7 +16,7 @@ import pytest
 from helpers import COLOURS, free_port, one_line_error, tledge, write_video
 from tledge.camera import CameraOptions, run_camera
 from tledge.errors import TledgeError
-from tledge.serve import parse_serve
+from tledge.camera.serve import parse_serve
 
 cv2 = pytest.importorskip("cv2")
 
@@ -138,7 +138,7 @@ def test_page_stream_json_and_health(colour_tflite, video):
     assert cam.summary.frames == 400 and "jpeg" in cam.summary.stages
     assert any("serving the live page on http://127.0.0.1:" in line for line in cam.lines)
     # closed cleanly: a new camera page can take the port at once
-    from tledge.serve import FrameServer
+    from tledge.camera.serve import FrameServer
     FrameServer("127.0.0.1", cam.port).close()
 
 

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from tledge import serve
-from tledge.serve import FrameServer
+from tledge.camera import serve
+from tledge.camera.serve import FrameServer
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
 
-from tledge.camera import Output, _Latest
+from tledge.camera.outputs import Latest, Output
 from tledge.errors import TledgeError
 
 JPEG_QUALITY = 75
@@ -295,7 +295,7 @@ class ServeOutput(Output):
         self.token = token
         self.interval = 1.0 / fps if fps > 0 else 0.0
         self.last_encode = 0.0
-        self.mailbox = _Latest()
+        self.mailbox = Latest()
         self.shown = None  # the packet whose JPEG the viewers see
         self.server: Optional[FrameServer] = None
 
