@@ -169,7 +169,7 @@ def test_the_report_of_a_qat_run_analyses_the_file_that_ships(colour_run, tmp_pa
     import math
 
     from tledge.conversion import QuantizationConfig, convert
-    from tledge.export import load_keras_file
+    from tledge.runmodel import load_keras_file
     from tledge.graph_rewrite import strip_fake_quant
     from tledge.runtime import Classifier
 

@@ -83,10 +83,21 @@ class QuantizationConfig:
                    source="qat" if from_qat else "float", calibration=calibration,
                    bias_correction=bias_correction and not from_qat)
 
+    @classmethod
+    def for_format(cls, fmt: str, calibration: Optional[np.ndarray] = None,
+                   from_qat: bool = False, bias_correction: bool = True) -> "QuantizationConfig":
+        """The config of a format by name (fp32, fp16, dynamic, int8); the other arguments
+        are int8's (see ``for_int8``)."""
+        if fmt == "int8":
+            return cls.for_int8(calibration, from_qat=from_qat, bias_correction=bias_correction)
+        makers = {"fp32": cls.for_float32, "fp16": cls.for_float16, "dynamic": cls.for_dynamic}
+        if fmt not in makers:
+            raise TledgeError(f"unknown TFLite format {fmt!r}: use fp32, fp16, dynamic or int8")
+        return makers[fmt]()
+
     def representative(self):
         """The converter's representative dataset: each calibration image, a batch of one."""
-        for image in self.calibration:
-            yield [image[None].astype(np.float32)]
+        return representative_dataset(self.calibration)()
 
     def apply(self, converter) -> None:
         """Set ``converter`` (a tf.lite.TFLiteConverter) up to make this format."""
@@ -106,6 +117,21 @@ class QuantizationConfig:
             # uint8 out: probabilities, scale 1/256, zero point 0.
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
+
+
+def representative_dataset(images: np.ndarray):
+    """A converter's (or QuantizationDebugger's) dataset of ``images``.
+
+    Args:
+      images: uint8 (N, H, W, 3) images at the model's input size.
+
+    Returns:
+      A function returning a generator of ``[image]`` lists, each a float32 batch of one.
+    """
+    def dataset():
+        for image in images:
+            yield [image[None].astype(np.float32)]
+    return dataset
 
 
 def make_converter(model, qconfig: QuantizationConfig):

@@ -67,7 +67,7 @@ def _keras_predictor(run: Path, qat: bool) -> Predictor:
     require_training_stack(f"the run folder {run} (a Keras model)",
                            ("tensorflow", "tf_keras") + (("tensorflow_model_optimization",)
                                                          if qat else ()))
-    from tledge.export import load_run_model
+    from tledge.runmodel import load_run_model
 
     if qat and not (run / rundir.QAT_MODEL).is_file():
         raise TledgeError(f"{run} has no QAT model ({rundir.QAT_MODEL}): train with --qat "
@@ -145,9 +145,7 @@ def format_report(report: dict) -> str:
 
 
 def plot_confusion(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = fileio.pyplot()
 
     cm = np.asarray(report["confusion_matrix"], float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -166,9 +164,7 @@ def plot_confusion(report: dict, path: Path) -> None:
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    fileio.save_png(fig, path)
 
 
 def default_eval_dir(model: Path, data: str) -> Path:

@@ -146,7 +146,7 @@ def normalised_models() -> dict[str, bytes]:
     import tensorflow as tf
 
     from helpers import LABELS, colour_set
-    from tledge.export import metadata_bytes, with_metadata
+    from tledge.export.metadata import metadata_bytes, with_metadata
 
     pixels = colour_set(8, seed=0).x.astype(np.float32)
     pixels[0, 0, 0], pixels[0, 0, 1] = 0, 255  # the whole 0..255 range calibrated

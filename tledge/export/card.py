@@ -1,0 +1,54 @@
+"""The model card written beside exported files, and the table export prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tledge.config import RunConfig
+from tledge.export.verify import FormatResult
+
+
+def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: list[FormatResult],
+               float_acc: float, n_eval: int) -> dict:
+    size = config.data.image_size
+    return {
+        "task": "image classification",
+        "labels": labels,
+        "source_run": str(run_dir),
+        "config": config.to_dict(),
+        "input": {
+            "shape": [1, size, size, 3], "color": "RGB",
+            "preprocessing": ("decode to RGB, stretch to the input size with a bilinear filter "
+                              "(tledge.runtime.preprocess.resize_rgb), no normalisation: the "
+                              "model normalises raw 0..255 pixels itself"),
+        },
+        "output": {"shape": [1, len(labels)], "meaning": "class probabilities (softmax)"},
+        "float_keras_accuracy": float_acc,
+        "evaluated_on": f"{n_eval} validation images of {config.data.source}",
+        "files": {
+            Path(r.path).name: {
+                "format": r.format, "size_bytes": r.size_bytes, "converted_from": r.source,
+                "input_dtype": r.quantization["input_dtype"],
+                "output_dtype": r.quantization["output_dtype"],
+                "input_quantization": r.quantization.get("input_quantization"),
+                "output_quantization": r.quantization.get("output_quantization"),
+                "accuracy": r.accuracy, "agreement_with_float": r.agreement,
+                "max_prob_diff": r.max_prob_diff, "passed_gate": r.passed,
+                "min_runtime_version": r.quantization.get("min_runtime_version"),
+                "keep_float": r.quantization.get("keep_float", []),
+                "keep_float_cost": r.quantization.get("keep_float_cost"),
+                "delegation": r.quantization.get("delegation"),
+            } for r in results
+        },
+    }
+
+
+def format_table(float_acc: float, results: list[FormatResult]) -> str:
+    rows = [f"{'format':<8} {'source':<6} {'size':>9} {'accuracy':>9} {'drop':>7} "
+            f"{'agree':>7} {'max|dp|':>8}  gate",
+            f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>7} {'':>7} {'':>8}"]
+    for r in results:
+        rows.append(f"{r.format:<8} {r.source:<6} {r.size_bytes / 1e6:>8.2f}M {r.accuracy:>9.4f} "
+                    f"{r.drop_points:>+7.2f} {r.agreement:>7.4f} {r.max_prob_diff:>8.4f}  "
+                    f"{'ok' if r.passed else 'FAILED'}")
+    return "\n".join(rows)

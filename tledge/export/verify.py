@@ -1,0 +1,284 @@
+"""Verification of an exported file against the float model: the tensor types each format
+promises, accuracy and agreement on the validation images, the accuracy gate and what to do
+when a file fails it, the per-layer int8 report, --keep-float (chosen or automatic), and the
+publishing of verified files under their final names."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from tledge import fileio
+from tledge.conversion import QuantizationConfig, convert
+from tledge.errors import TledgeError
+from tledge.export.metadata import metadata_bytes, with_metadata
+from tledge.runtime import min_runtime_version
+from tledge.runtime.delegation import delegation
+
+
+def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
+    """Catch the converter pitfall of a model silently left float (or half-quantized): each
+    format must hold the tensor types it promises. Returns the counts of tensors (weights and
+    activations) per dtype and the I/O dtypes; raises otherwise."""
+    from tledge.runtime import get_backend
+
+    interpreter = get_backend().interpreter_cls(model_content=model_bytes)
+    counts: dict[str, int] = {}
+    for detail in interpreter.get_tensor_details():
+        name = np.dtype(detail["dtype"]).name
+        counts[name] = counts.get(name, 0) + 1
+    in_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
+    out_dtype = np.dtype(interpreter.get_output_details()[0]["dtype"]).name
+    problem = None
+    if fmt == "int8":
+        if in_dtype != "uint8" or out_dtype != "uint8":
+            problem = f"input {in_dtype} / output {out_dtype}, expected uint8 / uint8"
+        elif counts.get("float32", 0) and not keep_float:  # --keep-float leaves some, by design
+            problem = f"{counts['float32']} float32 tensors left in a full-integer model"
+        elif not counts.get("int8", 0):
+            problem = "no int8 tensors"
+    elif fmt == "dynamic" and not counts.get("int8", 0):
+        problem = "no int8 weights: the converter left the model float"
+    elif fmt == "fp16" and not counts.get("float16", 0):
+        problem = "no float16 weights: the converter left the model float32"
+    if problem:
+        raise TledgeError(f"the {fmt} conversion is not what it claims ({problem}); the model "
+                          "has layers the converter could not quantize")
+    return {"tensor_types": counts, "input_dtype": in_dtype, "output_dtype": out_dtype}
+
+
+@dataclass
+class FormatResult:
+    """One exported file checked against the float model.
+
+    Attributes:
+      format: fp32, fp16, dynamic or int8.
+      path: where the file landed (a REJECTED name when it failed the gate).
+      size_bytes: file size.
+      source: the Keras model converted: float, or qat.
+      accuracy: on the evaluation images.
+      agreement: fraction of images where its top-1 equals the float model's.
+      max_prob_diff: largest absolute difference of any class probability vs float.
+      mean_prob_diff: mean absolute difference of the probabilities vs float.
+      drop_points: float accuracy minus this accuracy, in percentage points.
+      passed: within the accuracy gate.
+      quantization: input/output dtypes and quantization parameters, tensor dtype counts.
+    """
+
+    format: str
+    path: str
+    size_bytes: int
+    source: str
+    accuracy: float
+    agreement: float
+    max_prob_diff: float
+    mean_prob_diff: float
+    drop_points: float
+    passed: bool
+    quantization: dict
+
+
+def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    diff = np.abs(probs - reference)
+    return {
+        "accuracy": float(np.mean(np.argmax(probs, 1) == labels)),
+        "agreement": float(np.mean(np.argmax(probs, 1) == np.argmax(reference, 1))),
+        "max_prob_diff": float(diff.max()),
+        "mean_prob_diff": float(diff.mean()),
+    }
+
+
+def gate_advice(result: "FormatResult", debug: "LayerReport") -> str:
+    """What to do about a file that failed the gate, by what made it."""
+    if result.format == "int8":
+        worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " \
+            if debug.shown else ""
+        return (worst + "try --keep-float auto (or name layers), calibrate on more images "
+                "(--calibration), train QAT longer, or raise --max-drop")
+    if result.format == "dynamic":
+        return ("dynamic-range quantization has no calibration or training to adjust: use "
+                "--fp16 (half the size, float accuracy) or --int8 (calibrated or QAT)")
+    if result.format == "fp16":
+        return ("float16 weights rarely cost accuracy: check the float model and the "
+                "validation images (--eval-limit), or raise --max-drop")
+    return "an fp32 file should match the float model: report this with the run's config.yaml"
+
+
+class LayerReport:
+    """The per-layer int8 report of a run, computed once when first needed."""
+
+    csv_name = "export/quant_debug.csv"
+
+    def __init__(self, float_model, calibration, images, out: Path, echo,
+                 bias_correction: bool = True):
+        self.model, self.calibration, self.images = float_model, calibration, images
+        self.bias_correction = bias_correction
+        self.out, self.echo = out, echo
+        self.errors = None
+        self.shown = None  # the rows of the report written (and the gate's advice)
+        self.source = None  # what that report analysed, in words
+        self.csv_name = str(Path(out) / "quant_debug.csv")
+
+    def compute(self):
+        """The debugger's rows for a post-training conversion of the float model: what
+        --keep-float picks from."""
+        if self.errors is None:
+            from tledge import quantdebug
+
+            self.echo(f"per-layer int8 errors on {len(self.images)} validation images "
+                      "(QuantizationDebugger)")
+            self.errors = quantdebug.layer_errors(self.model, self.calibration, self.images)
+        return self.errors
+
+    def report(self, shipped: Optional[tuple] = None) -> None:
+        """Write quant_debug.csv/.png: of the post-training conversion of the float model, or,
+        with ``shipped`` = (the int8 file's bytes, the QAT Keras model it came from), of that
+        file against the QAT model computing in float."""
+        from tledge import quantdebug
+
+        if shipped is None:
+            self.shown = self.compute()
+            self.source = ("a post-training int8 conversion of the float model, each op against "
+                           "its float twin (QuantizationDebugger)")
+        else:
+            from tledge.graph_rewrite import strip_fake_quant
+
+            int8_file, qat_model = shipped
+            twin, _ = strip_fake_quant(convert(qat_model, QuantizationConfig.for_float32()))
+            self.echo(f"per-layer int8 errors of model_int8.tflite on {len(self.images)} "
+                      "validation images, against the QAT model in float")
+            self.shown = quantdebug.file_errors(int8_file, twin, self.images)
+            self.source = ("model_int8.tflite (from the QAT model), end to end against the QAT "
+                           "model computing in float; rel_rmse is the error each op added")
+        csv_path, png_path = quantdebug.write_report(self.shown, self.out, source=self.source)
+        self.echo(f"worst int8 layers: {self.worst()}; report in {csv_path} and {png_path} "
+                  f"(analysed: {self.source})")
+
+    def worst(self, count: int = 3) -> str:
+        from tledge import quantdebug
+
+        return quantdebug.worst_names(self.shown or self.compute(), count)
+
+    def keep_float(self, names) -> bytes:
+        from tledge import quantdebug
+
+        tensors = quantdebug.resolve(names, self.compute())
+        self.echo(f"int8 with {', '.join(names)} kept float ({len(tensors)} op(s))")
+        return quantdebug.convert_keep_float(self.model, self.calibration, tensors,
+                                             self.bias_correction)
+
+
+def keep_float_auto(debug: LayerReport, verifier: "Verifier", tmp, result, echo,
+                    limit: int = 8):
+    """Keep the worst layers float, one more at a time, until the int8 file passes the gate;
+    report what that cost in size and latency."""
+    from tledge import quantdebug
+
+    plain_size, plain_ms = result.size_bytes, _latency_ms(tmp)
+    kept: list[str] = []
+    while not result.passed and len(kept) < limit:
+        nxt = quantdebug.first_new(debug.compute(), kept)
+        if nxt is None:
+            break
+        kept.append(nxt.layer)
+        tmp, result = verifier.verify("int8", debug.keep_float(kept), "float", tuple(kept))
+        echo(f"keep-float {', '.join(kept)}: accuracy drop {result.drop_points:+.2f} points"
+             + (" (passes the gate)" if result.passed else ""))
+    if kept:
+        ms = _latency_ms(tmp)
+        result.quantization["keep_float_cost"] = {
+            "layers": kept, "size_bytes": result.size_bytes - plain_size,
+            "latency_ms_1_thread": round(ms - plain_ms, 3), "latency_ms_all_int8": round(
+                plain_ms, 3)}
+        echo(f"keep-float auto: {len(kept)} layer(s) float, {result.size_bytes - plain_size:+,}"
+             f" bytes, {ms - plain_ms:+.2f} ms per image at 1 thread ({plain_ms:.2f} ms all "
+             "int8)")
+    return tmp, result
+
+
+def _latency_ms(path: Path, runs: int = 30) -> float:
+    """Median invoke() time at one thread: what keeping layers float costs."""
+    from tledge.runtime.timing import time_ms
+    from tledge.runtime import Classifier
+
+    clf = Classifier(path, threads=1)
+    x = np.zeros((1, clf.height, clf.width, 3), clf.input_dtype)
+    return float(np.median(time_ms(lambda: clf.invoke(x), runs)))
+
+
+class Verifier:
+    """Checks, labels, stages under a temporary name and verifies each file of one export.
+
+    Args:
+      reference: the float Keras model's probabilities on ``images``.
+      images: the validation images (``tledge.data.ImageSet``), with their labels.
+      labels: class labels, embedded in each file's metadata.
+      description: the model's description in its metadata (the format is appended).
+      out: the export folder, where the temporary files are staged.
+      staged: an ExitStack that removes every staged file on failure or interruption.
+      max_drop: the accuracy gate, in points below the float model.
+      echo: prints a line for the user.
+    """
+
+    def __init__(self, reference: np.ndarray, images, labels: list, description: str,
+                 out: Path, staged: contextlib.ExitStack, max_drop: float,
+                 echo: Callable[[str], None]):
+        self.reference, self.images, self.labels = reference, images, labels
+        self.description, self.out, self.staged = description, out, staged
+        self.max_drop, self.echo = max_drop, echo
+        self.float_acc = float(np.mean(np.argmax(reference, 1) == images.y))
+        self.count = 0
+
+    def verify(self, fmt: str, raw: bytes, source: str, keep=()) -> tuple:
+        """(the staged file, its FormatResult) for converted bytes ``raw`` of format ``fmt``.
+
+        Raises:
+          TledgeError: the file does not hold the tensor types its format promises.
+        """
+        from tledge.runtime import Classifier
+
+        quant = check_quantized(raw, fmt, keep_float=bool(keep))
+        blob = with_metadata(raw, metadata_bytes(self.labels, f"tledge {fmt}",
+                                                 f"{self.description}; {fmt}", fmt), self.labels)
+        tmp = self.out / f".model_{fmt}.tflite.{os.getpid()}.{self.count}.verifying"
+        self.count += 1
+        self.staged.callback(tmp.unlink, missing_ok=True)  # removed on failure or interruption
+        fileio.write_bytes(tmp, blob)
+        clf = Classifier(tmp)
+        probs = clf.predict_batch(self.images.x,
+                                  desc=f"{fmt} TFLite" + (" (keep-float)" if keep else ""))
+        stats = compare(self.reference, probs, self.images.y)
+        drop = 100.0 * (self.float_acc - stats["accuracy"])
+        delegated = delegation(clf.interpreter)
+        quant.update(input_quantization=list(clf.input_quant),
+                     output_quantization=list(clf.output_quant),
+                     min_runtime_version=min_runtime_version(tmp),
+                     delegation=delegated.to_dict() if delegated else None)
+        if delegated is not None and delegated.partitions > 1:
+            self.echo(f"WARNING: model_{fmt}.tflite is not fully delegated to XNNPACK here "
+                      f"({delegated.summary()}): each op type named runs on the slower "
+                      "reference kernels and splits the graph")
+        if keep:
+            quant["keep_float"] = list(keep)
+        return tmp, FormatResult(fmt, "", len(blob), source, drop_points=drop,
+                                 passed=drop <= self.max_drop, quantization=quant, **stats)
+
+
+def publish(files: list, stale: list, echo: Callable[[str], None]) -> None:
+    """Renames each verified (temporary file, final name) into place, removes the other name
+    of each (a file that passes replaces an earlier REJECTED one and the other way round), and
+    removes ``stale`` model files of an earlier export."""
+    for tmp, final in files:
+        os.replace(tmp, final)  # written and fsynced by fileio.write_bytes
+        if final.name.endswith(".REJECTED.tflite"):
+            final.with_name(final.name.replace(".REJECTED", "")).unlink(missing_ok=True)
+        else:
+            final.with_name(final.stem + ".REJECTED.tflite").unlink(missing_ok=True)
+    for path in stale:
+        path.unlink(missing_ok=True)
+        echo(f"removed {path.name}: an earlier export's, which this report would not describe")
