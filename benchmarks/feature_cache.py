@@ -17,7 +17,8 @@ import time
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tledge.quiet import quiet_tensorflow_logs
+quiet_tensorflow_logs()
 
 
 @click.command()
@@ -36,7 +37,9 @@ def main(data, image_size, limit, epochs, repeats, weights, out):
     from tledge import fileio
     from tledge.config import PhaseHParams, RunConfig
     from tledge.models import build_classifier
-    from tledge.train import evaluate_accuracy, frozen_phase, resolve_strategy
+    from tledge.distribution import resolve_strategy
+    from tledge.fitting import evaluate_accuracy
+    from tledge.train import frozen_phase
 
     config = RunConfig().override(
         data=dict(source=data, image_size=image_size, limit=limit, augment=False),

@@ -17,7 +17,6 @@ benchmarks/results/head_sweep.json and its table into benchmarks/recipe.md.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -82,7 +81,8 @@ def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
 
     from tledge.config import RunConfig
     from tledge.models import build_classifier
-    from tledge.train import fit_head, head_on_features, resolve_strategy
+    from tledge.distribution import resolve_strategy
+    from tledge.train import fit_head, head_on_features
 
     rate, schedule, norm, _ = VARIANTS[variant]
     config = RunConfig().override(
@@ -106,7 +106,8 @@ def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
 def main(weights, variants, sets, work):
     from recipe import write_between, write_results
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tledge.quiet import quiet_tensorflow_logs
+    quiet_tensorflow_logs()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
     from tledge.bench import machine_info
 

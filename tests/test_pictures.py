@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tledge.fitting import PhaseResult  # noqa: E402
-from tledge.train import plot_curves  # noqa: E402
+from tledge.history import plot_curves  # noqa: E402
 
 
 def _phases():

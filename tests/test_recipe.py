@@ -118,7 +118,8 @@ def test_frozen_phase_on_images_uses_sampled_statistics(tiny_splits):
     the model it leaves has the same layers, and --no-feature-norm trains a different head."""
     from helpers import tiny_config
     from tledge.models import build_classifier
-    from tledge.train import frozen_phase, resolve_strategy
+    from tledge.distribution import resolve_strategy
+    from tledge.train import frozen_phase
 
     heads = []
     for norm in (True, False):
@@ -237,7 +238,8 @@ def test_batchnorm_train_updates_the_statistics_of_the_unfrozen_part(tmp_path, t
 
     from helpers import tiny_config
     from tledge.models import backbone_layers, build_classifier
-    from tledge.train import finetune_phase, resolve_strategy
+    from tledge.distribution import resolve_strategy
+    from tledge.train import finetune_phase
 
     weights = tmp_path / "w.h5"
     keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,

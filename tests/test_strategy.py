@@ -186,7 +186,7 @@ def test_mixed_precision_model_trains_with_float32_output(caplog):
     from helpers import tiny_config
     from tledge.models import build_classifier
     from tledge.fitting import compile_model
-    from tledge.train import precision_policy
+    from tledge.distribution import precision_policy
 
     with caplog.at_level(logging.WARNING), precision_policy(True) as on:
         assert on is False

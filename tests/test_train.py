@@ -11,7 +11,8 @@ from tledge import rundir
 from tledge.config import PhaseHParams
 from tledge.errors import TledgeError
 from tledge.models import backbone_layers, build_classifier, head_layers
-from tledge.train import Interrupted, finetune_phase, frozen_phase, resolve_strategy, train
+from tledge.distribution import resolve_strategy
+from tledge.train import Interrupted, finetune_phase, frozen_phase, train
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,7 @@ date as soon as a phase ends, so an interrupted run keeps every phase it finishe
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +17,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from tledge import fileio, rundir
+from tledge.config import RunConfig
+from tledge.data import ImageSet, Splits
+from tledge.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
+from tledge.errors import Interrupted, TledgeError, first_line
 from tledge.fitting import (PhaseResult, compile_model, evaluate_accuracy, fit_phase,
                             image_batches, is_pretrained, label_depth, phase_rate,
                             progress_verbosity, save_model, steps_of, worker_shard)
-from tledge.config import RunConfig
-from tledge.data import ImageSet, Splits
-from tledge.errors import Interrupted, TledgeError, first_line
+from tledge.history import write_reports
 
 log = logging.getLogger(__name__)
 
@@ -44,193 +44,6 @@ class TrainResult:
     phases: list = field(default_factory=list)
     model: object = None
     qat_model: object = None
-
-
-@dataclass(frozen=True)
-class WorkerRole:
-    """This process's place in a multi-worker cluster (from TF_CONFIG).
-
-    Attributes:
-      workers: processes in the cluster (chief included).
-      index: this one's data shard, 0..workers-1 (the chief is 0).
-      chief: whether this one writes the run folder.
-    """
-
-    workers: int
-    index: int
-    chief: bool
-
-
-TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
-                     '"task": {"type": "worker", "index": 0}}\'')
-
-
-def worker_role(strategy_name: str) -> Optional[WorkerRole]:
-    """None unless ``--strategy multi-worker``; then this process's role, from TF_CONFIG (the
-    variable Kubernetes' training operators, Vertex AI and SageMaker set), checked."""
-    import os
-
-    if strategy_name != "multi-worker":
-        return None
-    raw = os.environ.get("TF_CONFIG", "").strip()
-    if not raw:
-        raise TledgeError("--strategy multi-worker needs TF_CONFIG, the cluster's addresses and "
-                          f"this worker's place in it, e.g. {TF_CONFIG_EXAMPLE}")
-    try:
-        tf_config = json.loads(raw)
-        cluster, task = tf_config["cluster"], tf_config["task"]
-        chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
-        kind, index = task["type"], int(task.get("index", 0))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise TledgeError(f"TF_CONFIG is not a cluster description ({type(e).__name__}: "
-                          f"{str(e)[:80]}): set it like {TF_CONFIG_EXAMPLE}") from e
-    _check_addresses(cluster, chiefs + workers)
-    members = {"chief": chiefs, "worker": workers}
-    if kind not in members or not 0 <= index < len(members[kind]) or len(chiefs) > 1:
-        raise TledgeError(f"TF_CONFIG's task {kind!r} {index} is not in its cluster "
-                          f"({len(chiefs)} chief, {len(workers)} worker addresses): give each "
-                          "process its own type and index")
-    position = index if kind == "chief" else len(chiefs) + index
-    return WorkerRole(workers=len(chiefs) + len(workers), index=position, chief=position == 0)
-
-
-def _check_addresses(cluster: dict, addresses: list) -> None:
-    """Each cluster list a list of "host:port" strings, ports numbers, no address twice (TF
-    waits for ever on a second listener at one address, and tracebacks on a bad port)."""
-    for kind in ("chief", "worker"):
-        if kind in cluster and not isinstance(cluster[kind], list):
-            raise TledgeError(f"TF_CONFIG's cluster {kind!r} must be a list of \"host:port\" "
-                              f"addresses, got {type(cluster[kind]).__name__}: set it like "
-                              f"{TF_CONFIG_EXAMPLE}")
-    for address in addresses:
-        host, _, port = str(address).rpartition(":") if isinstance(address, str) else ("", "", "")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise TledgeError(f"TF_CONFIG's cluster address {str(address)[:60]!r} is not "
-                              "host:port with a port from 1 to 65535: set it like "
-                              f"{TF_CONFIG_EXAMPLE}")
-    twice = sorted({a for a in addresses if addresses.count(a) > 1})
-    if twice:
-        raise TledgeError(f"TF_CONFIG lists {twice[0]} more than once: every worker needs an "
-                          "address of its own (another port on the same host will do)")
-
-
-def resolve_strategy(name: str, timeout: float = 300.0, echo: Callable[[str], None] = print,
-                     lock: Optional[Path] = None):
-    """auto: MirroredStrategy over the GPUs when more than one is visible; mirrored: always
-    (over the logical CPUs where there is no GPU); multi-worker: MultiWorkerMirroredStrategy
-    over the cluster in TF_CONFIG (each worker's GPUs, or its CPU), waiting at most ``timeout``
-    seconds for the other workers; none: the default strategy."""
-    import tensorflow as tf
-
-    if name == "multi-worker":
-        role = worker_role(name)  # a clear error for a missing or bad TF_CONFIG
-        return _wait_for_cluster(role, timeout, echo, lock)
-
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "none" or (name == "auto" and len(gpus) < 2):
-        return tf.distribute.get_strategy()
-    if gpus:
-        return tf.distribute.MirroredStrategy()
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices=cpus)
-
-
-# The watchdog of a cluster wait: a separate process, because the waiting one is inside
-# TensorFlow's C++ code with the GIL held, where no Python thread or signal handler runs.
-_WATCHDOG = r"""
-import os, select, signal, sys, time
-parent, timeout, lock = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends by it
-def release():
-    try:
-        if '"pid": %d,' % parent in open(lock).read():
-            os.unlink(lock)
-            os.rmdir(os.path.dirname(lock))  # only if empty
-    except OSError:
-        pass
-deadline = time.monotonic() + timeout
-while True:
-    if select.select([sys.stdin], [], [], 0.2)[0]:
-        if sys.stdin.buffer.read(4) != b"done":
-            release()  # the pipe closed unsaid: the parent was ended (Ctrl-C, SIGHUP) waiting
-        sys.exit(0)
-    if time.monotonic() > deadline:
-        print("Error: " + sys.argv[4], file=sys.stderr, flush=True)
-        release()
-        os.kill(parent, signal.SIGKILL)
-        sys.exit(1)
-"""
-
-
-def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], None],
-                      lock: Optional[Path]):
-    """MultiWorkerMirroredStrategy, created while every other worker is waited for, at most
-    ``timeout`` seconds. TensorFlow waits for ever by default, in C++ with the GIL held
-    (connecting to the workers, then a first all-reduce as a barrier), where Python's signal
-    handlers never run: Ctrl-C and SIGTERM went unanswered. Meanwhile SIGINT, SIGTERM and SIGHUP
-    take their default action (the process ends at once), and a watchdog process releases the
-    run folder (``lock``) when this one ends, or after ``timeout`` says so in one line and ends
-    it."""
-    import signal
-    import subprocess
-    import sys
-
-    import tensorflow as tf
-
-    strategy_cls = tf.distribute.MultiWorkerMirroredStrategy
-    echo(f"strategy: waiting up to {timeout:g} s for the cluster's {role.workers} workers "
-         "(TF_CONFIG; --cluster-timeout); Ctrl-C stops the wait")
-    message = (f"the other workers of the cluster did not all start within {timeout:g} s: "
-               "start the same command on every host in TF_CONFIG (each with its own index), "
-               "or wait longer with --cluster-timeout")
-    from tledge.quiet import original_stderr
-
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
-                                 str(timeout),
-                                 str(lock) if lock else "", message], stdin=subprocess.PIPE,
-                                stderr=original_stderr())
-    handlers = {}
-    with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            handlers[sig] = signal.signal(sig, signal.SIG_DFL)
-    try:
-        return strategy_cls()
-    except tf.errors.OpError as e:
-        text = first_line(e)
-        if "Could not start gRPC server" in text:
-            raise TledgeError("could not listen on this worker's address in TF_CONFIG (its "
-                              "port is in use, or the address is not this host's): free the "
-                              "port or give this worker another") from e
-        raise TledgeError(f"the cluster could not be set up ({text[:160]}): check TF_CONFIG "
-                          "and that every worker runs the same command") from e
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        with contextlib.suppress(OSError):
-            watchdog.stdin.write(b"done")
-            watchdog.stdin.close()
-        watchdog.wait()
-
-
-@contextlib.contextmanager
-def precision_policy(mixed: bool):
-    """mixed_float16 for the duration of the run, on GPU only; the global policy is restored."""
-    import tensorflow as tf
-    import tf_keras as keras
-
-    if not mixed:
-        yield False
-        return
-    if not tf.config.list_logical_devices("GPU"):
-        log.warning("--mixed-precision ignored: no GPU is visible (float16 on a CPU is slower)")
-        yield False
-        return
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        yield True
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 STATS_SAMPLE = 2048  # images whose features standardise the head when phase 1 runs on images
@@ -438,77 +251,6 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                      backup)
 
 
-def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: str) -> None:
-    history = {p.name: {"epochs": len(next(iter(p.history.values()), [])),
-                        "best_epoch": p.best_epoch, "seconds": round(p.seconds, 2),
-                        "epoch_seconds": p.epoch_seconds, "feature_cache": p.feature_cache,
-                        **p.history} for p in phases}
-    fileio.write_json(out / rundir.HISTORY, history)
-    last = phases[-1] if phases else None
-    metrics = {
-        "status": status,
-        "phases_completed": [p.name for p in phases],
-        "num_classes": len(splits.class_names),
-        "train_images": len(splits.train), "val_images": len(splits.val),
-        "test_images": len(splits.test) if splits.test is not None else 0,
-        "skipped_files": splits.skipped,
-        "val_accuracy": last.val_accuracy if last else None,
-        "test_accuracy": last.test_accuracy if last else None,
-        "phases": {p.name: {"best_epoch": p.best_epoch, "val_accuracy": p.val_accuracy,
-                            "test_accuracy": p.test_accuracy, "seconds": round(p.seconds, 2),
-                            "feature_cache": p.feature_cache} for p in phases},
-    }
-    fileio.write_json(out / rundir.METRICS, metrics)
-    if phases:
-        plot_curves(phases, out / rundir.CURVES)
-
-
-def _once(ax, label: str):
-    """``label`` for the first line of the axes that carries it, None after (one legend entry)."""
-    return None if label in {line.get_label() for line in ax.lines} else label
-
-
-def plot_curves(phases: list[PhaseResult], path: Path) -> None:
-    """Training and validation accuracy and loss across phases: phase boundaries and names,
-    and each phase's kept epoch (the weights the phase went on with) marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        start = 0
-        for p in phases:
-            n = len(p.history.get(metric, []))
-            if not n:
-                continue
-            epochs = np.arange(start + 1, start + n + 1)
-            ax.plot(epochs, p.history[metric], "o-", color="C0", label=_once(ax, "train"))
-            val = p.history.get(f"val_{metric}")
-            if val:
-                ax.plot(epochs, val, "s--", color="C1", label=_once(ax, "validation"))
-                if 1 <= p.best_epoch <= n:
-                    ax.plot(start + p.best_epoch, val[p.best_epoch - 1], "*", ms=15, mfc="none",
-                            mec="C3", mew=1.5, label=_once(ax, "kept epoch"))
-            if start:
-                ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
-            # the phase's name just above the plot, over its epochs: never on a curve
-            ax.text(start + 0.5 + n / 2, 1.01, p.name, transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="dimgrey")
-            start += n
-        ax.set_xlim(0.5, max(start, 1) + 0.5)  # one epoch alone: autoscale would hide labels
-        ax.set_xlabel("epoch")
-        ax.set_title(metric, pad=14)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:  # one legend for both plots, below them, where no curve or phase name is
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
-                   frameon=False)
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-
-
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
           splits: Optional[Splits] = None,
           echo: Callable[[str], None] = print) -> TrainResult:
@@ -546,127 +288,159 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
     return result
 
 
-def backup_dir(config: RunConfig, out: Path) -> Path:
-    """Where a multi-worker run keeps its BackupAndRestore state: ``train.backup_dir``, else a
-    folder in tledge's cache named after the run folder (one host's workers share it)."""
-    import hashlib
-
-    if config.train.backup_dir:
-        return Path(config.train.backup_dir)
-    name = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:16]
-    return fileio.cache_root() / "backup" / name
-
-
 def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Splits],
            echo: Callable[[str], None], backup: Optional[Path] = None) -> TrainResult:
     import tensorflow as tf
     import tf_keras as keras
 
     from tledge import data as data_mod
-    from tledge.models import build_classifier
 
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything.
     strategy = resolve_strategy(config.train.strategy, config.train.cluster_timeout, echo,
                                 lock=Path(out) / rundir.LOCK)
-    seed = config.train.seed
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
     if splits is None:
-        splits = data_mod.load(config.data, seed)
-    echo(f"data: {config.data.source}: {len(splits.class_names)} classes, "
-         f"{len(splits.train)} train / {len(splits.val)} val"
-         + (f" / {len(splits.test)} test" if splits.test is not None else "")
-         + f" images at {config.data.image_size}px"
-         + (f", {splits.skipped} unreadable file(s) skipped" if splits.skipped else ""))
-    echo(f"data: {storage_line(splits)}")
-
-    shard = worker_shard(strategy)
-    if shard is not None:
-        echo(f"strategy: MultiWorkerMirroredStrategy, worker {shard[1]} of {shard[0]}, "
-             f"{strategy.num_replicas_in_sync} replicas in all; this worker trains on every "
-             f"{shard[0]}{'nd' if shard[0] == 2 else 'th'} training image")
-    elif strategy.num_replicas_in_sync > 1:
-        echo(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} devices")
+        splits = data_mod.load(config.data, config.train.seed)
+    for line in _setup_lines(config, splits, strategy):
+        echo(line)
     result = TrainResult(out=out)
     with precision_policy(config.train.mixed_precision):
-        with strategy.scope():
-            if config.train.init_from:
-                model = load_initial_model(Path(config.train.init_from), splits,
-                                           config.data.image_size)
-            else:
-                model = build_classifier(config.model, len(splits.class_names),
-                                         config.data.image_size)
-        result.model = model
-        if config.train.finetune.epochs:
-            from tledge.models import unfreeze_start
-            # a bad name fails now, not after the frozen phase
-            unfreeze_start(model, config.train.finetune.unfreeze, config.model.backbone)
+        result.model = _initial_model(config, splits, strategy)
         run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
             (out / name).exists() for name in rundir.ARTIFACTS))
-        phases = [("frozen", config.train.frozen, frozen_phase),
-                  ("finetune", config.train.finetune, finetune_phase)]
         current = None
         try:
-            for name, hp, run_phase in phases:
-                if hp.epochs == 0:
-                    echo(f"phase {name}: skipped (0 epochs)")
+            for name, epochs, run_phase in _phases(config, out):
+                if epochs == 0:
+                    if name != "qat":
+                        echo(f"phase {name}: skipped (0 epochs)")
                     continue
                 current = name
-                phase = run_phase(model, splits, config, strategy, backup=backup)
-                if splits.test is not None:
-                    phase.test_accuracy = evaluate_accuracy(model, splits.test,
-                                                            config.data.batch_size)
-                run.save_float(model)
+                if name == "qat" and not run.saved:  # no float phase ran: the model as is
+                    run.save_float(result.model)
+                phase = run_phase(result, splits, strategy, backup)
+                if name != "qat":  # the QAT phase saves its own model
+                    run.save_float(result.model)
                 result.phases.append(phase)
-                write_reports(out, result.phases, splits, status=f"running (after {name})")
-                echo(f"phase {name}: {len(phase.history.get('loss', []))} epoch(s) in "
-                     f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
-                     f", best val_accuracy {phase.val_accuracy:.4f} at epoch {phase.best_epoch}"
-                     + (f", test accuracy {phase.test_accuracy:.4f}"
-                        if phase.test_accuracy is not None else ""))
+                if name != "qat":
+                    write_reports(out, result.phases, splits, status=f"running (after {name})")
+                echo(phase_line(phase))
             current = "qat"
-            if not run.saved:  # no float phase ran (--init-from, or 0 epochs): the model as is
-                run.save_float(model)
-            if config.train.qat.enabled and config.train.qat.epochs > 0:
-                from tledge.qat import qat_phase
-
-                phase, qat_model = qat_phase(model, splits, config, strategy, out, backup)
-                result.phases.append(phase)
-                result.qat_model = qat_model
-                echo(f"phase qat: {len(phase.history.get('loss', []))} epoch(s) in "
-                     f"{phase.seconds:.1f}s, best val_accuracy {phase.val_accuracy:.4f}"
-                     + (f", test accuracy {phase.test_accuracy:.4f}"
-                        if phase.test_accuracy is not None else ""))
+            if not run.saved:  # no phase ran (--init-from, or 0 epochs): the model as is
+                run.save_float(result.model)
         except KeyboardInterrupt as cause:
-            if not run.saved:
-                raise Interrupted(f"interrupted during phase {current}, before it finished: "
-                                  f"{out} is as it was" + (" (the old run, whole)"
-                                                           if run.replacing else "")) from cause
-            write_reports(out, result.phases, splits, status=f"interrupted during {current}")
-            done = ", ".join(p.name for p in result.phases) or "none"
-            raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
-                              f"are saved in {out}") from cause
+            _interrupted(cause, current, run, result, splits)
         except Exception as e:
-            # Whatever stopped it (a NaN loss, a full disk), metrics.json must not go on saying
-            # "running". On a full disk this small write may fail too: the old file then stays.
-            # An old run being replaced keeps its own metrics until a new model replaced it.
-            why = first_line(e)[:200]
-            if run.saved or not run.replacing:
-                with contextlib.suppress(Exception):
-                    write_reports(out, result.phases, splits,
-                                  status=f"failed during {current}: {why}")
-            if isinstance(e, (tf.errors.UnavailableError, tf.errors.AbortedError,
-                              tf.errors.CancelledError)):
-                # a worker of the cluster went away (killed, its host down): TensorFlow aborts
-                # the collectives on every other worker
-                raise TledgeError(
-                    f"phase {current} stopped: a worker of the cluster is gone ({why[:120]}); "
-                    "finished phases are saved in " + str(out) + ", and restarting every "
-                    "worker with the same command resumes from the last backup") from e
-            raise
+            _failed(e, current, run, result, splits)
         write_reports(out, result.phases, splits, status="complete")
     echo(f"run saved in {out}")
     return result
+
+
+def _setup_lines(config: RunConfig, splits: Splits, strategy) -> list:
+    """What the run trains on, where its images live and how it is distributed."""
+    lines = [f"data: {config.data.source}: {len(splits.class_names)} classes, "
+             f"{len(splits.train)} train / {len(splits.val)} val"
+             + (f" / {len(splits.test)} test" if splits.test is not None else "")
+             + f" images at {config.data.image_size}px"
+             + (f", {splits.skipped} unreadable file(s) skipped" if splits.skipped else ""),
+             f"data: {storage_line(splits)}"]
+    shard = worker_shard(strategy)
+    if shard is not None:
+        lines.append(f"strategy: MultiWorkerMirroredStrategy, worker {shard[1]} of {shard[0]}, "
+                     f"{strategy.num_replicas_in_sync} replicas in all; this worker trains on "
+                     f"every {shard[0]}{'nd' if shard[0] == 2 else 'th'} training image")
+    elif strategy.num_replicas_in_sync > 1:
+        lines.append(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} devices")
+    return lines
+
+
+def _initial_model(config: RunConfig, splits: Splits, strategy):
+    """The classifier the recipe starts from: a new one, or --init-from a run's float model."""
+    from tledge.models import build_classifier, unfreeze_start
+
+    with strategy.scope():
+        if config.train.init_from:
+            model = load_initial_model(Path(config.train.init_from), splits,
+                                       config.data.image_size)
+        else:
+            model = build_classifier(config.model, len(splits.class_names),
+                                     config.data.image_size)
+    if config.train.finetune.epochs:
+        # a bad name fails now, not after the frozen phase
+        unfreeze_start(model, config.train.finetune.unfreeze, config.model.backbone)
+    return model
+
+
+def _phases(config: RunConfig, out: Path) -> list:
+    """(name, epochs, run) for each phase of the recipe, in order; ``run(result, splits,
+    strategy, backup)`` trains ``result.model`` and returns the phase's PhaseResult."""
+    def float_phase(run_phase):
+        def run(result, splits, strategy, backup):
+            phase = run_phase(result.model, splits, config, strategy, backup=backup)
+            if splits.test is not None:
+                phase.test_accuracy = evaluate_accuracy(result.model, splits.test,
+                                                        config.data.batch_size)
+            return phase
+        return run
+
+    def qat(result, splits, strategy, backup):
+        from tledge.qat import qat_phase
+
+        phase, result.qat_model = qat_phase(result.model, splits, config, strategy, out, backup)
+        return phase
+
+    train = config.train
+    return [("frozen", train.frozen.epochs, float_phase(frozen_phase)),
+            ("finetune", train.finetune.epochs, float_phase(finetune_phase)),
+            ("qat", train.qat.epochs if train.qat.enabled else 0, qat)]
+
+
+def phase_line(phase: PhaseResult) -> str:
+    """The line each phase ends with: epochs, time, its kept epoch's accuracy."""
+    return (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
+            f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
+            f", best val_accuracy {phase.val_accuracy:.4f} at epoch {phase.best_epoch}"
+            + (f", test accuracy {phase.test_accuracy:.4f}"
+               if phase.test_accuracy is not None else ""))
+
+
+def _interrupted(cause: KeyboardInterrupt, current: str, run: "_RunWriter",
+                 result: TrainResult, splits: Splits):
+    """Ctrl-C during phase ``current``: what was saved, said in one line."""
+    out = result.out
+    if not run.saved:
+        raise Interrupted(f"interrupted during phase {current}, before it finished: "
+                          f"{out} is as it was" + (" (the old run, whole)"
+                                                   if run.replacing else "")) from cause
+    write_reports(out, result.phases, splits, status=f"interrupted during {current}")
+    done = ", ".join(p.name for p in result.phases) or "none"
+    raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
+                      f"are saved in {out}") from cause
+
+
+def _failed(e: Exception, current: str, run: "_RunWriter", result: TrainResult,
+            splits: Splits):
+    """Whatever stopped phase ``current`` (a NaN loss, a full disk), metrics.json must not go
+    on saying "running". On a full disk this small write may fail too: the old file then
+    stays. An old run being replaced keeps its own metrics until a new model replaced it."""
+    import tensorflow as tf
+
+    out = result.out
+    why = first_line(e)[:200]
+    if run.saved or not run.replacing:
+        with contextlib.suppress(Exception):
+            write_reports(out, result.phases, splits, status=f"failed during {current}: {why}")
+    if isinstance(e, (tf.errors.UnavailableError, tf.errors.AbortedError,
+                      tf.errors.CancelledError)):
+        # a worker of the cluster went away (killed, its host down): TensorFlow aborts the
+        # collectives on every other worker
+        raise TledgeError(
+            f"phase {current} stopped: a worker of the cluster is gone ({why[:120]}); finished "
+            f"phases are saved in {out}, and restarting every worker with the same command "
+            "resumes from the last backup") from e
+    raise e
 
 
 class _RunWriter:
