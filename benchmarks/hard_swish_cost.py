@@ -14,13 +14,13 @@ numbers, right cost: what folding that constant into the next layers' weights co
 
 from __future__ import annotations
 
-import os
 import time
 
 import click
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tledge.quiet import quiet_tensorflow_logs
+quiet_tensorflow_logs()
 
 
 def drop_sixth(model: bytes) -> bytes:

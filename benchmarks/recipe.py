@@ -29,6 +29,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from tledge.quiet import quiet_tensorflow_logs
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables: benchmarks/recipe.py writes them -->", "<!-- end of tables -->"
 RESULTS = ROOT / "benchmarks/results/recipe.json"
@@ -133,7 +135,7 @@ def run_one(data_set: str, budget: str, name: str, weights: str, work: Path) -> 
     command = [str(ROOT / ".venv/bin/tledge"), "train", *args, *flags]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          env=quiet_tensorflow_logs(dict(os.environ)))
     if proc.returncode:
         raise click.ClickException(f"{' '.join(command)}\n{proc.stderr[-2000:]}")
     metrics = json.loads((out / "metrics.json").read_text())

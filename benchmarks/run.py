@@ -16,13 +16,13 @@ class (a Pi's board model, else CPU model and core count).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tledge.quiet import quiet_tensorflow_logs
+quiet_tensorflow_logs()
 HERE = Path(__file__).resolve().parent
 MODELS = [("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.0, 96), ("resnet50", 1.0, 224),
           ("mobilenet_v3_small", 1.0, 224), ("mobilenet_v3_large", 1.0, 224),

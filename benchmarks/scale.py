@@ -37,6 +37,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tledge.quiet import quiet_tensorflow_logs  # noqa: E402
 
 PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
@@ -107,7 +108,7 @@ def main(render_only, images, image_size, folder, current, baseline, baseline_ma
     write_folder(folder, per_class_max, image_size)
 
     work = Path(tempfile.mkdtemp(prefix="tledge-scale-"))
-    env = {**os.environ, "TLEDGE_CACHE_DIR": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = quiet_tensorflow_logs({**os.environ, "TLEDGE_CACHE_DIR": str(work / "cache")})
     python = [str(ROOT / ".venv/bin/python"), "-m", "tledge.cli"]
     versions = []
     for name, rev in (("current", current), (f"baseline {baseline}", baseline)):

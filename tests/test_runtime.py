@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tledge.runtime as rt
+import tledge.runtime.backends as backends
 from tledge.errors import TledgeError
 
 from helpers import COLOURS, LABELS, assert_quiet, stub_run
@@ -26,8 +27,8 @@ def test_backend_order_and_fallback(monkeypatch):
             raise ImportError(f"No module named {name}")
         return rt.Backend("tensorflow", "9.9", object)
 
-    monkeypatch.setattr(rt, "_load", fake_load)
-    monkeypatch.setattr(rt, "_loaded", {})
+    monkeypatch.setattr(backends, "_load", fake_load)
+    monkeypatch.setattr(backends, "_loaded", {})
     assert rt.get_backend().name == "tensorflow"
     assert tried == ["litert", "tflite_runtime", "tensorflow"]
     with pytest.raises(TledgeError, match="no TFLite interpreter.*litert: not installed"):
@@ -40,8 +41,8 @@ def test_tflite_runtime_under_numpy2_is_reported_not_crashed(monkeypatch):
             raise SystemError("<built-in function ...> returned a result with an exception set")
         raise ImportError(f"No module named {name}")
 
-    monkeypatch.setattr(rt, "_load", fake_load)
-    monkeypatch.setattr(rt, "_loaded", {})
+    monkeypatch.setattr(backends, "_load", fake_load)
+    monkeypatch.setattr(backends, "_loaded", {})
     found = rt.available_backends()
     assert found["tflite_runtime"].startswith("unavailable (SystemError")
     with pytest.raises(TledgeError, match="no TFLite interpreter"):
@@ -242,7 +243,7 @@ def test_doctor_exits_nonzero_without_a_runtime(monkeypatch):
     from click.testing import CliRunner
     from tledge.cli import main
 
-    monkeypatch.setattr(rt, "installed_version", lambda name: None)
+    monkeypatch.setattr(backends, "installed_version", lambda name: None)
     result = CliRunner().invoke(main, ["doctor", "--no-tensorflow"])
     assert result.exit_code == 1
     assert "no TFLite runtime can load a model" in result.output

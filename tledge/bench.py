@@ -30,6 +30,7 @@ import numpy as np
 
 from tledge import fileio
 from tledge.errors import TledgeError
+from tledge.quiet import quiet_tensorflow_logs
 from tledge.runtime.timing import latency_stats
 
 FRAME_SHAPE = (480, 640, 3)
@@ -110,15 +111,15 @@ def _time_paired(bare: Callable[[int], None], full: Callable[[int], None], runs:
 def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     """One TFLite model at one thread count, in this process."""
     from tledge.evaluate import tflite_predictor
-    from tledge.runtime import Classifier, check_model_file, make_interpreter
+    from tledge.runtime import Classifier, check_model_file
     from tledge.runtime.delegation import delegation
 
     check_model_file(path, options.backend)  # its child process is no part of the load time
     rss0 = _rss_mb()
     start = time.perf_counter()
-    interpreter = make_interpreter(path, options.backend, threads)
-    clf = Classifier(path, interpreter=interpreter)
+    clf = Classifier(path, options.backend, threads)
     load_ms = (time.perf_counter() - start) * 1000
+    interpreter = clf.interpreter
     inputs = frames(options.seed)
     prepared = np.stack([clf.preprocess(f) for f in inputs])
     index = clf.input_index
@@ -135,7 +136,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     invoke_ms, classify_ms = _time_paired(
         bare, lambda i: clf.classify(inputs[i % len(inputs)], top_k=5), options.runs,
         options.warmup)
-    backend = interpreter._tledge_backend
+    backend = clf.backend_info
     return {"backend": f"{backend.name} {backend.version}", "device": "cpu",
             "input_dtype": clf.input_dtype.name, "load_ms": load_ms, "first_ms": first_ms,
             "invoke": latency_stats(invoke_ms), "classify": latency_stats(classify_ms),
@@ -146,7 +147,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
 
 def measure_keras(run: str, options: BenchOptions) -> dict:
     """The float Keras model of a run folder, batch 1, as a compiled tf.function."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_logs()
     import tensorflow as tf
     import tf_keras as keras
 
@@ -281,7 +282,7 @@ def machine_id(info: dict) -> str:
 
 def run_worker(spec: dict) -> dict:
     """Measure in a fresh process: ``python -m tledge.bench '<json spec>'``."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = quiet_tensorflow_logs(dict(os.environ))
     proc = subprocess.Popen([sys.executable, "-m", "tledge.bench", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -434,9 +435,7 @@ def to_csv(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = fileio.pyplot()
 
     rows = report["results"]
     labels = [f"{r['name']}\n{r['format']}" + (f" x{r['threads']}" if r["threads"] else
@@ -461,9 +460,7 @@ def plot(report: dict, path: Path) -> None:
     if split:  # why a bar is long: the delegate did not take the whole graph
         ax.set_xlabel(ax.get_xlabel() + "\nnot fully delegated to XNNPACK, left to the "
                       "reference kernels:\n" + "\n".join(split), fontsize=8)
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    fileio.save_png(fig, path)
 
 
 def write_outputs(report: dict, json_path=None, csv_path=None, md_path=None,

@@ -6,7 +6,6 @@ the Pi-side commands start fast and never load TensorFlow.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import click
 from click_option_group import optgroup
 
 from tledge import __version__, fileio
-from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
+from tledge.config import (BACKBONES, BACKENDS, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
 from tledge.errors import Interrupted, TledgeError, first_line, missing_training_stack, \
@@ -106,9 +105,8 @@ def disk_error(e: OSError) -> str | None:
     return None
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up chatter (CPU features, oneDNN) buries the progress lines.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_backend_option = click.option("--backend", type=click.Choice(BACKENDS),
+                               help="TFLite interpreter.  [default: the first installed]")
 
 
 def _default(cls, name: str):
@@ -137,7 +135,7 @@ def main(verbose: bool) -> None:
                         format="%(levelname)s: %(message)s")
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    _quiet_tensorflow()
+    quiet.quiet_tensorflow_logs()
 
 
 D, M, T = DataOptions, ModelOptions, TrainOptions
@@ -264,7 +262,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))
     from tledge import rundir
-    from tledge.train import worker_role
+    from tledge.distribution import worker_role
 
     # a bad TF_CONFIG, --out or existing run is said before TensorFlow loads (seconds)
     role = worker_role(config.train.strategy)
@@ -335,8 +333,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
               "whole), or a built-in data set (its test split).")
 @click.option("--qat", is_flag=True, help="With a run folder: evaluate its QAT model.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N images per class.")
-@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
-              help="TFLite interpreter.  [default: the first installed]")
+@_backend_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.  [default: "
@@ -367,8 +364,7 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Classes per image.")
 @click.option("--qat", is_flag=True, help="With a run folder: use its QAT model.")
-@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
-              help="TFLite interpreter.  [default: the first installed]")
+@_backend_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
 def predict(model, images, top_k, qat, backend, threads):
@@ -430,8 +426,7 @@ def _size(ctx, param, value):
 @click.option("--data", help="Also measure accuracy on this data (folder or built-in name).")
 @click.option("--limit", type=click.IntRange(min=1),
               help="With --data: at most N images per class.")
-@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
-              help="TFLite interpreter.  [default: the first installed]")
+@_backend_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write results as CSV.")
 @click.option("--markdown", "md_path", type=click.Path(dir_okay=False),
@@ -486,8 +481,7 @@ def doctor(no_tensorflow, reprobe):
               help="Interpreter threads.  [default: all cores]")
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Labels shown per frame.")
-@click.option("--backend", type=click.Choice(["litert", "tflite_runtime", "tensorflow"]),
-              help="TFLite interpreter.  [default: the first installed]")
+@_backend_option
 @click.option("--capture-size", callback=_size, help="WxH to ask a camera for.  [default: the "
               "smallest common size at or above the model's input when --headless without "
               "--record, else the camera's own]")
@@ -520,7 +514,7 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
                             capture_size=capture_size, loop=loop, realtime=realtime,
                             serve=serve, serve_token=serve_token, serve_fps=serve_fps)
     if serve:
-        from tledge.serve import parse_serve
+        from tledge.camera.serve import parse_serve
         parse_serve(serve)  # a bad address fails now, before the models load
     if serve_token and not serve:
         raise TledgeError("--serve-token needs --serve [HOST:]PORT")

@@ -25,7 +25,8 @@ FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "multi-worker", "none")
 SCHEDULES = ("constant", "cosine")
 BATCHNORM = ("frozen", "train")
-DATA_CACHES = ("auto", "memory", "disk")  # tledge.data.cache.STORAGE
+BACKENDS = ("litert", "tflite_runtime", "tensorflow")  # TFLite interpreters, preferred first
+DATA_CACHES = ("auto", "memory", "disk")  # where decoded images live: tledge.data.cache
 
 
 # Where a field lives in config.yaml, and the flag that sets it (for error messages).

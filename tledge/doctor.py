@@ -42,7 +42,7 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
     the probes again), so a backend that would crash shows here as a line, not a segfault."""
     import numpy as np
 
-    from tledge import runtime
+    from tledge.runtime import backends
     from tledge.runtime.probe import last_line
 
     checks = [Check("python", f"{platform.python_version()} ({platform.machine()})",
@@ -55,8 +55,8 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
     numpy_major = int(np.__version__.split(".")[0])
     checks.append(Check("numpy", np.__version__))
     usable = False
-    for name in runtime.BACKENDS:
-        ver = runtime.installed_version(name)
+    for name in backends.BACKENDS:
+        ver = backends.installed_version(name)
         if ver is None:
             fix = "pip install ai-edge-litert (wheels for x86-64 and aarch64, numpy 2)" \
                 if name == "litert" else ""
@@ -66,7 +66,7 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
         if name == "tensorflow" and not check_tensorflow:
             checks.append(Check(f"backend {name}", f"{ver}, not probed (--no-tensorflow)"))
             continue
-        result = runtime.probe_backend(name, refresh=reprobe)
+        result = backends.probe_backend(name, refresh=reprobe)
         ok, fix = result.ok, ""
         value = f"{ver}, probe: {last_line(result)}"
         if name == "tflite_runtime" and numpy_major >= 2:

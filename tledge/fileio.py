@@ -153,3 +153,26 @@ def check_output_dir(path: str | os.PathLike, what: str) -> None:
     if path.exists() and not path.is_dir():
         raise TledgeError(f"{what} {path} is a file: pass a folder path")
     _check_writable_from(path, what, path)
+
+
+def pyplot():
+    """matplotlib.pyplot on its Agg backend: figures render without a display (a Pi over SSH,
+    CI)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure to ``path`` as a PNG, atomically, and close it.
+
+    Args:
+      fig: a matplotlib Figure.
+      path: where the PNG goes; an interrupted write leaves the old file or none.
+    """
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

@@ -38,6 +38,8 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from tledge import fileio
+from tledge.conversion import (QuantizationConfig, convert, make_converter,
+                               representative_dataset)
 from tledge.errors import TledgeError, first_line
 
 CSV_NAME = "quant_debug.csv"
@@ -125,16 +127,7 @@ def _direct_metrics():
 
 
 def _int8_converter(model, calibration: np.ndarray):
-    from tledge.conversion import QuantizationConfig, make_converter
-
     return make_converter(model, QuantizationConfig.for_int8(calibration))
-
-
-def _images(images: np.ndarray):
-    def gen():
-        for image in images:
-            yield [image[None].astype(np.float32)]
-    return gen
 
 
 def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[LayerError]:
@@ -150,8 +143,8 @@ def layer_errors(model, calibration: np.ndarray, images: np.ndarray) -> list[Lay
             warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter")
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=_int8_converter(model, calibration), debug_dataset=_images(images),
-                debug_options=options)
+                converter=_int8_converter(model, calibration),
+                debug_dataset=representative_dataset(images), debug_options=options)
             debugger.run()
     except Exception as e:  # the debugger's errors are long MLIR dumps
         raise TledgeError(f"the int8 quantization debugger failed ({first_line(e)[:200]})"
@@ -277,9 +270,7 @@ def write_report(errors: list[LayerError], out: Path, worst: int = 15,
 
 
 def _plot(errors: list[LayerError], path: Path, source: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = fileio.pyplot()
 
     labels = [f"{e.layer} ({e.op})" for e in errors][::-1]
     values = [e.rel_rmse for e in errors][::-1]
@@ -294,9 +285,7 @@ def _plot(errors: list[LayerError], path: Path, source: str = "") -> None:
     lines += textwrap.wrap(f"analysed: {source}", 75) if source else []
     ax.set_title("\n".join(lines), fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    fileio.save_png(fig, path)
 
 
 def resolve(names: Iterable[str], errors: list[LayerError]) -> list[str]:
@@ -322,7 +311,6 @@ def convert_keep_float(model, calibration: np.ndarray, tensors: Sequence[str],
                        bias_correction: bool = True) -> bytes:
     """Full-integer int8 (uint8 in and out) with the ops that output ``tensors`` left float
     (the converter's ``denylisted_nodes``, as QuantizationDebugger does it)."""
-    from tledge.conversion import QuantizationConfig, convert
 
     qconfig = QuantizationConfig.for_int8(calibration, bias_correction=bias_correction)
     return convert(model, qconfig, keep_float=tuple(tensors))

@@ -19,6 +19,7 @@ import contextlib
 import os
 import sys
 import tempfile
+from typing import Optional
 
 NOISE = (
     "All log messages before absl::InitializeLog() is called",
@@ -165,11 +166,20 @@ def original_stderr() -> int:
     return _filter.out if _filter else 2
 
 
+def quiet_tensorflow_logs(env: Optional[dict] = None) -> dict:
+    """Keep TensorFlow's C++ start-up chatter (CPU features, oneDNN) out of the progress
+    lines, unless the user set TF_CPP_MIN_LOG_LEVEL: in ``env`` (a child process's
+    environment), else in this process's. Returns the environment it set."""
+    env = os.environ if env is None else env
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
 def import_tensorflow():
     """``import tensorflow`` (and its GPU discovery) with its noise filtered from stderr for
     the rest of the process; once."""
     global _filter
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_logs()
     if "tensorflow" in sys.modules:
         import tensorflow as tf
         return tf

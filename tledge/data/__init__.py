@@ -8,55 +8,21 @@ and handed to ``tledge.data.pipeline`` for tf.data. Only the pipeline imports Te
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from tledge.config import DataOptions
-from tledge.data.cache import DiskArray, take
+from tledge.data.cache import take
+from tledge.data.imageset import ImageSet, Splits, limit_per_class
 from tledge.errors import TledgeError
 
 log = logging.getLogger(__name__)
 
 BUILTIN = ("shapes", "cifar10", "fashion_mnist")
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Images and their labels.
-
-    Attributes:
-      x: uint8 (N, H, W, 3) raw RGB pixels: an ndarray, or a DiskArray (``tledge.data.cache``)
-        whose rows are read per batch when the set is too large to hold.
-      y: int32 array (N,), class indices into the class names.
-    """
-
-    x: "np.ndarray | DiskArray"
-    y: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class Splits:
-    """A data set split for training.
-
-    Attributes:
-      train: images the model trains on.
-      val: the stratified validation split: picks the best epoch of each phase.
-      test: the data set's own test split, where it has one (None otherwise); evaluated at the end.
-      class_names: label of each class index, in order.
-      skipped: files that could not be read and were left out.
-    """
-
-    train: ImageSet
-    val: ImageSet
-    test: Optional[ImageSet]
-    class_names: list[str]
-    skipped: int = 0
+__all__ = ["BUILTIN", "ImageSet", "Splits", "limit_per_class", "load", "load_test_folder",
+           "stratified_split"]
 
 
 def load(options: DataOptions, seed: int) -> Splits:
@@ -96,18 +62,6 @@ def load_test_folder(options: DataOptions, names: list[str],
                           f"{', '.join(test_names[:5])}, not the training data's "
                           f"{', '.join(list(names)[:5])}: give it the same class subfolders")
     return test
-
-
-def limit_per_class(y: np.ndarray, limit: Optional[int], seed: int) -> np.ndarray:
-    """Indices keeping at most ``limit`` of each class (a seeded choice), in ascending order."""
-    if limit is None:
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        keep.append(idx if len(idx) <= limit else rng.choice(idx, size=limit, replace=False))
-    return np.sort(np.concatenate(keep))
 
 
 def stratified_split(pool: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:

@@ -138,7 +138,7 @@ def _checksum(x: np.ndarray) -> str:
 def load_builtin(name: str, image_size: int, limit: Optional[int], seed: int,
                  storage: str = "auto"):
     """(training pool, full test split, class names) for cifar10 or fashion_mnist."""
-    from tledge.data import ImageSet, limit_per_class
+    from tledge.data.imageset import ImageSet, limit_per_class
 
     (x_train, y_train), (x_test, y_test) = load_raw(name)
     y_train = np.asarray(y_train, np.int32).reshape(-1)

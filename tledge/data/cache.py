@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from tledge.config import DATA_CACHES
 from tledge.errors import TledgeError
 from tledge.fileio import cache_root
 
@@ -51,7 +52,6 @@ FORMAT_VERSION = 2  # 2: entries carry CRC-32s of their rows
 # the tests, the demo and small folders. 128 MiB is 890 images at 224 px, 4,850 at 96 px.
 MEMORY_BUDGET = 128 * 2**20
 CHUNK = 256  # images decoded, then written, at a time: bounds the memory of a build
-STORAGE = ("auto", "memory", "disk")
 
 
 class DiskArray:
@@ -199,8 +199,9 @@ class RowWriter:
 
 def choose_storage(storage: str, count: int, row_bytes: int) -> str:
     """``memory`` or ``disk`` for DataOptions.cache (auto: disk above MEMORY_BUDGET)."""
-    if storage not in STORAGE:
-        raise TledgeError(f"unknown data cache {storage!r}: choose one of {', '.join(STORAGE)}")
+    if storage not in DATA_CACHES:
+        raise TledgeError(f"unknown data cache {storage!r}: choose one of "
+                          f"{', '.join(DATA_CACHES)}")
     if storage != "auto":
         return storage
     return "disk" if count * row_bytes > MEMORY_BUDGET else "memory"

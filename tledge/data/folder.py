@@ -14,7 +14,7 @@ from tledge.errors import TledgeError
 from tledge.runtime.preprocess import is_regular_file, load_image
 
 if TYPE_CHECKING:
-    from tledge.data import ImageSet
+    from tledge.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def load_folder(root: Path, image_size: int, limit: Optional[int], seed: int,
     """Decode a class-per-folder tree (into the disk cache when it is large, see
     ``tledge.data.cache``). Unreadable and non-image files are counted, reported once, and
     skipped; a class left with no readable image is an error."""
-    from tledge.data import ImageSet, limit_per_class
+    from tledge.data.imageset import ImageSet, limit_per_class
     from tledge.data.cache import decoded, fingerprint, take
 
     paths, labels, classes, others = scan_folder(root)

@@ -116,7 +116,7 @@ GENERATOR_VERSION = 2  # bump when draw_shape changes its pictures
 def load_shapes(options: DataOptions, seed: int):
     """(training pool, test split, class names) for DataOptions (in the disk cache when the
     set is large, see ``tledge.data.cache``)."""
-    from tledge.data import ImageSet
+    from tledge.data.imageset import ImageSet
     from tledge.data.cache import decoded
 
     per_class = options.shapes_per_class

@@ -68,6 +68,11 @@ class ProbeResult:
     cached: bool = False
 
 
+def top_module(spec: str) -> str:
+    """"ai_edge_litert.interpreter:Interpreter" -> "ai_edge_litert"."""
+    return spec.partition(":")[0].split(".")[0]
+
+
 def cache_path() -> Path:
     from tledge import fileio
 
@@ -91,7 +96,6 @@ def machine_id() -> str:
 
 
 def probe_key(module: str, version: str) -> str:
-    from tledge.runtime import top_module
 
     top = top_module(module)
     try:
