@@ -147,7 +147,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(colour_run, tiny
 
 
 def test_disk_errors_from_h5py_and_keras_are_recognised():
-    from tledge.cli import disk_error
+    from tledge.errors import disk_error
 
     assert "no space left" in disk_error(OSError(28, "No space left on device", "/x/m.keras"))
     assert "no space left" in disk_error(OSError(

@@ -11,8 +11,8 @@ ROOT = Path(tledge.__file__).parent
 # What a Pi runs (runtime, camera, the CLI's TF-free commands) needs nothing of the floors
 # between the runtime and the camera but `evaluate`'s TF-free reader, imported on use.
 FLOORS = [
-    ("base", ["tledge", "tledge.quiet", "tledge.errors", "tledge.config", "tledge.fileio",
-              "tledge.rundir"]),
+    ("base", ["tledge", "tledge.quiet", "tledge.errors", "tledge.fieldcheck", "tledge.config",
+              "tledge.fileio", "tledge.rundir"]),
     ("runtime", ["tledge.runtime"]),
     ("data", ["tledge.data"]),
     ("models", ["tledge.models"]),

@@ -241,6 +241,8 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypat
                                first.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
     assert [p.name for p in second.phases] == ["qat"]
     assert (tmp_path / "b" / rundir.QAT_MODEL).is_file()
+    from test_export import assert_qat_wrapped
+    assert_qat_wrapped(second.qat_model)
     # the README's "redo QAT" recipe: the new run has its float model (export needs it) ...
     redone = keras.models.load_model(tmp_path / "b" / rundir.FLOAT_MODEL, compile=False)
     np.testing.assert_allclose(redone.predict(x, verbose=0), first.model.predict(x, verbose=0),

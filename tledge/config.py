@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from tledge.errors import TledgeError, first_line
+from tledge.fieldcheck import check_choice, check_range, check_types
 
 BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
              "mobilenet_v3_small_minimalistic", "mobilenet_v3_large_minimalistic",
@@ -29,56 +30,6 @@ BACKENDS = ("litert", "tflite_runtime", "tensorflow")  # TFLite interpreters, pr
 DATA_CACHES = ("auto", "memory", "disk")  # where decoded images live: tledge.data.cache
 
 
-# Where a field lives in config.yaml, and the flag that sets it (for error messages).
-_SECTIONS = {"DataOptions": "data", "ModelOptions": "model", "PhaseHParams": "train.frozen",
-             "FineTuneHParams": "train.finetune", "QATHParams": "train.qat",
-             "TrainOptions": "train", "RunConfig": "", "ExportOptions": "export"}
-_FLAGS = {
-    "data.source": "--data", "data.image_size": "--image-size", "data.val_split": "--val-split",
-    "data.limit": "--limit", "data.augment": "--augment", "data.batch_size": "--batch-size",
-    "data.cache": "--data-cache", "data.test_source": "--test-data",
-    "model.backbone": "--backbone", "model.alpha": "--alpha", "model.weights": "--weights",
-    "model.head_units": "--head-units", "model.dropout": "--dropout",
-    "train.frozen.epochs": "--epochs-frozen", "train.frozen.learning_rate": "--lr",
-    "train.frozen.schedule": "--lr-schedule-frozen", "train.feature_norm": "--feature-norm",
-    "train.finetune.epochs": "--epochs-finetune", "train.finetune.learning_rate": "--lr-finetune",
-    "train.finetune.unfreeze": "--unfreeze", "train.finetune.schedule": "--lr-schedule",
-    "train.finetune.warmup": "--warmup", "train.finetune.batchnorm": "--batchnorm",
-    "train.label_smoothing": "--label-smoothing",
-    "train.qat.enabled": "--qat", "train.qat.epochs": "--epochs-qat",
-    "train.qat.learning_rate": "--lr-qat", "train.early_stop": "--early-stop",
-    "train.seed": "--seed", "train.strategy": "--strategy",
-    "train.mixed_precision": "--mixed-precision", "train.feature_cache": "--feature-cache",
-    "train.init_from": "--init-from", "train.backup_dir": "--backup-dir",
-    "train.cluster_timeout": "--cluster-timeout",
-    "export.calibration": "--calibration",
-    "export.max_drop": "--max-drop", "export.eval_limit": "--eval-limit",
-}
-
-
-def _key(obj: Any, name: str) -> str:
-    section = _SECTIONS.get(type(obj).__name__, "")
-    key = f"{section}.{name}" if section else name
-    flag = _FLAGS.get(key)
-    return f"{flag} ({key})" if flag else key
-
-
-def _fail(obj: Any, name: str, expected: str) -> TledgeError:
-    value = getattr(obj, name)
-    shown = _short_repr(value) if not isinstance(value, (bytes, bytearray)) else "binary data"
-    return TledgeError(f"{_key(obj, name)} must be {expected}, got {shown[:60]}")
-
-
-def _short_repr(value: Any) -> str:
-    """A repr that stops early, whatever the value: a nested list of a billion items (a YAML
-    alias bomb) is shown as its first few, never formatted whole."""
-    import reprlib
-
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 3, 3, 60, 60
-    return short.repr(value)
-
-
 class _ConfigLoader(yaml.SafeLoader):
     """YAML's safe loader without aliases: a tledge config never needs ``*name``, and nine
     levels of aliases to aliases make a list of a billion items out of a few hundred bytes."""
@@ -89,66 +40,6 @@ class _ConfigLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in a tledge config", mark)
         return super().compose_node(parent, index)
-
-
-def _check_types(obj: Any) -> None:
-    """Every field of a frozen options dataclass has its annotated type: the one place where
-    flags and YAML values alike are checked (YAML gives strings, lists, nulls where numbers
-    belong). Integers are accepted for floats and made floats; numbers must be finite; a bool
-    is never taken for a number."""
-    import math
-
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        optional = kind.startswith("Optional[")
-        kind = kind[len("Optional["):-1] if optional else kind
-        if value is None:
-            if optional:
-                continue
-            raise _fail(obj, f.name, f"set (a {kind})")
-        if kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise _fail(obj, f.name, "a whole number")
-        elif kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise _fail(obj, f.name, "a number")
-            if not math.isfinite(value):
-                raise _fail(obj, f.name, "a finite number")
-            object.__setattr__(obj, f.name, float(value))
-        elif kind == "bool":
-            if not isinstance(value, bool):
-                raise _fail(obj, f.name, "true or false")
-        elif kind == "str":
-            if isinstance(value, int) and not isinstance(value, bool) and f.name == "unfreeze":
-                object.__setattr__(obj, f.name, str(value))  # YAML reads "unfreeze: 30" as 30
-            elif not isinstance(value, str) or not value.strip() or "\x00" in value:
-                raise _fail(obj, f.name, "a non-empty text")
-        elif kind == "tuple":
-            if isinstance(value, list):
-                object.__setattr__(obj, f.name, tuple(value))
-            elif not isinstance(value, tuple):
-                raise _fail(obj, f.name, "a list")
-
-
-def _check_range(obj: Any, name: str, low=None, high=None, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    value = getattr(obj, name)
-    if value is None:
-        return
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "" if low is None else f"{'above' if low_open else 'at least'} {low:,}"
-        right = "" if high is None else f"{'below' if high_open else 'at most'} {high:,}"
-        raise _fail(obj, name, " and ".join(filter(None, [left, right])))
-
-
-def _check_choice(obj: Any, name: str, choices: tuple) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise TledgeError(f"unknown {_key(obj, name)} {value!r}: choose one of "
-                          f"{', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -183,15 +74,15 @@ class DataOptions:
     test_source: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if self.cache not in DATA_CACHES:
             raise TledgeError(f"unknown --data-cache {self.cache!r}: choose one of "
                               f"{', '.join(DATA_CACHES)}")
-        _check_range(self, "val_split", 0.0, 1.0, low_open=True, high_open=True)
-        _check_range(self, "image_size", 32, 2048)
-        _check_range(self, "limit", 2)
-        _check_range(self, "batch_size", 1, 65536)
-        _check_range(self, "shapes_per_class", 2, 1_000_000)
+        check_range(self, "val_split", 0.0, 1.0, low_open=True, high_open=True)
+        check_range(self, "image_size", 32, 2048)
+        check_range(self, "limit", 2)
+        check_range(self, "batch_size", 1, 65536)
+        check_range(self, "shapes_per_class", 2, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -214,13 +105,13 @@ class ModelOptions:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if self.backbone not in BACKBONES:
             raise TledgeError(
                 f"unknown backbone {self.backbone!r}: choose one of {', '.join(BACKBONES)}")
-        _check_range(self, "dropout", 0.0, 1.0, high_open=True)
-        _check_range(self, "head_units", 0, 65536)
-        _check_range(self, "alpha", 0.0, 4.0, low_open=True)
+        check_range(self, "dropout", 0.0, 1.0, high_open=True)
+        check_range(self, "head_units", 0, 65536)
+        check_range(self, "alpha", 0.0, 4.0, low_open=True)
         alphas = IMAGENET_ALPHAS if self.backbone == "mobilenet_v2" else \
             (1.0,) if self.backbone.endswith("_minimalistic") else \
             (0.75, 1.0) if self.backbone.startswith("mobilenet_v3") else None
@@ -250,10 +141,10 @@ class PhaseHParams:
     schedule: str = "cosine"
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        _check_range(self, "epochs", 0, 100_000)
-        _check_range(self, "learning_rate", 0.0, 10.0, low_open=True)
-        _check_choice(self, "schedule", SCHEDULES)
+        check_types(self)
+        check_range(self, "epochs", 0, 100_000)
+        check_range(self, "learning_rate", 0.0, 10.0, low_open=True)
+        check_choice(self, "schedule", SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -289,8 +180,8 @@ class FineTuneHParams(PhaseHParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_range(self, "warmup", 0.0, 1.0, high_open=True)
-        _check_choice(self, "batchnorm", BATCHNORM)
+        check_range(self, "warmup", 0.0, 1.0, high_open=True)
+        check_choice(self, "batchnorm", BATCHNORM)
         spec = self.unfreeze.strip()
         name_chars = spec.replace("_", "").replace("/", "").replace("-", "").replace(".", "")
         if not (spec == "all" or spec.isdigit() or name_chars.isalnum()):
@@ -362,7 +253,7 @@ class TrainOptions:
     cluster_timeout: float = 300.0
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         for name, cls in (("frozen", PhaseHParams), ("finetune", FineTuneHParams),
                           ("qat", QATHParams)):
             if type(getattr(self, name)) is not cls:
@@ -370,10 +261,10 @@ class TrainOptions:
         if self.strategy not in STRATEGIES:
             raise TledgeError(
                 f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        _check_range(self, "early_stop", 1, 100_000)
-        _check_range(self, "seed", 0, 2**32 - 1)
-        _check_range(self, "label_smoothing", 0.0, 1.0, high_open=True)
-        _check_range(self, "cluster_timeout", 1.0, 86_400.0)
+        check_range(self, "early_stop", 1, 100_000)
+        check_range(self, "seed", 0, 2**32 - 1)
+        check_range(self, "label_smoothing", 0.0, 1.0, high_open=True)
+        check_range(self, "cluster_timeout", 1.0, 86_400.0)
 
 
 @dataclass(frozen=True)
@@ -508,7 +399,7 @@ class ExportOptions:
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        check_types(self)
         if any(not isinstance(n, str) or not n.strip() for n in self.keep_float):
             raise TledgeError(f"--keep-float takes layer names, got {self.keep_float!r}")
         if "auto" in self.keep_float and len(self.keep_float) > 1:
@@ -519,6 +410,6 @@ class ExportOptions:
         if unknown or not self.formats:
             raise TledgeError(
                 f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
-        _check_range(self, "calibration", 1, 1_000_000)
-        _check_range(self, "max_drop", 0.0, 100.0)
-        _check_range(self, "eval_limit", 1)
+        check_range(self, "calibration", 1, 1_000_000)
+        check_range(self, "max_drop", 0.0, 100.0)
+        check_range(self, "eval_limit", 1)

@@ -54,30 +54,54 @@ class QuantizationConfig:
 
     @classmethod
     def for_float32(cls) -> "QuantizationConfig":
+        """A float32 file: the float model as it is.
+
+        Returns:
+          The config named "fp32".
+        """
         return cls("fp32")
 
     @classmethod
     def for_float16(cls) -> "QuantizationConfig":
+        """Float16 weights, float32 compute: half the size, float accuracy.
+
+        Returns:
+          The config named "fp16".
+        """
         return cls("fp16", optimize=True, float16=True)
 
     @classmethod
     def for_dynamic(cls) -> "QuantizationConfig":
-        # TF 2.21 quantizes dense weights per channel, which makes FULLY_CONNECTED version 12:
-        # runtime 2.17 or newer, which the TFLite Task Library 0.4.4 and many devices lack.
-        # Per-tensor dense weights load everywhere; the accuracy gate checks the cost.
+        """Dynamic-range quantization: int8 weights, float activations, no calibration.
+
+        TF 2.21 quantizes dense weights per channel, which makes FULLY_CONNECTED version 12: runtime
+        2.17 or newer, which the TFLite Task Library 0.4.4 and many devices lack. Per-tensor dense
+        weights load everywhere; the accuracy gate checks the cost.
+
+        Returns:
+          The config named "dynamic".
+        """
         return cls("dynamic", optimize=True, per_channel_dense=False)
 
     @classmethod
     def for_int8(cls, calibration: np.ndarray, from_qat: bool = False,
                  bias_correction: bool = True) -> "QuantizationConfig":
-        """Full-integer int8, calibrated on ``calibration`` images (uint8, model-sized).
+        """Full-integer int8 (uint8 in and out), calibrated on ``calibration`` images.
 
-        From a QAT model the learned fake-quant ranges are used; the calibration images only
-        set the ranges of what QAT left float (the in-model normalisation's multiply and add,
-        which the converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE).
-        After training (from the float model), ``bias_correction`` takes the mean error of the
-        rounded weights out of each layer's bias (tledge.biascorrect); QAT trained with that
-        error, so it is not applied there.
+        From a QAT model the learned fake-quant ranges are used; the calibration images only set the
+        ranges of what QAT left float (the in-model normalisation's multiply and add, which the
+        converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE). After training
+        (from the float model), ``bias_correction`` takes the mean error of the rounded weights out
+        of each layer's bias (tledge.biascorrect); QAT trained with that error, so it is not
+        applied there.
+
+        Args:
+          calibration: uint8 (N, H, W, 3) images at the model's input size.
+          from_qat: convert tledge's QAT model rather than the float one.
+          bias_correction: correct the biases after post-training quantization.
+
+        Returns:
+          The config named "int8".
         """
         return cls("int8", optimize=True, full_integer=True,
                    source="qat" if from_qat else "float", calibration=calibration,
@@ -86,8 +110,18 @@ class QuantizationConfig:
     @classmethod
     def for_format(cls, fmt: str, calibration: Optional[np.ndarray] = None,
                    from_qat: bool = False, bias_correction: bool = True) -> "QuantizationConfig":
-        """The config of a format by name (fp32, fp16, dynamic, int8); the other arguments
-        are int8's (see ``for_int8``)."""
+        """The config of a format by name.
+
+        Args:
+          fmt: fp32, fp16, dynamic or int8.
+          calibration, from_qat, bias_correction: int8's (see ``for_int8``).
+
+        Returns:
+          That format's config.
+
+        Raises:
+          TledgeError: an unknown format.
+        """
         if fmt == "int8":
             return cls.for_int8(calibration, from_qat=from_qat, bias_correction=bias_correction)
         makers = {"fp32": cls.for_float32, "fp16": cls.for_float16, "dynamic": cls.for_dynamic}
@@ -96,11 +130,20 @@ class QuantizationConfig:
         return makers[fmt]()
 
     def representative(self):
-        """The converter's representative dataset: each calibration image, a batch of one."""
+        """The converter's representative dataset.
+
+        Returns:
+          A generator of ``[image]`` lists, each calibration image a float32 batch of one.
+        """
         return representative_dataset(self.calibration)()
 
     def apply(self, converter) -> None:
-        """Set ``converter`` (a tf.lite.TFLiteConverter) up to make this format."""
+        """Sets a converter up to make this format, as MediaPipe Model Maker's
+        ``set_converter_with_quantization`` does.
+
+        Args:
+          converter: a tf.lite.TFLiteConverter.
+        """
         import tensorflow as tf
 
         if self.optimize:
@@ -138,10 +181,17 @@ def make_converter(model, qconfig: QuantizationConfig):
     """The TFLite converter for ``model``, set up as ``qconfig`` says.
 
     It converts one traced inference function, its variables frozen, not the Keras model:
-    ``from_keras_model`` (and ``from_concrete_functions`` given the model) first saves the
-    whole model as a SavedModel, tracing every layer's functions, which was 45 s of a 49 s
-    QAT MobileNetV3-Small conversion (14 of 15 s for its float model) for the same ops and
+    ``from_keras_model`` (and ``from_concrete_functions`` given the model) first saves the whole
+    model as a SavedModel, tracing every layer's functions, which was 45 s of a 49 s QAT
+    MobileNetV3-Small conversion (14 of 15 s for its float model) for the same ops and
     bit-identical outputs. The frozen graph has no signature; convert() writes one.
+
+    Args:
+      model: a tf_keras model with one image input.
+      qconfig: the format.
+
+    Returns:
+      A tf.lite.TFLiteConverter.
     """
     import tensorflow as tf
 
@@ -180,9 +230,18 @@ def _quiet_convert(converter) -> bytes:
 
 
 def calibrate(model, qconfig: QuantizationConfig) -> bytes:
-    """The converter's calibrated float model: the graph int8 is made from, float weights (BN
-    folded), each activation's calibrated range recorded. What QuantizationDebugger and
-    bias correction start from."""
+    """The converter's calibrated float model: what int8 is made from.
+
+    Float weights (BatchNorm folded), each activation's calibrated range recorded: what
+    QuantizationDebugger and bias correction start from.
+
+    Args:
+      model: the float Keras model.
+      qconfig: an int8 config with calibration images.
+
+    Returns:
+      The calibrated flatbuffer's bytes.
+    """
     converter = make_converter(model, qconfig)
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
@@ -190,9 +249,18 @@ def calibrate(model, qconfig: QuantizationConfig) -> bytes:
 
 
 def quantize_calibrated(calibrated: bytes, keep_float: tuple = ()) -> bytes:
-    """Full-integer int8 (uint8 in and out) from a calibrated model, the ops that output the
-    tensors named in ``keep_float`` left float. As the converter itself calls it for
-    post-training int8 (``fully_quantize`` would make the input and output int8 instead)."""
+    """Full-integer int8 (uint8 in and out) from a calibrated model.
+
+    As the converter itself calls it for post-training int8 (``fully_quantize`` would make the
+    input and output int8 instead).
+
+    Args:
+      calibrated: bytes from ``calibrate``.
+      keep_float: tensor names whose ops stay float.
+
+    Returns:
+      The int8 flatbuffer's bytes.
+    """
     import tensorflow as tf
     from tensorflow.lite.python.convert import mlir_quantize
 
@@ -201,7 +269,16 @@ def quantize_calibrated(calibrated: bytes, keep_float: tuple = ()) -> bytes:
 
 
 def post_training_int8(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes:
-    """Calibrate, quantize, correct the biases (when ``qconfig`` says so)."""
+    """Post-training int8 of a float model: calibrate, quantize, correct the biases.
+
+    Args:
+      model: the float Keras model.
+      qconfig: an int8 config (bias correction when it says so).
+      keep_float: tensor names whose ops stay float.
+
+    Returns:
+      The int8 flatbuffer's bytes.
+    """
     from tledge.biascorrect import correct_bias
 
     calibrated = calibrate(model, qconfig)

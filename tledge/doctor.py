@@ -37,13 +37,33 @@ def _version(dist: str) -> Optional[str]:
 
 
 def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[list[Check], bool]:
-    """(checks, whether some backend can load a model). Each installed backend is probed: it
-    loads and runs a tiny int8 model in a child process (cached per machine; ``reprobe`` runs
-    the probes again), so a backend that would crash shows here as a line, not a segfault."""
-    import numpy as np
+    """What this machine has for tledge, each a line with its fix.
 
-    from tledge.runtime import backends
-    from tledge.runtime.probe import last_line
+    Each installed backend is probed: it loads and runs a tiny int8 model in a child process
+    (cached per machine), so a backend that would crash shows here as a line, not a segfault.
+
+    Args:
+      check_tensorflow: import TensorFlow (seconds) to report its version and GPUs, and probe
+        its interpreter.
+      reprobe: run the backends' probes again instead of reading the cache.
+
+    Returns:
+      (the checks in order, whether some TFLite backend can load a model here).
+    """
+    checks = _platform_checks()
+    backend_checks, usable = _backend_checks(check_tensorflow, reprobe)
+    checks += backend_checks
+    if not usable:
+        checks.append(Check("runtime", "no TFLite interpreter can load a model", ok=False,
+                            fix="pip install 'tledge[pi]'"))
+    checks += _opencv_checks()
+    checks += _camera_checks()
+    checks += _tensorflow_checks(check_tensorflow)
+    return checks, usable
+
+
+def _platform_checks() -> list[Check]:
+    import numpy as np
 
     checks = [Check("python", f"{platform.python_version()} ({platform.machine()})",
                     ok=(3, 10) <= tuple(map(int, platform.python_version_tuple()[:2])) <= (3, 12),
@@ -52,9 +72,20 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
     board = Path("/proc/device-tree/model")
     if board.exists():
         checks.append(Check("board", board.read_text(errors="ignore").strip("\x00 \n")))
-    numpy_major = int(np.__version__.split(".")[0])
     checks.append(Check("numpy", np.__version__))
-    usable = False
+    return checks
+
+
+def _backend_checks(check_tensorflow: bool, reprobe: bool) -> tuple[list[Check], bool]:
+    """A line per TFLite backend (installed, version, its probe's verdict), and whether one
+    can load a model."""
+    import numpy as np
+
+    from tledge.runtime import backends
+    from tledge.runtime.probe import last_line
+
+    numpy_major = int(np.__version__.split(".")[0])
+    checks, usable = [], False
     for name in backends.BACKENDS:
         ver = backends.installed_version(name)
         if ver is None:
@@ -85,30 +116,28 @@ def run_checks(check_tensorflow: bool = True, reprobe: bool = False) -> tuple[li
         usable |= ok
         checks.append(Check(f"backend {name}", value,
                             ok=ok if (name == "litert" or not ok) else None, fix=fix))
-    if not usable:
-        checks.append(Check("runtime", "no TFLite interpreter can load a model", ok=False,
-                            fix="pip install 'tledge[pi]'"))
-    checks += _opencv_checks()
-    checks += _camera_checks()
+    return checks, usable
+
+
+def _tensorflow_checks(check_tensorflow: bool) -> list[Check]:
+    """TensorFlow (what train and export need, never a Pi) and its companions."""
     tf_version = _version("tensorflow") or _version("tensorflow-cpu")
     if tf_version is None:
-        checks.append(Check("tensorflow", "not installed (not needed to run .tflite models)",
-                            fix='pip install "tledge[train]" to train and export'))
-    elif not check_tensorflow:
-        checks.append(Check("tensorflow", f"{tf_version} installed, not checked "
-                                          "(--no-tensorflow)"))
-    else:
-        from tledge.quiet import import_tensorflow
+        return [Check("tensorflow", "not installed (not needed to run .tflite models)",
+                      fix='pip install "tledge[train]" to train and export')]
+    if not check_tensorflow:
+        return [Check("tensorflow", f"{tf_version} installed, not checked (--no-tensorflow)")]
+    from tledge.quiet import import_tensorflow
 
-        tf = import_tensorflow()
-        gpus = tf.config.list_physical_devices("GPU")
-        checks.append(Check("tensorflow", f"{tf.__version__}, {len(gpus)} GPU(s)"
-                            + (f": {', '.join(g.name for g in gpus)}" if gpus else "")))
-        for dist in ("tf-keras", "tensorflow-model-optimization"):
-            v = _version(dist)
-            checks.append(Check(dist, v or "not installed", ok=None if v else False,
-                                fix="" if v else 'pip install "tledge[train]" to train and export'))
-    return checks, usable
+    tf = import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    checks = [Check("tensorflow", f"{tf.__version__}, {len(gpus)} GPU(s)"
+                    + (f": {', '.join(g.name for g in gpus)}" if gpus else ""))]
+    for dist in ("tf-keras", "tensorflow-model-optimization"):
+        v = _version(dist)
+        checks.append(Check(dist, v or "not installed", ok=None if v else False,
+                            fix="" if v else 'pip install "tledge[train]" to train and export'))
+    return checks
 
 
 def _opencv_checks() -> list[Check]:

@@ -1,4 +1,5 @@
-"""The one exception type that reaches the user as a one-line message, never a traceback."""
+"""The one exception type that reaches the user as a one-line message, never a traceback, and
+what other errors become on the way there (a missing training stack, a refusing disk, causes)."""
 
 from __future__ import annotations
 
@@ -45,3 +46,34 @@ def require_training_stack(what: str, modules: tuple = TRAINING_MODULES) -> None
     from tledge.quiet import import_tensorflow
 
     import_tensorflow()  # now, without its start-up noise, before anything else imports it
+
+
+def causes(error: BaseException, limit: int = 10) -> list:
+    """The exceptions under ``error``: its ``__cause__`` (``raise ... from``), else the one it
+    was raised while handling, and theirs, outermost first."""
+    chain, seen = [], {id(error)}
+    e = error
+    while len(chain) < limit:
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+        if e is None or id(e) in seen:
+            break
+        seen.add(id(e))
+        chain.append(e)
+    return chain
+
+
+def disk_error(e: OSError) -> str | None:
+    """One line for a write that the disk refused (full, read-only, no permission), else None.
+    h5py and Keras wrap these in their own messages, so the text is read too."""
+    import errno
+
+    text = str(e)
+    where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "errno = 28" in text:
+        return (f"no space left on the device{where}: free some space or write to another "
+                "disk (--out); files already there were left as they were")
+    if e.errno == errno.EROFS or "Read-only file system" in text:
+        return f"the file system is read-only{where}: write to another folder (--out)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: write to a folder you own (--out)"
+    return None

@@ -159,29 +159,7 @@ def split_int8_hard_swish(model_bytes: bytes) -> tuple[bytes, int, int]:
                 continue
             if add is None:  # int8 ADD and MUL are version 2 of each
                 add, mul = _opcode(model, op_type.ADD, 2), _opcode(model, op_type.MUL, 2)
-            base = (y.name or b"hard_swish").decode(errors="replace")
-            shape = y.shape
-            if how == "linear":
-                half = _tensor(model, subgraph, f"{base}/half", [1], 0.5 / HALF_Q, 0, HALF_Q)
-                new_ops.append(_operator(mul, [x_index, half], [y_index],
-                                         schema.BuiltinOptions.MulOptions, schema.MulOptionsT()))
-                rewritten += 1
-                continue
-            three = _tensor(model, subgraph, f"{base}/three", [1], 3.0 / THREE_Q, 0, THREE_Q)
-            sixth = _tensor(model, subgraph, f"{base}/sixth", [1], 1.0 / (6 * SIXTH_Q), 0,
-                            SIXTH_Q)
-            t = _tensor(model, subgraph, f"{base}/relu6_x_plus_3", shape, T_SCALE, T_ZERO)
-            h = _tensor(model, subgraph, f"{base}/hard_sigmoid", shape, T_SCALE / 6, T_ZERO)
-            add_options = schema.AddOptionsT()
-            add_options.fusedActivationFunction = schema.ActivationFunctionType.RELU6
-            mul_options = schema.MulOptionsT()
-            new_ops += [
-                _operator(add, [x_index, three], [t], schema.BuiltinOptions.AddOptions,
-                          add_options),
-                _operator(mul, [t, sixth], [h], schema.BuiltinOptions.MulOptions, mul_options),
-                _operator(mul, [x_index, h], [y_index], schema.BuiltinOptions.MulOptions,
-                          schema.MulOptionsT()),
-            ]
+            new_ops += _hard_swish_ops(model, subgraph, x_index, y_index, how, add, mul)
             rewritten += 1
         subgraph.operators = new_ops
     if not rewritten:
@@ -189,6 +167,32 @@ def split_int8_hard_swish(model_bytes: bytes) -> tuple[bytes, int, int]:
     builder = flatbuffers.Builder(len(model_bytes) + 4096)
     builder.Finish(model.Pack(builder), b"TFL3")
     return bytes(builder.Output()), rewritten, kept
+
+
+def _hard_swish_ops(model, subgraph, x_index: int, y_index: int, how: str, add: int,
+                    mul: int) -> list:
+    """The int8 ops that compute y = hard_swish(x) as ``plan`` said (``how``): one MUL by 1/2
+    ("linear"), or ADD(x, 3) with RELU6, MUL by 1/6, MUL by x; their constants and
+    intermediate tensors are added to ``subgraph``."""
+    schema = _schema()
+    y = subgraph.tensors[y_index]
+    base = (y.name or b"hard_swish").decode(errors="replace")
+    if how == "linear":
+        half = _tensor(model, subgraph, f"{base}/half", [1], 0.5 / HALF_Q, 0, HALF_Q)
+        return [_operator(mul, [x_index, half], [y_index], schema.BuiltinOptions.MulOptions,
+                          schema.MulOptionsT())]
+    three = _tensor(model, subgraph, f"{base}/three", [1], 3.0 / THREE_Q, 0, THREE_Q)
+    sixth = _tensor(model, subgraph, f"{base}/sixth", [1], 1.0 / (6 * SIXTH_Q), 0, SIXTH_Q)
+    t = _tensor(model, subgraph, f"{base}/relu6_x_plus_3", y.shape, T_SCALE, T_ZERO)
+    h = _tensor(model, subgraph, f"{base}/hard_sigmoid", y.shape, T_SCALE / 6, T_ZERO)
+    add_options = schema.AddOptionsT()
+    add_options.fusedActivationFunction = schema.ActivationFunctionType.RELU6
+    return [
+        _operator(add, [x_index, three], [t], schema.BuiltinOptions.AddOptions, add_options),
+        _operator(mul, [t, sixth], [h], schema.BuiltinOptions.MulOptions, schema.MulOptionsT()),
+        _operator(mul, [x_index, h], [y_index], schema.BuiltinOptions.MulOptions,
+                  schema.MulOptionsT()),
+    ]
 
 
 def pin_uint8_input(model_bytes: bytes) -> tuple[bytes, bool]:

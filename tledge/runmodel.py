@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tledge import fileio, rundir
+from tledge.data.imageset import Splits
 from tledge.errors import TledgeError, first_line
 
 
@@ -38,3 +39,19 @@ def load_keras_file(path: Path, qat: bool = False):
         raise TledgeError(f"{path} cannot be loaded ({first_line(e)[:120]}): the file is "
                           "truncated or corrupt; train the run again (or with --init-from "
                           "another run)") from e
+
+
+def load_initial_model(run: Path, splits: Splits, image_size: int):
+    """A run's float model, checked against this run's classes and input size."""
+    import tf_keras as keras
+
+    rundir.require_run(run)
+    labels = fileio.read_labels(run / rundir.LABELS)
+    if labels != list(splits.class_names):
+        raise TledgeError(f"--init-from {run} was trained on other classes ({', '.join(labels[:4])}"
+                          "...): start from a run on the same data")
+    model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
+    if tuple(model.input_shape[1:3]) != (image_size, image_size):
+        raise TledgeError(f"--init-from {run} takes {model.input_shape[1]}px images, not "
+                          f"{image_size}px: pass --image-size {model.input_shape[1]}")
+    return model

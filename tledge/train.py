@@ -25,6 +25,7 @@ from tledge.fitting import (PhaseResult, compile_model, evaluate_accuracy, fit_p
                             image_batches, is_pretrained, label_depth, phase_rate,
                             progress_verbosity, save_model, steps_of, worker_shard)
 from tledge.history import write_reports
+from tledge.runmodel import load_initial_model
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,17 @@ STATS_SAMPLE = 2048  # images whose features standardise the head when phase 1 r
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation of ``features`` (rows of an ndarray or a
-    DiskArray, read in chunks). A standard deviation under a tenth of the median one is raised
-    to it: a feature nearly constant on the training split must not blow up on other images."""
+    """Per-feature mean and standard deviation, for the head's standardised input.
+
+    A standard deviation under a tenth of the median one is raised to it: a feature nearly
+    constant on the training split must not blow up on other images.
+
+    Args:
+      features: (N, D) rows of an ndarray or a DiskArray, read in chunks.
+
+    Returns:
+      (mean, std), each float32 (D,).
+    """
     total, squares = 0.0, 0.0
     for start in range(0, len(features), 4096):
         chunk = np.asarray(features[start:start + 4096], np.float64)
@@ -66,9 +75,20 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 def sampled_feature_statistics(extractor, images: ImageSet, batch_size: int,
                                seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """feature_statistics of the un-augmented features of a seeded sample of ``images``
-    (STATS_SAMPLE at most), for phase 1 on images: one pass over a fraction of an epoch.
-    The same on every worker of a cluster (the same split, the same sample)."""
+    """``feature_statistics`` of a seeded sample of ``images``, for phase 1 on images.
+
+    The un-augmented features of STATS_SAMPLE images at most: one pass over a fraction of an
+    epoch, the same on every worker of a cluster (the same split, the same sample).
+
+    Args:
+      extractor: the backbone up to the pooling (``head_on_features``).
+      images: the training images.
+      batch_size: images per pass.
+      seed: picks the sample.
+
+    Returns:
+      (mean, std), each float32 (D,).
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -81,10 +101,19 @@ def sampled_feature_statistics(extractor, images: ImageSet, batch_size: int,
 
 @contextlib.contextmanager
 def standardised_head(model, mean: np.ndarray, std: np.ndarray):
-    """Within the block, the head's first dense layer takes standardised features
-    ``(x - mean) / std`` (put the layer this returns in front of it): its weights
-    are re-expressed so the model computes the same function, and on the way out (the best
-    epoch restored, or interrupted) folded back, exactly, to take the raw features again."""
+    """The head's first dense layer takes standardised features within the block.
+
+    Its weights are re-expressed so the model computes the same function on ``(x - mean) /
+    std``; on the way out (the best epoch restored, or interrupted) they are folded back,
+    exactly, to take the raw features again.
+
+    Args:
+      model: a flat tledge classifier.
+      mean, std: the features' statistics (``feature_statistics``).
+
+    Yields:
+      The Rescaling layer that standardises features: put it in front of the head.
+    """
     import tf_keras as keras
     from tledge.models import head_layers
 
@@ -102,10 +131,18 @@ def standardised_head(model, mean: np.ndarray, std: np.ndarray):
 
 
 def head_on_features(model, norm=None):
-    """(feature extractor, head model) for a flat classifier. The head model calls the very same
-    layer objects as ``model`` on a feature input, so training it trains ``model``'s head: the
-    weights go back into the full model with no copy. ``norm``: a layer applied to the features
-    first (standardised_head)."""
+    """The feature extractor and a head model sharing ``model``'s layers.
+
+    The head model calls the very same layer objects as ``model`` on a feature input, so
+    training it trains ``model``'s head: the weights go back into the full model with no copy.
+
+    Args:
+      model: a flat tledge classifier.
+      norm: a layer applied to the features first (``standardised_head``), or None.
+
+    Returns:
+      (feature extractor: image -> pooled features, head: features -> probabilities).
+    """
     import tf_keras as keras
 
     pool = model.get_layer("head_pool")
@@ -127,10 +164,23 @@ def _head(model, features, norm=None):
 
 def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
                  backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 1: the backbone frozen, the head trained, on standardised features
-    (``--feature-norm``, folded into the head afterwards). Without augmentation the backbone's
-    features are computed once and the head fitted on them (the TF Hub "bottleneck" trick);
-    not across several workers, where each trains on its share of the images instead."""
+    """Phase 1: the backbone frozen, the head trained.
+
+    On standardised features (``--feature-norm``, folded into the head afterwards). Without
+    augmentation the backbone's features are computed once and the head fitted on them (the TF
+    Hub "bottleneck" trick); not across several workers, where each trains on its share of the
+    images instead.
+
+    Args:
+      model: the classifier; its head's weights are the phase's best epoch's afterwards.
+      splits: train and validation images.
+      config: the run's config (``train.frozen`` is the phase's).
+      strategy: a tf.distribute strategy.
+      backup: a folder for BackupAndRestore (multi-worker), or None.
+
+    Returns:
+      The phase's PhaseResult (history, best epoch, its validation accuracy, seconds).
+    """
     from tledge.models import set_backbone_trainable
 
     set_backbone_trainable(model, None)
@@ -150,10 +200,21 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
 
 def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
              backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 1 on backbone features computed already: ``train`` and ``val`` are (features,
-    labels), the features rows of an ndarray or a DiskArray. ``model``'s head trains (on
-    standardised features with ``--feature-norm``). benchmarks/head_sweep.py calls this on
-    features it keeps across runs."""
+    """Phase 1 on backbone features computed already.
+
+    ``model``'s head trains (on standardised features with ``--feature-norm``).
+    benchmarks/head_sweep.py calls this on features it keeps across runs.
+
+    Args:
+      model: the classifier.
+      train, val: (features, labels), the features rows of an ndarray or a DiskArray.
+      config: the run's config.
+      strategy: a tf.distribute strategy.
+      backup: a folder for BackupAndRestore, or None.
+
+    Returns:
+      The phase's PhaseResult (``feature_cache`` True).
+    """
     from tledge.data.pipeline import batches
 
     hp, bs, seed = config.train.frozen, config.data.batch_size, config.train.seed
@@ -201,9 +262,20 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
 
 def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.ExitStack,
                 name: str):
-    """The extractor's output for every image, in order: an ndarray when the images are in
-    memory; when they stream from the disk cache, a DiskArray in a temporary folder that
-    ``stack`` removes, written batch by batch so features do not accumulate in memory either."""
+    """The extractor's output for every image, in order.
+
+    Args:
+      extractor: the backbone up to the pooling.
+      images: the images.
+      batch_size: images per pass.
+      stack: removes the temporary folder of a DiskArray at its close.
+      name: names the file and the progress bar.
+
+    Returns:
+      An ndarray when the images are in memory; when they stream from the disk cache, a
+      DiskArray in a temporary folder, written batch by batch so features do not accumulate in
+      memory either.
+    """
     import shutil
     import tempfile
 
@@ -233,9 +305,19 @@ def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.
 
 def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                    backup: Optional[Path] = None) -> PhaseResult:
-    """Phase 2: the top of the backbone unfrozen (a pretrained backbone's BatchNorm kept in
-    inference mode unless ``--batchnorm train``) at the fine-tune learning rate, on augmented
-    batches when augmentation is on."""
+    """Phase 2: the top of the backbone unfrozen, trained with the head at a low learning rate.
+
+    Args:
+      model: the classifier after phase 1.
+      splits: train and validation images.
+      config: the run's config (``train.finetune`` is the phase's: epochs, rate, unfreeze
+        point, BatchNorm mode).
+      strategy: a tf.distribute strategy.
+      backup: a folder for BackupAndRestore, or None.
+
+    Returns:
+      The phase's PhaseResult.
+    """
     from tledge.models import set_backbone_trainable
 
     hp, data, seed = config.train.finetune, config.data, config.train.seed
@@ -254,13 +336,28 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
           splits: Optional[Splits] = None,
           echo: Callable[[str], None] = print) -> TrainResult:
-    """Run the recipe described by ``config`` into the run folder ``out``, which this process
-    holds (rundir.lock) until it is done: a second writer is refused in one line.
+    """Runs the recipe described by ``config`` into the run folder ``out``.
 
-    Under ``--strategy multi-worker`` every worker runs this with the same arguments; only the
-    chief prepares, locks and writes ``out``. The others do the same work (saving a model takes
-    every worker) into a temporary folder of their own, removed at the end. A restarted
-    cluster resumes each phase from its backup (``backup_dir``) and may reuse ``out``."""
+    This process holds the folder (rundir.lock) until it is done: a second writer is refused in
+    one line. Under ``--strategy multi-worker`` every worker runs this with the same arguments;
+    only the chief prepares, locks and writes ``out``. The others do the same work (saving a
+    model takes every worker) into a temporary folder of their own, removed at the end. A
+    restarted cluster resumes each phase from its backup (``backup_dir``) and may reuse ``out``.
+
+    Args:
+      config: data, model and recipe.
+      out: the run folder.
+      overwrite: replace a run already there (it stays whole until the new float model is saved).
+      splits: data already loaded (tests, benchmarks); None: load ``config.data``.
+      echo: prints a line for the user.
+
+    Returns:
+      The TrainResult: the folder, the phases that ran, the float and QAT Keras models.
+
+    Raises:
+      TledgeError: bad data, a folder another run holds, a failed phase (status written).
+      Interrupted: Ctrl-C, SIGTERM or SIGHUP; finished phases are kept.
+    """
     import shutil
     import tempfile
 
@@ -398,7 +495,14 @@ def _phases(config: RunConfig, out: Path) -> list:
 
 
 def phase_line(phase: PhaseResult) -> str:
-    """The line each phase ends with: epochs, time, its kept epoch's accuracy."""
+    """The line each phase ends with.
+
+    Args:
+      phase: its PhaseResult.
+
+    Returns:
+      Epochs, time, the kept epoch and its validation (and test) accuracy, on one line.
+    """
     return (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
             f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
             f", best val_accuracy {phase.val_accuracy:.4f} at epoch {phase.best_epoch}"
@@ -476,7 +580,14 @@ class _RunWriter:
 
 
 def storage_line(splits: Splits) -> str:
-    """Where the decoded images live, for the log (the automatic choice, said)."""
+    """Where the decoded images live, for the log (the automatic choice, said).
+
+    Args:
+      splits: the loaded data.
+
+    Returns:
+      One line: in memory, or streamed from the disk cache, with the size.
+    """
     from tledge.data.cache import DiskArray
 
     x = splits.train.x
@@ -485,19 +596,3 @@ def storage_line(splits: Splits) -> str:
                 f"({x.total * x.row_bytes / 2**20:,.0f} MiB decoded; memory stays flat)")
     size = sum(s.x.nbytes for s in (splits.train, splits.val, splits.test) if s is not None)
     return f"held in memory ({size / 2**20:,.0f} MiB decoded)"
-
-
-def load_initial_model(run: Path, splits: Splits, image_size: int):
-    """A run's float model, checked against this run's classes and input size."""
-    import tf_keras as keras
-
-    rundir.require_run(run)
-    labels = fileio.read_labels(run / rundir.LABELS)
-    if labels != list(splits.class_names):
-        raise TledgeError(f"--init-from {run} was trained on other classes ({', '.join(labels[:4])}"
-                          "...): start from a run on the same data")
-    model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
-    if tuple(model.input_shape[1:3]) != (image_size, image_size):
-        raise TledgeError(f"--init-from {run} takes {model.input_shape[1]}px images, not "
-                          f"{image_size}px: pass --image-size {model.input_shape[1]}")
-    return model

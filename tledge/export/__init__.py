@@ -51,15 +51,29 @@ def _eval_images(config: RunConfig, options: ExportOptions, splits=None):
 
 def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
            overwrite: bool = False, echo: Callable[[str], None] = print, splits=None) -> dict:
-    """Convert a run's models to every format asked, verify each, write files, card, report.
-    Raises TledgeError (after writing everything) when a file fails the accuracy gate.
+    """Converts a run's models to every format asked, verifies each, writes files, card, report.
 
     Every file is verified under a temporary name and published under its final name only when
     all formats are done, together with the labels, report and model card that describe it: an
     export killed during verification leaves the old files (or none), never an unverified one.
 
-    ``splits`` (tledge.data.Splits) replaces the run's own data: calibration comes from its
-    train split, verification from its val split."""
+    Args:
+      run_dir: the run folder (tledge train's).
+      options: formats, calibration, gate, keep-float, debug report.
+      out: the export folder; None: RUN_DIR/export.
+      overwrite: replace files an earlier export wrote there.
+      echo: prints a line for the user.
+      splits: tledge.data.Splits replacing the run's own data: calibration comes from its train
+        split, verification from its val split.
+
+    Returns:
+      The report written as export_report.json.
+
+    Raises:
+      TledgeError: a bad run or output folder, a failed conversion, or (after writing
+        everything, the failing file as model_<format>.REJECTED.tflite) a file that failed the
+        accuracy gate.
+    """
     run_dir = rundir.require_run(Path(run_dir))
     out = Path(out) if out else run_dir / "export"
     fileio.check_output_dir(out, "--out")

@@ -10,6 +10,20 @@ from tledge.export.verify import FormatResult
 
 def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: list[FormatResult],
                float_acc: float, n_eval: int) -> dict:
+    """The model card written beside the exported files.
+
+    Args:
+      run_dir: the run the files came from.
+      config: its config.
+      labels: one per class.
+      results: a FormatResult per file.
+      float_acc: the float Keras model's accuracy on the evaluation images.
+      n_eval: how many evaluation images.
+
+    Returns:
+      The card as a JSON-able dict: task, labels, input and its preprocessing, output, and per
+      file its format, size, dtypes, quantization, accuracy, gate, minimum runtime, delegation.
+    """
     size = config.data.image_size
     return {
         "task": "image classification",
@@ -44,6 +58,15 @@ def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: lis
 
 
 def format_table(float_acc: float, results: list[FormatResult]) -> str:
+    """The table export prints: each file against the float Keras model.
+
+    Args:
+      float_acc: the float model's accuracy.
+      results: a FormatResult per file.
+
+    Returns:
+      The table's lines, joined.
+    """
     rows = [f"{'format':<8} {'source':<6} {'size':>9} {'accuracy':>9} {'drop':>7} "
             f"{'agree':>7} {'max|dp|':>8}  gate",
             f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>7} {'':>7} {'':>8}"]

@@ -14,10 +14,22 @@ from tledge.runtime.metadata import METADATA_NAME
 
 def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: str,
                    normalization: tuple[float, float] = (0.0, 1.0)) -> bytes:
-    """TFLite metadata (schema M001) for an image classifier: RGB input, ``(pixel - mean) /
-    std`` with ``normalization`` = (mean, std) (tledge's models normalise themselves: mean 0
-    and std 1, raw pixels), probabilities out, labels as the output tensor's associated
-    TENSOR_AXIS_LABELS file."""
+    """TFLite metadata (schema M001) for an image classifier.
+
+    RGB input, ``(pixel - mean) / std`` with ``normalization`` = (mean, std) (tledge's models
+    normalise themselves: mean 0 and std 1, raw pixels), probabilities out, labels as the output
+    tensor's associated TENSOR_AXIS_LABELS file.
+
+    Args:
+      labels: one per class.
+      model_name: the metadata's name.
+      description: the metadata's description.
+      fmt: the file's format (an int8 output's statistics are its integer range).
+      normalization: (mean, std) of the input.
+
+    Returns:
+      The metadata flatbuffer's bytes.
+    """
     import flatbuffers
 
     from tledge._vendor import metadata_schema_py_generated as m
@@ -74,8 +86,17 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
 
 
 def with_metadata(model_bytes: bytes, metadata: bytes, labels: list[str]) -> bytes:
-    """Embed metadata in the model's flatbuffer (a TFLITE_METADATA buffer) and append the label
-    file as a zip archive, as the TFLite metadata populator does."""
+    """Embeds metadata in a model and appends the label file, as the TFLite metadata populator
+    does.
+
+    Args:
+      model_bytes: the model's flatbuffer.
+      metadata: bytes from ``metadata_bytes``, stored as the TFLITE_METADATA buffer.
+      labels: written as labels.txt in a zip archive appended to the flatbuffer.
+
+    Returns:
+      The model's bytes with both.
+    """
     import flatbuffers
     from tensorflow.lite.python import schema_py_generated as schema
 

@@ -22,9 +22,21 @@ from tledge.runtime.delegation import delegation
 
 
 def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
-    """Catch the converter pitfall of a model silently left float (or half-quantized): each
-    format must hold the tensor types it promises. Returns the counts of tensors (weights and
-    activations) per dtype and the I/O dtypes; raises otherwise."""
+    """Checks that a converted file holds the tensor types its format promises.
+
+    Catches the converter pitfall of a model silently left float (or half-quantized).
+
+    Args:
+      model_bytes: the flatbuffer.
+      fmt: fp32, fp16, dynamic or int8.
+      keep_float: int8 with chosen ops left float (--keep-float): float tensors allowed.
+
+    Returns:
+      {"tensor_types": count per dtype, "input_dtype": ..., "output_dtype": ...}.
+
+    Raises:
+      TledgeError: the file is not what its format claims.
+    """
     from tledge.runtime import get_backend
 
     interpreter = get_backend().interpreter_cls(model_content=model_bytes)
@@ -84,6 +96,17 @@ class FormatResult:
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """A converted file's scores against the float model's, on the same images.
+
+    Args:
+      reference: (N, classes) the float model's probabilities.
+      probs: (N, classes) the file's.
+      labels: (N,) true classes.
+
+    Returns:
+      {"accuracy", "agreement" (top-1 equal to the float model's), "max_prob_diff",
+      "mean_prob_diff"}.
+    """
     diff = np.abs(probs - reference)
     return {
         "accuracy": float(np.mean(np.argmax(probs, 1) == labels)),
@@ -94,7 +117,15 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dic
 
 
 def gate_advice(result: "FormatResult", debug: "LayerReport") -> str:
-    """What to do about a file that failed the gate, by what made it."""
+    """What to do about a file that failed the accuracy gate, by what made it.
+
+    Args:
+      result: the file's FormatResult.
+      debug: the export's LayerReport (its worst layers, when computed).
+
+    Returns:
+      One sentence of fixes.
+    """
     if result.format == "int8":
         worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " \
             if debug.shown else ""
@@ -125,8 +156,12 @@ class LayerReport:
         self.csv_name = str(Path(out) / "quant_debug.csv")
 
     def compute(self):
-        """The debugger's rows for a post-training conversion of the float model: what
-        --keep-float picks from."""
+        """The debugger's rows for a post-training conversion of the float model: what --keep-float
+        picks from; computed once.
+
+        Returns:
+          quantdebug.LayerError rows, worst first.
+        """
         if self.errors is None:
             from tledge import quantdebug
 
@@ -136,9 +171,13 @@ class LayerReport:
         return self.errors
 
     def report(self, shipped: Optional[tuple] = None) -> None:
-        """Write quant_debug.csv/.png: of the post-training conversion of the float model, or,
-        with ``shipped`` = (the int8 file's bytes, the QAT Keras model it came from), of that
-        file against the QAT model computing in float."""
+        """Writes quant_debug.csv and .png and prints the worst layers.
+
+        Args:
+          shipped: None: analyse the post-training conversion of the float model; (the int8 file's
+            bytes, the QAT Keras model it came from): analyse that file against the QAT model
+            computing in float.
+        """
         from tledge import quantdebug
 
         if shipped is None:
@@ -160,11 +199,27 @@ class LayerReport:
                   f"(analysed: {self.source})")
 
     def worst(self, count: int = 3) -> str:
+        """The names of the worst layers of the report (or of the debugger's rows).
+
+        Args:
+          count: how many.
+
+        Returns:
+          Their names, comma-separated.
+        """
         from tledge import quantdebug
 
         return quantdebug.worst_names(self.shown or self.compute(), count)
 
     def keep_float(self, names) -> bytes:
+        """Post-training int8 with the named layers' ops left float.
+
+        Args:
+          names: layer names as the report prints them.
+
+        Returns:
+          The int8 flatbuffer's bytes.
+        """
         from tledge import quantdebug
 
         tensors = quantdebug.resolve(names, self.compute())
@@ -175,8 +230,20 @@ class LayerReport:
 
 def keep_float_auto(debug: LayerReport, verifier: "Verifier", tmp, result, echo,
                     limit: int = 8):
-    """Keep the worst layers float, one more at a time, until the int8 file passes the gate;
-    report what that cost in size and latency."""
+    """Keeps the worst layers float, one more at a time, until the int8 file passes the gate.
+
+    What that cost in size and latency goes into the result's quantization record.
+
+    Args:
+      debug: the export's LayerReport.
+      verifier: the export's Verifier.
+      tmp, result: the all-int8 file that failed, and its FormatResult.
+      echo: prints a line.
+      limit: layers kept float at most.
+
+    Returns:
+      (the last staged file, its FormatResult), passing or not.
+    """
     from tledge import quantdebug
 
     plain_size, plain_ms = result.size_bytes, _latency_ms(tmp)
@@ -235,10 +302,20 @@ class Verifier:
         self.count = 0
 
     def verify(self, fmt: str, raw: bytes, source: str, keep=()) -> tuple:
-        """(the staged file, its FormatResult) for converted bytes ``raw`` of format ``fmt``.
+        """Checks, labels, stages and verifies one converted file.
+
+        Args:
+          fmt: fp32, fp16, dynamic or int8.
+          raw: the converter's bytes.
+          source: the Keras model converted: float or qat.
+          keep: layers left float (--keep-float), recorded in the result.
+
+        Returns:
+          (the staged temporary file, its FormatResult).
 
         Raises:
-          TledgeError: the file does not hold the tensor types its format promises.
+          TledgeError: the file does not hold the tensor types its format promises, or cannot
+            be run.
         """
         from tledge.runtime import Classifier
 
@@ -270,9 +347,16 @@ class Verifier:
 
 
 def publish(files: list, stale: list, echo: Callable[[str], None]) -> None:
-    """Renames each verified (temporary file, final name) into place, removes the other name
-    of each (a file that passes replaces an earlier REJECTED one and the other way round), and
-    removes ``stale`` model files of an earlier export."""
+    """Renames verified files into place and removes what they replace.
+
+    Each final name's other form goes (a file that passes replaces an earlier REJECTED one and
+    the other way round), then ``stale`` model files of an earlier export.
+
+    Args:
+      files: (verified temporary file, final name) pairs.
+      stale: model files of an earlier export that the new report would not describe.
+      echo: prints a line per removed file.
+    """
     for tmp, final in files:
         os.replace(tmp, final)  # written and fsynced by fileio.write_bytes
         if final.name.endswith(".REJECTED.tflite"):

@@ -38,8 +38,20 @@ class Class(NamedTuple):
 
 
 _warned_threads: set = set()
+
+
 def check_tflite_file(path: str | os.PathLike) -> Path:
-    """A readable file that starts like a TFLite flatbuffer, or a one-line error."""
+    """A readable file that starts like a TFLite flatbuffer.
+
+    Args:
+      path: the model file.
+
+    Returns:
+      ``path`` as a Path.
+
+    Raises:
+      TledgeError: no such file, or not a TFLite flatbuffer (no TFL3 identifier).
+    """
     path = Path(path)
     if not path.is_file():
         raise TledgeError(f"model file {path} does not exist: pass the path of a .tflite file "
@@ -111,9 +123,17 @@ def open_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
 
 
 def all_tensors_interpreter(model: bytes, threads: int = 1):
-    """An interpreter of the model's bytes that keeps every intermediate tensor readable after
-    ``invoke()`` (for per-layer analysis: bias correction, the int8 report), tensors allocated,
-    on the default backend."""
+    """An interpreter that keeps every intermediate tensor readable after ``invoke()``.
+
+    For per-layer analysis (bias correction, the int8 report), on the default backend.
+
+    Args:
+      model: the TFLite flatbuffer's bytes.
+      threads: interpreter threads.
+
+    Returns:
+      The backend's Interpreter, tensors allocated.
+    """
     import warnings
 
     with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": it is
@@ -127,8 +147,18 @@ def all_tensors_interpreter(model: bytes, threads: int = 1):
 
 
 def check_model_file(path: str | os.PathLike, backend: Optional[str] = None) -> None:
-    """Raise a one-line TledgeError unless the backend loads and runs the model file in a
-    child process (cached by the file's content; see ``_check_in_child``)."""
+    """Checks that the backend loads and runs the model file, in a child process.
+
+    Cached by the file's content (see ``_check_in_child``): a corrupt file must not take the
+    calling process down with a native crash.
+
+    Args:
+      path: the .tflite file.
+      backend: litert, tflite_runtime or tensorflow; None: the first installed that works.
+
+    Raises:
+      TledgeError: not a TFLite file, or the backend crashed or failed on it (one line).
+    """
     _check_in_child(check_tflite_file(path), get_backend(backend))
 
 
@@ -150,8 +180,16 @@ def _check_in_child(path: Path, backend: Backend) -> None:
 
 
 def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
-    """The oldest TFLite runtime that can run the file, as the converter recorded it (the
-    model's "min_runtime_version" metadata), or None where it cannot be read. No TensorFlow."""
+    """The oldest TFLite runtime that can run the file, as the converter recorded it.
+
+    Read from the model's "min_runtime_version" metadata buffer, without TensorFlow.
+
+    Args:
+      path: the .tflite file.
+
+    Returns:
+      A version such as "2.3.0", or None where the file has none or it cannot be read.
+    """
     raw = file_metadata_buffer(path, b"min_runtime_version")
     if raw is None:
         return None
@@ -162,8 +200,19 @@ def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
 
 
 def check_image_classifier(path, inputs: list, outputs: list) -> None:
-    """One line, once, for a model that is not an image classifier: one (1, H, W, 3) image input
-    of uint8, int8 or float32, and one (1, classes) score output."""
+    """Checks that a model is an image classifier, before it is run.
+
+    An image classifier has one (1, H, W, 3) image input of uint8, int8 or float32 and one
+    (1, classes) score output of one of those types.
+
+    Args:
+      path: the model file, for the message.
+      inputs: the interpreter's ``get_input_details()``.
+      outputs: the interpreter's ``get_output_details()``.
+
+    Raises:
+      TledgeError: one line saying which of those the model breaks.
+    """
     fix = "pass an image classifier exported by tledge export (or any with that shape)"
     if len(inputs) != 1 or len(outputs) != 1:
         raise TledgeError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs; an image "
@@ -185,9 +234,17 @@ def check_image_classifier(path, inputs: list, outputs: list) -> None:
 
 
 def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
-    """Labels from the TFLite metadata's associated file. The associated files of a TFLite model
-    are a zip archive appended to the flatbuffer (how the TFLite Task Library and MediaPipe read
-    them), so the standard library's zipfile reads them back."""
+    """Labels from the TFLite metadata's associated label file.
+
+    A model's associated files are a zip archive appended to the flatbuffer (how the TFLite Task
+    Library and MediaPipe read them), so the standard library's zipfile reads them back.
+
+    Args:
+      path: the .tflite file.
+
+    Returns:
+      One label per class, or None when the file embeds none.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -202,8 +259,17 @@ def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
 
 
 def find_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """Embedded labels, else labels.txt beside the model, else class indices. Labels whose
-    count is not the model's number of outputs are not used, and that is said once."""
+    """The model's labels: embedded ones, else labels.txt beside it, else class indices.
+
+    Labels whose count is not the model's number of outputs are not used, and that is said once.
+
+    Args:
+      path: the .tflite file.
+      num_classes: the model's number of outputs.
+
+    Returns:
+      ``num_classes`` labels.
+    """
     import logging
 
     labels, where = read_embedded_labels(path), "the labels embedded in it"
@@ -220,8 +286,16 @@ def find_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
 
 
 def read_labels_file(path: Path) -> Optional[list[str]]:
-    """One label a line from a text file of any encoding (UTF-8, with or without a BOM, else
-    Latin-1, which decodes any bytes); None when there is no such readable file."""
+    """One label a line from a text file of any encoding.
+
+    UTF-8 with or without a BOM, else Latin-1 (which decodes any bytes).
+
+    Args:
+      path: the text file.
+
+    Returns:
+      The labels, or None when there is no such readable regular file or it holds none.
+    """
     from tledge.runtime.preprocess import is_regular_file
 
     if not is_regular_file(path):
@@ -238,14 +312,31 @@ def read_labels_file(path: Path) -> Optional[list[str]]:
 
 
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
-    """Real values -> the tensor's integer type: q = round(x / scale) + zero_point, clipped."""
+    """Real values to a tensor's integer type: ``round(x / scale) + zero_point``, clipped.
+
+    Args:
+      x: real values.
+      scale, zero_point: the tensor's quantization.
+      dtype: the integer type (np.uint8, np.int8).
+
+    Returns:
+      ``x`` quantized, of ``dtype``.
+    """
     info = np.iinfo(dtype)
     q = np.round(x / scale) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """The tensor's integers -> real values: scale * (q - zero_point)."""
+    """A tensor's integers to real values: ``scale * (q - zero_point)``.
+
+    Args:
+      q: the integers.
+      scale, zero_point: the tensor's quantization.
+
+    Returns:
+      float32 values of ``q``'s shape.
+    """
     return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
 
 
@@ -301,6 +392,20 @@ class Classifier:
     def __init__(self, path: str | os.PathLike, backend: Optional[str] = None,
                  threads: Optional[int] = None, interpreter=None,
                  labels: Optional[Sequence[str]] = None):
+        """Loads a model and reads its input, output, labels and normalisation.
+
+        Args:
+          path: the .tflite file.
+          backend: litert, tflite_runtime or tensorflow; None: the first installed that works.
+          threads: interpreter threads; None: all cores.
+          interpreter: an interpreter already made for ``path`` (then ``backend`` and ``threads``
+            are not used, and ``backend`` reports "custom").
+          labels: one per class; None: embedded ones, else labels.txt beside the file.
+
+        Raises:
+          TledgeError: the file is not a TFLite model, cannot be loaded, or is not an image
+            classifier.
+        """
         self.path = Path(path)
         # the Backend (name, version) that made the interpreter; None for one passed in
         self.backend_info = None
@@ -324,23 +429,48 @@ class Classifier:
 
     @property
     def input_index(self) -> int:
-        """The interpreter's index of the model's input tensor."""
+        """The interpreter's index of the model's input tensor.
+
+        Returns:
+          The index, for ``interpreter.set_tensor``.
+        """
         return int(self._input["index"])
 
     @property
     def backend(self) -> str:
-        """The backend's name (litert, tflite_runtime, tensorflow), or "custom" for an
-        interpreter passed in."""
+        """The backend that runs the model.
+
+        Returns:
+          litert, tflite_runtime or tensorflow; "custom" for an interpreter passed in.
+        """
         return self.backend_info.name if self.backend_info else "custom"
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """RGB uint8 image, any size -> one input of the model's size and dtype (no batch axis)."""
+        """One RGB image, any size, as the model's input (no batch axis).
+
+        Resized with ``tledge.runtime.preprocess.resize_rgb``, the function training used.
+
+        Args:
+          image: RGB uint8 (H, W, 3).
+
+        Returns:
+          (height, width, 3) of the model's input dtype.
+        """
         pixels = resize_rgb(image, (self.height, self.width))
         return self.to_input_dtype(pixels)
 
     def to_input_dtype(self, pixels: np.ndarray) -> np.ndarray:
-        """Raw 0..255 pixels at the model's size -> its input: as they are for a uint8 input,
-        ``(pixel - mean) / std`` for a float one, and that quantized for an int8 one."""
+        """Raw 0..255 pixels at the model's size as its input.
+
+        As they are for a uint8 input, ``(pixel - mean) / std`` for a float one, and that quantized
+        for an int8 one.
+
+        Args:
+          pixels: uint8 (..., height, width, 3).
+
+        Returns:
+          The same shape in the model's input dtype.
+        """
         norm = self.normalization
         if self.input_dtype == np.uint8:
             return pixels
@@ -363,11 +493,28 @@ class Classifier:
         return quantize(real, scale, zero_point, self.input_dtype)
 
     def invoke(self, batch: np.ndarray) -> np.ndarray:
-        """Run the model on a batch already in its input dtype; dequantized probabilities."""
+        """Runs the model on a batch already in its input dtype.
+
+        Args:
+          batch: (N, height, width, 3) of the input dtype (see ``preprocess``).
+
+        Returns:
+          (N, classes) dequantized probabilities.
+
+        Raises:
+          TledgeError: the batch has the wrong shape or dtype, or the file fails to run.
+        """
         return self._run(batch, raw=False)
 
     def scores(self, image: np.ndarray) -> np.ndarray:
-        """Dequantized class scores for one RGB image."""
+        """Dequantized class scores of one RGB image.
+
+        Args:
+          image: RGB uint8 (H, W, 3), any size.
+
+        Returns:
+          (classes,) float32 scores.
+        """
         return self._run(resize_rgb(image, (self.height, self.width))[None], raw=True)[0]
 
     def _run(self, batch: np.ndarray, raw: bool) -> np.ndarray:
@@ -401,19 +548,48 @@ class Classifier:
         return out
 
     def classify(self, image: np.ndarray, top_k: int = 1) -> list[Class]:
-        """The top-k classes of one RGB uint8 image (any size)."""
+        """The top-k classes of one RGB image.
+
+        Args:
+          image: RGB uint8 (H, W, 3), any size.
+          top_k: classes to return (at most the model's).
+
+        Returns:
+          Class(id, label, score) tuples, best first.
+        """
         return top_classes(self.scores(image), self.labels, top_k)
 
     def predict_batch(self, pixels: np.ndarray, batch_size: int = 32,
                       desc: Optional[str] = None) -> np.ndarray:
-        """Scores for images already at the model's size (N, H, W, 3) uint8."""
+        """Scores of images already at the model's size.
+
+        Args:
+          pixels: uint8 (N, height, width, 3) raw pixels.
+          batch_size: images per invoke.
+          desc: a progress bar's label; None: no bar.
+
+        Returns:
+          (N, classes) float32 scores.
+        """
         return in_batches(lambda x: self._run(x, raw=True), pixels, batch_size,
                           desc, width=len(self.labels))
 
 
 def in_batches(predict, x: np.ndarray, batch_size: int, desc: Optional[str] = None,
                width: int = 0, leave: bool = False) -> np.ndarray:
-    """``predict`` over ``x`` in batches, concatenated; a progress bar when ``desc`` is given."""
+    """``predict`` over ``x`` in batches, concatenated.
+
+    Args:
+      predict: a batch (n, ...) to its (n, classes) scores.
+      x: the inputs.
+      batch_size: inputs per call.
+      desc: a progress bar's label; None: no bar.
+      width: the number of columns of the result when ``x`` is empty.
+      leave: keep the progress bar on screen when done.
+
+    Returns:
+      (len(x), classes) scores.
+    """
     starts = range(0, len(x), batch_size)
     if desc:
         from tqdm import tqdm
@@ -423,6 +599,16 @@ def in_batches(predict, x: np.ndarray, batch_size: int, desc: Optional[str] = No
 
 
 def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> list[Class]:
+    """The best ``top_k`` classes of a score vector, ties in index order.
+
+    Args:
+      scores: (classes,) scores.
+      labels: one per class (an index is shown where one is missing).
+      top_k: classes to return; clipped to 1..classes.
+
+    Returns:
+      Class(id, label, score) tuples, best first.
+    """
     top_k = max(1, min(top_k, len(scores)))
     order = np.argsort(-scores, kind="stable")[:top_k]
     return [Class(int(i), labels[i] if i < len(labels) else str(i), float(scores[i]))
@@ -430,7 +616,20 @@ def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> li
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to RGB uint8 at its own size; a one-line error if it is not one."""
+    """Decodes an image file to RGB uint8 at its own size.
+
+    The loader of training and predict: transparency onto white, 16-bit scaled, EXIF
+    orientation applied.
+
+    Args:
+      path: the image file (jpg, png, bmp, webp, ...).
+
+    Returns:
+      (H, W, 3) uint8 RGB.
+
+    Raises:
+      TledgeError: missing, a folder or special file, too large, or not a readable image.
+    """
     from PIL import UnidentifiedImageError
 
     from tledge.runtime.preprocess import ImageTooLarge, NotAFile, open_image, to_rgb

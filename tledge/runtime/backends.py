@@ -51,7 +51,14 @@ class BackendUnusable(Exception):
 
 
 def installed_version(name: str) -> Optional[str]:
-    """The backend's package version, None when its module is not installed. Imports nothing."""
+    """The backend's package version, None when its module is not installed. Imports nothing.
+
+    Args:
+      name: litert, tflite_runtime or tensorflow.
+
+    Returns:
+      The version of the first distribution that installs it, or None.
+    """
     import importlib.util
     from importlib.metadata import PackageNotFoundError, version
 
@@ -70,7 +77,14 @@ def installed_version(name: str) -> Optional[str]:
 
 def load_interpreter_class(spec: str):
     """The class that "module:attr.path" names (imports the module); a bare "module" means
-    its Interpreter."""
+    its Interpreter.
+
+    Args:
+      spec: "module:attr.path", or a bare module.
+
+    Returns:
+      The Interpreter class.
+    """
     module_name, _, attr_path = spec.partition(":")
     obj = importlib.import_module(module_name)
     for attr in (attr_path or "Interpreter").split("."):
@@ -88,7 +102,15 @@ def _import_backend(name: str) -> Backend:
 
 
 def probe_backend(name: str, refresh: bool = False):
-    """The probe result for an installed backend (see tledge.runtime.probe), None if absent."""
+    """The probe result for an installed backend (see tledge.runtime.probe), None if absent.
+
+    Args:
+      name: litert, tflite_runtime or tensorflow.
+      refresh: run the probe again instead of reading the cache.
+
+    Returns:
+      The ProbeResult, or None when the backend is not installed.
+    """
     import tledge.runtime.probe as probe
 
     ver = installed_version(name)
@@ -131,7 +153,14 @@ def _reason(name: str, e: Exception) -> str:
 def available_backends(include_tensorflow: bool = True) -> dict[str, str]:
     """{backend: version, or "unavailable (reason)"}. Probes each installed backend (cached);
     asking about the tensorflow backend imports TensorFlow (seconds): ``include_tensorflow=False``
-    leaves it out."""
+    leaves it out.
+
+    Args:
+      include_tensorflow: probe TensorFlow's interpreter too.
+
+    Returns:
+      {name: version or "unavailable (reason)"} for each installed backend.
+    """
     found = {}
     for name in BACKENDS if include_tensorflow else BACKENDS[:-1]:
         try:
@@ -143,7 +172,17 @@ def available_backends(include_tensorflow: bool = True) -> dict[str, str]:
 
 def get_backend(name: Optional[str] = None) -> Backend:
     """The named backend, or the first of LiteRT, tflite_runtime, tensorflow that imports and
-    passes its probe. An installed backend that fails its probe is skipped with a warning."""
+    passes its probe. An installed backend that fails its probe is skipped with a warning.
+
+    Args:
+      name: litert, tflite_runtime or tensorflow; None: the first that works.
+
+    Returns:
+      The Backend (name, version, Interpreter class).
+
+    Raises:
+      TledgeError: an unknown name, or no backend can be loaded (with the install that fixes it).
+    """
     if name and name not in BACKENDS:
         raise TledgeError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     errors, skipped = [], []

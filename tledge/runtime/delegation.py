@@ -41,11 +41,19 @@ class Delegation:
 
     @property
     def full(self) -> bool:
-        """The delegate took every operator in one partition."""
+        """The delegate took every operator in one partition.
+
+        Returns:
+          True when nothing is left to the reference kernels.
+        """
         return self.partitions == 1 and not self.undelegated
 
     def summary(self) -> str:
-        """One short phrase: "1 partition, all ops" or "19 partitions; left: 18 HARD_SWISH"."""
+        """One short phrase: "1 partition, all ops" or "19 partitions; left: 18 HARD_SWISH".
+
+        Returns:
+          The phrase.
+        """
         plural = "s" if self.partitions != 1 else ""
         if not self.undelegated:
             return f"{self.partitions} partition{plural}, all {self.ops} ops delegated"
@@ -54,13 +62,25 @@ class Delegation:
         return f"{self.partitions} partition{plural}; on reference kernels: {left}"
 
     def to_dict(self) -> dict:
+        """The delegation for JSON (bench, the model card).
+
+        Returns:
+          {"partitions", "ops", "undelegated", "fully_delegated"}.
+        """
         return {"partitions": self.partitions, "ops": self.ops,
                 "undelegated": dict(self.undelegated), "fully_delegated": self.full}
 
 
 def delegation(interpreter) -> Optional[Delegation]:
     """The delegation of an interpreter whose tensors are allocated; None where the backend
-    does not list its nodes (``_get_ops_details`` is a private API of every backend)."""
+    does not list its nodes (``_get_ops_details`` is a private API of every backend).
+
+    Args:
+      interpreter: a backend's Interpreter, tensors allocated.
+
+    Returns:
+      Delegation (partitions, op types left to the reference kernels), or None.
+    """
     try:
         nodes = interpreter._get_ops_details()
         outputs = {int(d["index"]) for d in interpreter.get_output_details()}
@@ -71,7 +91,15 @@ def delegation(interpreter) -> Optional[Delegation]:
 
 def delegation_of_nodes(nodes: list[dict], graph_outputs: set[int]) -> Delegation:
     """The derivation of :func:`delegation` on a node list (``op_name``, ``inputs``,
-    ``outputs`` per node), separate so it can be checked on hand-made graphs."""
+    ``outputs`` per node), separate so it can be checked on hand-made graphs.
+
+    Args:
+      nodes: the interpreter's ops in execution order.
+      graph_outputs: tensor indices of the graph's outputs.
+
+    Returns:
+      The Delegation.
+    """
     delegates = [n for n in nodes if n["op_name"] == DELEGATE]
     ops = [n for n in nodes if n["op_name"] != DELEGATE]
     produced_by_delegate = {int(t) for n in delegates for t in n["outputs"]}

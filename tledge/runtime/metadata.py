@@ -36,10 +36,19 @@ class Normalization:
 
     @property
     def is_identity(self) -> bool:
-        """Raw pixels: mean 0, std 1."""
+        """Raw pixels: mean 0, std 1.
+
+        Returns:
+          True for raw pixels.
+        """
         return bool(np.all(self.mean == 0) and np.all(self.std == 1))
 
     def describe(self) -> str:
+        """The normalisation in words, for messages.
+
+        Returns:
+          "mean M, std S" (per channel values joined by /).
+        """
         def fmt(values):
             return "/".join(f"{v:g}" for v in values)
         return f"mean {fmt(self.mean)}, std {fmt(self.std)}"
@@ -62,7 +71,15 @@ def _vector_tables(buf, table, field: int) -> list:
 
 def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes]:
     """The bytes of the model's metadata entry ``name`` (a buffer inside the flatbuffer), or
-    None when there is none or the file cannot be read as a TFLite flatbuffer."""
+    None when there is none or the file cannot be read as a TFLite flatbuffer.
+
+    Args:
+      model: the flatbuffer's bytes.
+      name: the metadata entry's name (TFLITE_METADATA, min_runtime_version, ...).
+
+    Returns:
+      The entry's bytes, or None.
+    """
     from flatbuffers import encode, packer
     from flatbuffers import number_types as N
 
@@ -89,7 +106,15 @@ def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes
 def file_metadata_buffer(path: str | os.PathLike, name: bytes = METADATA_NAME
                          ) -> Optional[bytes]:
     """``metadata_buffer`` of a model file, read through a memory map: only the pages the
-    lookup touches are read, not a 100 MB model's every byte. None where it cannot be read."""
+    lookup touches are read, not a 100 MB model's every byte. None where it cannot be read.
+
+    Args:
+      path: the .tflite file.
+      name: the metadata entry's name.
+
+    Returns:
+      The entry's bytes, or None.
+    """
     import mmap
 
     try:
@@ -109,14 +134,28 @@ def _parse(raw: Optional[bytes]):
 
 def read_metadata(model: bytes):
     """The model's embedded metadata as the TFLite Support schema's ModelMetadataT, or None
-    where it has none."""
+    where it has none.
+
+    Args:
+      model: the flatbuffer's bytes.
+
+    Returns:
+      A ModelMetadataT (tledge._vendor's generated schema), or None.
+    """
     return _parse(metadata_buffer(model))
 
 
 def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
     """The first input's NormalizationOptions from the model's metadata, or None where the
     file has no metadata, no such options, or options that cannot be used (a zero std, a count
-    that is neither 1 nor 3)."""
+    that is neither 1 nor 3).
+
+    Args:
+      path: the .tflite file.
+
+    Returns:
+      Normalization(mean, std) per channel, or None.
+    """
     try:
         from tledge._vendor import metadata_schema_py_generated as m
 

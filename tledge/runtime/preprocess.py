@@ -22,7 +22,14 @@ MAX_IMAGE_PIXELS = 100_000_000
 
 def max_image_pixels() -> int:
     """The limit: $TLEDGE_MAX_IMAGE_PIXELS when set (a whole number of at least 1), else
-    MAX_IMAGE_PIXELS. Read when used, not at import, so a bad value is one line, not a crash."""
+    MAX_IMAGE_PIXELS. Read when used, not at import, so a bad value is one line, not a crash.
+
+    Returns:
+      The largest number of pixels an image may have.
+
+    Raises:
+      TledgeError: TLEDGE_MAX_IMAGE_PIXELS is set but not a whole number of at least 1.
+    """
     from tledge.errors import TledgeError
 
     raw = os.environ.get("TLEDGE_MAX_IMAGE_PIXELS", "").strip()
@@ -41,7 +48,14 @@ def max_image_pixels() -> int:
 
 def is_regular_file(path) -> bool:
     """A regular file (a symlink to one counts): not a pipe, socket, device or folder, whose
-    opening could block or never end, and not a dangling symlink or a symlink loop."""
+    opening could block or never end, and not a dangling symlink or a symlink loop.
+
+    Args:
+      path: the path.
+
+    Returns:
+      Whether it is a regular file (or a link to one).
+    """
     import stat
 
     try:
@@ -63,7 +77,18 @@ class ImageTooLarge(ValueError):
 
 
 def open_image(path) -> Image.Image:
-    """Pillow's Image.open with tledge's size limit checked from the header, before decoding."""
+    """Pillow's Image.open with tledge's size limit checked from the header, before decoding.
+
+    Args:
+      path: the image file.
+
+    Returns:
+      The open Pillow image, not yet decoded (use it as a context manager).
+
+    Raises:
+      NotAFile: not a regular file. ImageTooLarge: over the pixel limit. Pillow's own errors
+      for files it cannot read.
+    """
     Image.MAX_IMAGE_PIXELS = None  # tledge checks the limit itself, below, with its own message
     limit = max_image_pixels()
     if isinstance(path, (str, os.PathLike)) and not is_regular_file(path):
@@ -98,7 +123,14 @@ def _wide_grey_to_l(image: Image.Image) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow image -> RGB. Grayscale is repeated, a palette expanded, alpha composited
     onto white (a transparent background must not turn into arbitrary colour), 16-bit scaled
-    to 8-bit."""
+    to 8-bit.
+
+    Args:
+      image: any Pillow image.
+
+    Returns:
+      An RGB Pillow image.
+    """
     image = ImageOps.exif_transpose(image)
     if image.mode in _WIDE_GREY:
         image = _wide_grey_to_l(image)
@@ -137,6 +169,13 @@ def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> 
     here, against 1.45 ms for the exact area filter, and lands within a few grey levels of
     Pillow's antialiased bilinear resize: a fast resize keeps the classify path close to bare
     inference. Enlarging is plain bilinear.
+
+    Args:
+      image: RGB uint8 (H, W, 3), or a Pillow image.
+      size: an int for a square, or (height, width).
+
+    Returns:
+      uint8 (height, width, 3).
     """
     import cv2
 
@@ -160,6 +199,13 @@ def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
 
     Raises OSError / ValueError (from Pillow) for unreadable files; callers decide whether that
     is an error or a skip.
+
+    Args:
+      path: the image file.
+      size: an int for a square, or (height, width).
+
+    Returns:
+      uint8 RGB (height, width, 3), resized with ``resize_rgb``.
     """
     with open_image(path) as image:
         image.load()

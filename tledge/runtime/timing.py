@@ -31,7 +31,14 @@ def time_ms(fn: Callable[[], None], runs: int, warmup: int = 1) -> list[float]:
 
 
 def latency_stats(ms: Sequence[float]) -> dict:
-    """p50, p90, p99, mean and std of durations in milliseconds."""
+    """p50, p90, p99, mean and std of durations in milliseconds.
+
+    Args:
+      ms: durations in milliseconds.
+
+    Returns:
+      {"p50", "p90", "p99", "mean", "std"} in milliseconds.
+    """
     a = np.asarray(ms, dtype=np.float64)
     return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std())}
