@@ -89,11 +89,13 @@ def worker_shard(strategy) -> Optional[tuple[int, int]]:
     """(workers, index) under MultiWorkerMirroredStrategy: this worker's share of the training
     data; None otherwise."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not strategy.extended._in_multi_worker_mode():
+    if resolver is None:
         return None
     spec = resolver.cluster_spec()
     chiefs = spec.num_tasks("chief") if "chief" in spec.jobs else 0
-    workers = chiefs + spec.num_tasks("worker")
+    workers = chiefs + (spec.num_tasks("worker") if "worker" in spec.jobs else 0)
+    if workers < 2:  # one process: no cluster to share the data with
+        return None
     index = resolver.task_id if resolver.task_type == "chief" else chiefs + resolver.task_id
     return workers, index
 
