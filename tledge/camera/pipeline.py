@@ -117,12 +117,11 @@ class Pipeline:
         due = time.perf_counter()  # when the next frame of a file playing in real time is due
         try:
             while True:
-                t0 = time.perf_counter()
                 frame = self.frames.next()
                 if frame is None:
                     break
                 bgr, small = frame
-                t1 = time.perf_counter()
+                t0, t1 = self.frames.read_at, time.perf_counter()
                 rgb = small if small is not None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 inputs = [m.prepare(rgb) for m in self.models]
                 t2 = time.perf_counter()

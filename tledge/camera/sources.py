@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -219,6 +220,8 @@ class Frames:
       ended: why ``next`` returned None ("" while frames come).
       corrupt: frames skipped because they could not be decoded.
       good: frames returned.
+      read_at: time.perf_counter() when the read of the frame last returned began (a
+        frame's capture time leaves out the retries and skipped frames before it).
     """
 
     def __init__(self, source: Source, retries: int, loop: bool, stop: threading.Event,
@@ -226,12 +229,14 @@ class Frames:
         self.source, self.retries, self.loop, self.stop, self.echo = \
             source, retries, loop, stop, echo
         self.ended, self.corrupt, self.good = "", 0, 0
+        self.read_at = 0.0
 
     def next(self) -> Optional[tuple]:
         """(BGR frame, the camera's own small RGB frame or None), or None once the source has
         ended (``ended`` says why) or ``stop`` is set."""
         failures, source = 0, self.source
         while not self.stop.is_set():
+            started = time.perf_counter()
             ok, bgr, small = source.read()
             if ok:
                 failures = 0
@@ -239,6 +244,7 @@ class Frames:
                     self.corrupt += 1
                     continue
                 self.good += 1
+                self.read_at = started
                 return bgr, small
             if not source.live:
                 if self.loop and self.good:
