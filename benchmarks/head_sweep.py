@@ -56,7 +56,7 @@ def features(data_set: str, limit, weights: str, work: Path) -> dict:
     from tledge.config import DataOptions, ModelOptions
     from tledge.data.pipeline import batches
     from tledge.models import build_classifier
-    from tledge.train import head_on_features
+    from tledge.features import head_on_features
 
     if data_set == "fashion":
         options = DataOptions(source="fashion_mnist", image_size=96, limit=limit)
@@ -82,7 +82,8 @@ def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
     from tledge.config import RunConfig
     from tledge.models import build_classifier
     from tledge.distribution import resolve_strategy
-    from tledge.train import fit_head, head_on_features
+    from tledge.features import head_on_features
+    from tledge.train import fit_head
 
     rate, schedule, norm, _ = VARIANTS[variant]
     config = RunConfig().override(

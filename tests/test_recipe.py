@@ -65,7 +65,7 @@ def test_feature_statistics_in_chunks_with_a_floor(tmp_path):
     """Mean and standard deviation per feature, the same from memory and from a disk file;
     a feature (nearly) constant on the training split is not divided by (nearly) zero."""
     from tledge.data.cache import DiskArray, RowWriter
-    from tledge.train import feature_statistics
+    from tledge.features import feature_statistics
 
     rng = np.random.default_rng(0)
     f = rng.normal(2.0, 3.0, (5000, 6)).astype(np.float32)
@@ -90,7 +90,7 @@ def test_standardised_head_is_a_reparametrisation_folded_back_exactly(head_units
     features is, after the block, the model's own function on raw images; no layer is added."""
     from helpers import tiny_config
     from tledge.models import build_classifier, head_layers
-    from tledge.train import feature_statistics, head_on_features, standardised_head
+    from tledge.features import feature_statistics, head_on_features, standardised_head
 
     config = tiny_config().override(model={"head_units": head_units})
     model = build_classifier(config.model, 3, 32)

@@ -34,7 +34,24 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
 
     from tledge._vendor import metadata_schema_py_generated as m
 
-    mean, std = normalization
+    subgraph = m.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [_image_metadata(*normalization)]
+    subgraph.outputTensorMetadata = [_probability_metadata(fmt)]
+    meta = m.ModelMetadataT()
+    meta.name = model_name
+    meta.description = description
+    meta.author = "tledge"
+    meta.subgraphMetadata = [subgraph]
+    meta.minParserVersion = "1.0.0"
+    builder = flatbuffers.Builder(0)
+    builder.Finish(meta.Pack(builder), b"M001")
+    return bytes(builder.Output())
+
+
+def _image_metadata(mean: float, std: float):
+    """The input tensor's metadata: an RGB image, ``(pixel - mean) / std``."""
+    from tledge._vendor import metadata_schema_py_generated as m
+
     image = m.TensorMetadataT()
     image.name = "image"
     image.description = (
@@ -53,6 +70,12 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
     image.processUnits = [norm]
     image.stats = m.StatsT()
     image.stats.min, image.stats.max = [(0.0 - mean) / std], [(255.0 - mean) / std]
+    return image
+
+
+def _probability_metadata(fmt: str):
+    """The output tensor's metadata: class probabilities, the labels as its associated file."""
+    from tledge._vendor import metadata_schema_py_generated as m
 
     probs = m.TensorMetadataT()
     probs.name = "probability"
@@ -70,19 +93,7 @@ def metadata_bytes(labels: list[str], model_name: str, description: str, fmt: st
     label_file.description = "Labels for the classes the model recognises, one per line."
     label_file.type = m.AssociatedFileType.TENSOR_AXIS_LABELS
     probs.associatedFiles = [label_file]
-
-    subgraph = m.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [image]
-    subgraph.outputTensorMetadata = [probs]
-    meta = m.ModelMetadataT()
-    meta.name = model_name
-    meta.description = description
-    meta.author = "tledge"
-    meta.subgraphMetadata = [subgraph]
-    meta.minParserVersion = "1.0.0"
-    builder = flatbuffers.Builder(0)
-    builder.Finish(meta.Pack(builder), b"M001")
-    return bytes(builder.Output())
+    return probs
 
 
 def with_metadata(model_bytes: bytes, metadata: bytes, labels: list[str]) -> bytes:

@@ -14,7 +14,6 @@ model; labels from the model's embedded metadata, else a ``labels.txt`` beside i
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
@@ -22,9 +21,10 @@ import numpy as np
 
 from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
-from tledge.runtime.metadata import Normalization, file_metadata_buffer, input_normalization
+from tledge.runtime.labels import find_labels, read_embedded_labels, read_labels_file
+from tledge.runtime.metadata import min_runtime_version, normalization_of
 from tledge.runtime.backends import _MODULES, Backend, available_backends, get_backend
-from tledge.runtime.preprocess import resize_rgb
+from tledge.runtime.preprocess import load_rgb, resize_rgb
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -179,26 +179,6 @@ def _check_in_child(path: Path, backend: Backend) -> None:
                       "file is truncated or corrupt; export it again")
 
 
-def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
-    """The oldest TFLite runtime that can run the file, as the converter recorded it.
-
-    Read from the model's "min_runtime_version" metadata buffer, without TensorFlow.
-
-    Args:
-      path: the .tflite file.
-
-    Returns:
-      A version such as "2.3.0", or None where the file has none or it cannot be read.
-    """
-    raw = file_metadata_buffer(path, b"min_runtime_version")
-    if raw is None:
-        return None
-    try:
-        return raw.split(b"\0")[0].decode("ascii") or None
-    except UnicodeDecodeError:
-        return None
-
-
 def check_image_classifier(path, inputs: list, outputs: list) -> None:
     """Checks that a model is an image classifier, before it is run.
 
@@ -233,84 +213,6 @@ def check_image_classifier(path, inputs: list, outputs: list) -> None:
                           f"are uint8, int8 or float32: {fix}")
 
 
-def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
-    """Labels from the TFLite metadata's associated label file.
-
-    A model's associated files are a zip archive appended to the flatbuffer (how the TFLite Task
-    Library and MediaPipe read them), so the standard library's zipfile reads them back.
-
-    Args:
-      path: the .tflite file.
-
-    Returns:
-      One label per class, or None when the file embeds none.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            name = next((n for n in names if n.endswith("labels.txt")), names[0] if names else None)
-            if name is None:
-                return None
-            text = archive.read(name).decode("utf-8")
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
-        return None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    return labels or None
-
-
-def find_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
-    """The model's labels: embedded ones, else labels.txt beside it, else class indices.
-
-    Labels whose count is not the model's number of outputs are not used, and that is said once.
-
-    Args:
-      path: the .tflite file.
-      num_classes: the model's number of outputs.
-
-    Returns:
-      ``num_classes`` labels.
-    """
-    import logging
-
-    labels, where = read_embedded_labels(path), "the labels embedded in it"
-    if labels is None:
-        beside = Path(path).with_name("labels.txt")
-        labels, where = read_labels_file(beside), str(beside)
-    if labels is not None and len(labels) != num_classes:
-        logging.getLogger("tledge").warning(
-            "%s names %d classes but %s has %d outputs: not used, classes are shown as numbers "
-            "(put the model's own labels.txt beside it)", where, len(labels), Path(path).name,
-            num_classes)
-        labels = None
-    return labels if labels is not None else [str(i) for i in range(num_classes)]
-
-
-def read_labels_file(path: Path) -> Optional[list[str]]:
-    """One label a line from a text file of any encoding.
-
-    UTF-8 with or without a BOM, else Latin-1 (which decodes any bytes).
-
-    Args:
-      path: the text file.
-
-    Returns:
-      The labels, or None when there is no such readable regular file or it holds none.
-    """
-    from tledge.runtime.preprocess import is_regular_file
-
-    if not is_regular_file(path):
-        return None
-    try:
-        data = Path(path).read_bytes()
-    except OSError:
-        return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    return [line.strip() for line in text.splitlines() if line.strip()] or None
-
-
 def quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
     """Real values to a tensor's integer type: ``round(x / scale) + zero_point``, clipped.
 
@@ -338,40 +240,6 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
       float32 values of ``q``'s shape.
     """
     return (scale * (q.astype(np.int64) - zero_point)).astype(np.float32)
-
-
-_warned_normalization: set = set()
-
-
-def _normalization_of(path: Path, input_dtype: np.dtype, input_quant: tuple) -> Normalization:
-    """The input normalisation of the model at ``path`` (Classifier.normalization), from its
-    metadata. Warns once per file, in one line, where tledge has to assume: a float input with
-    no NormalizationOptions (raw pixels assumed, as tledge's own files take them), or a uint8
-    input whose metadata and quantization disagree about what a pixel means (raw pixels fed,
-    as MediaPipe does)."""
-    import logging
-
-    found = input_normalization(path)
-    warn = None
-    if found is None and input_dtype != np.uint8:
-        warn = (f"{path.name} has a {input_dtype.name} input and no normalisation metadata: "
-                "tledge feeds it raw pixels 0..255 (mean 0, std 1), as tledge's own files take "
-                "them; a model that wants [0, 1] or [-1, 1] needs NormalizationOptions (mean, "
-                "std) in its metadata, as MediaPipe Model Maker writes them")
-    elif found is not None and input_dtype == np.uint8 and input_quant[0]:
-        scale, zero_point = input_quant
-        ends = np.array([0.0, 255.0], np.float32)
-        by_metadata = (ends[:, None] - found.mean) / found.std
-        by_tensor = scale * (ends - zero_point)
-        spread = max(float(np.abs(by_tensor[1] - by_tensor[0])), 1e-12)
-        if float(np.max(np.abs(by_metadata - by_tensor[:, None]))) > 0.02 * spread:
-            warn = (f"{path.name}: its metadata normalises pixels with {found.describe()} but "
-                    f"its uint8 input's quantization (scale {scale:g}, zero point {zero_point}) "
-                    "says otherwise: tledge feeds raw pixels, as MediaPipe does")
-    if warn and str(path) not in _warned_normalization:
-        _warned_normalization.add(str(path))
-        logging.getLogger("tledge").warning(warn)
-    return found or Normalization(np.zeros(1, np.float32), np.ones(1, np.float32))
 
 
 class Classifier:
@@ -423,7 +291,7 @@ class Classifier:
         self.output_quant = tuple(self._output["quantization"])
         num_classes = int(self._output["shape"][-1])
         self.labels = list(labels) if labels else find_labels(self.path, num_classes)
-        self.normalization = _normalization_of(self.path, self.input_dtype, self.input_quant)
+        self.normalization = normalization_of(self.path, self.input_dtype, self.input_quant)
         self._batch = 1
         self._input_table: Optional[np.ndarray] = None  # uint8 pixel -> input value
 
@@ -615,43 +483,7 @@ def top_classes(scores: np.ndarray, labels: Sequence[str], top_k: int = 1) -> li
             for i in order]
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decodes an image file to RGB uint8 at its own size.
-
-    The loader of training and predict: transparency onto white, 16-bit scaled, EXIF
-    orientation applied.
-
-    Args:
-      path: the image file (jpg, png, bmp, webp, ...).
-
-    Returns:
-      (H, W, 3) uint8 RGB.
-
-    Raises:
-      TledgeError: missing, a folder or special file, too large, or not a readable image.
-    """
-    from PIL import UnidentifiedImageError
-
-    from tledge.runtime.preprocess import ImageTooLarge, NotAFile, open_image, to_rgb
-
-    try:
-        with open_image(path) as image:
-            image.load()
-            return np.asarray(to_rgb(image), dtype=np.uint8)
-    except FileNotFoundError as cause:
-        raise TledgeError(f"image {path} does not exist: check the path") from cause
-    except (IsADirectoryError, NotAFile) as cause:
-        if Path(path).is_dir():
-            raise TledgeError(f"{path} is a folder: pass image files") from cause
-        raise TledgeError(f"{path} is not a regular file (a pipe, device, or a broken or looping "
-                          "link): pass image files") from cause
-    except ImageTooLarge as e:
-        raise TledgeError(f"{path} is too large to decode ({e}): resize it first") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise TledgeError(f"{path} is not a readable image ({type(e).__name__}): pass a jpg, "
-                          "png, bmp or webp file") from e
-
-
 __all__ = ["Class", "Classifier", "available_backends", "check_model_file", "check_tflite_file",
-           "get_backend", "in_batches", "load_rgb", "make_interpreter", "min_runtime_version",
-           "open_interpreter", "read_embedded_labels", "top_classes"]
+           "find_labels", "get_backend", "in_batches", "load_rgb", "make_interpreter",
+           "min_runtime_version", "open_interpreter", "read_embedded_labels", "read_labels_file",
+           "top_classes"]

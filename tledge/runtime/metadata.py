@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -176,3 +177,67 @@ def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
             or not np.all(np.isfinite(std)) or np.any(np.abs(std) < 1e-12):
         return None
     return Normalization(mean, std)
+
+
+def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
+    """The oldest TFLite runtime that can run the file, as the converter recorded it.
+
+    Read from the model's "min_runtime_version" metadata buffer, without TensorFlow.
+
+    Args:
+      path: the .tflite file.
+
+    Returns:
+      A version such as "2.3.0", or None where the file has none or it cannot be read.
+    """
+    raw = file_metadata_buffer(path, b"min_runtime_version")
+    if raw is None:
+        return None
+    try:
+        return raw.split(b"\0")[0].decode("ascii") or None
+    except UnicodeDecodeError:
+        return None
+
+
+_warned_normalization: set = set()
+
+
+def normalization_of(path: Path, input_dtype: np.dtype, input_quant: tuple) -> Normalization:
+    """What a Classifier feeds the model at ``path``: its input normalisation, from its metadata.
+
+    Warns once per file, in one line, where tledge has to assume: a float input with no
+    NormalizationOptions (raw pixels assumed, as tledge's own files take them), or a uint8
+    input whose metadata and quantization disagree about what a pixel means (raw pixels fed,
+    as MediaPipe does).
+
+    Args:
+      path: the .tflite file.
+      input_dtype: its input's dtype.
+      input_quant: its input's (scale, zero point).
+
+    Returns:
+      Normalization(mean, std); raw pixels (mean 0, std 1) where the metadata has none.
+    """
+    import logging
+
+    found = input_normalization(path)
+    warn = None
+    if found is None and input_dtype != np.uint8:
+        warn = (f"{path.name} has a {input_dtype.name} input and no normalisation metadata: "
+                "tledge feeds it raw pixels 0..255 (mean 0, std 1), as tledge's own files take "
+                "them; a model that wants [0, 1] or [-1, 1] needs NormalizationOptions (mean, "
+                "std) in its metadata, as MediaPipe Model Maker writes them")
+    elif found is not None and input_dtype == np.uint8 and input_quant[0]:
+        scale, zero_point = input_quant
+        ends = np.array([0.0, 255.0], np.float32)
+        by_metadata = (ends[:, None] - found.mean) / found.std
+        by_tensor = scale * (ends - zero_point)
+        spread = max(float(np.abs(by_tensor[1] - by_tensor[0])), 1e-12)
+        if float(np.max(np.abs(by_metadata - by_tensor[:, None]))) > 0.02 * spread:
+            warn = (f"{path.name}: its metadata normalises pixels with {found.describe()} but "
+                    f"its uint8 input's quantization (scale {scale:g}, zero point {zero_point}) "
+                    "says otherwise: tledge feeds raw pixels, as MediaPipe does")
+    if warn and str(path) not in _warned_normalization:
+        _warned_normalization.add(str(path))
+        logging.getLogger("tledge").warning(warn)
+    return found or Normalization(np.zeros(1, np.float32), np.ones(1, np.float32))

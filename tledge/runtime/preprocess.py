@@ -10,9 +10,12 @@ resizes: no TensorFlow.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from tledge.errors import TledgeError
 
 # Images larger than this many pixels are refused as unreadable (a PNG header can claim
 # 20000x20000 in a few bytes: decoding it would take gigabytes). TLEDGE_MAX_IMAGE_PIXELS
@@ -30,8 +33,6 @@ def max_image_pixels() -> int:
     Raises:
       TledgeError: TLEDGE_MAX_IMAGE_PIXELS is set but not a whole number of at least 1.
     """
-    from tledge.errors import TledgeError
-
     raw = os.environ.get("TLEDGE_MAX_IMAGE_PIXELS", "").strip()
     if not raw:
         return MAX_IMAGE_PIXELS
@@ -210,3 +211,38 @@ def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
     with open_image(path) as image:
         image.load()
         return resize_rgb(to_rgb(image), size)
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Decodes an image file to RGB uint8 at its own size.
+
+    The loader of training and predict: transparency onto white, 16-bit scaled, EXIF
+    orientation applied.
+
+    Args:
+      path: the image file (jpg, png, bmp, webp, ...).
+
+    Returns:
+      (H, W, 3) uint8 RGB.
+
+    Raises:
+      TledgeError: missing, a folder or special file, too large, or not a readable image.
+    """
+    from PIL import UnidentifiedImageError
+
+    try:
+        with open_image(path) as image:
+            image.load()
+            return np.asarray(to_rgb(image), dtype=np.uint8)
+    except FileNotFoundError as cause:
+        raise TledgeError(f"image {path} does not exist: check the path") from cause
+    except (IsADirectoryError, NotAFile) as cause:
+        if Path(path).is_dir():
+            raise TledgeError(f"{path} is a folder: pass image files") from cause
+        raise TledgeError(f"{path} is not a regular file (a pipe, device, or a broken or looping "
+                          "link): pass image files") from cause
+    except ImageTooLarge as e:
+        raise TledgeError(f"{path} is too large to decode ({e}): resize it first") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise TledgeError(f"{path} is not a readable image ({type(e).__name__}): pass a jpg, "
+                          "png, bmp or webp file") from e
