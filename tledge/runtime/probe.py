@@ -69,18 +69,34 @@ class ProbeResult:
 
 
 def top_module(spec: str) -> str:
-    """"ai_edge_litert.interpreter:Interpreter" -> "ai_edge_litert"."""
+    """"ai_edge_litert.interpreter:Interpreter" -> "ai_edge_litert".
+
+    Args:
+      spec: "module.path:attribute".
+
+    Returns:
+      The top-level package's name.
+    """
     return spec.partition(":")[0].split(".")[0]
 
 
 def cache_path() -> Path:
+    """Where probe results are cached.
+
+    Returns:
+      The JSON file in tledge's cache folder.
+    """
     from tledge import fileio
 
     return fileio.cache_root() / CACHE_FILE
 
 
 def machine_id() -> str:
-    """This machine as a backend sees it: name, architecture and the CPU's identity lines."""
+    """This machine as a backend sees it: name, architecture and the CPU's identity lines.
+
+    Returns:
+      Its name, architecture and CPU identity lines, as one string (part of the cache key).
+    """
     keep = ("model name", "flags", "features", "cpu implementer", "cpu part", "hardware", "model")
     lines = set()
     try:
@@ -96,7 +112,15 @@ def machine_id() -> str:
 
 
 def probe_key(module: str, version: str) -> str:
+    """The cache key of a backend's probe.
 
+    Args:
+      module: the backend's interpreter module.
+      version: its package version.
+
+    Returns:
+      A key naming the backend, version, install location, Python and machine.
+    """
     top = top_module(module)
     try:
         spec = importlib.util.find_spec(top)  # locates the package without importing it
@@ -129,12 +153,29 @@ def _write_cache(key: str, result: ProbeResult) -> None:
 def run_child(module: str, timeout: float = TIMEOUT_S) -> ProbeResult:
     """Load and run the probe model in a fresh Python with the Interpreter that ``module``
     names ("package.module", or "package:attr.path" for a class not called Interpreter at the
-    module's top level)."""
+    module's top level).
+
+    Args:
+      module: the backend's interpreter module.
+      timeout: seconds before the child counts as hung.
+
+    Returns:
+      The ProbeResult (ok, or how the child failed: a signal, a timeout, its last line).
+    """
     return _run_script(_CHILD, [module, str(PROBE_MODEL), "2"], timeout)
 
 
 def probe(module: str, version: str, refresh: bool = False) -> ProbeResult:
-    """The cached probe result for a backend, probing it first if this machine has none."""
+    """The cached probe result for a backend, probing it first if this machine has none.
+
+    Args:
+      module: the backend's interpreter module.
+      version: its package version.
+      refresh: run the child again instead of reading the cache.
+
+    Returns:
+      The ProbeResult, cached per ``probe_key``.
+    """
     if os.environ.get("TLEDGE_NO_PROBE") == "1":
         return ProbeResult(True, "not probed (TLEDGE_NO_PROBE=1)")
     key = probe_key(module, version)
@@ -149,6 +190,14 @@ def probe(module: str, version: str, refresh: bool = False) -> ProbeResult:
 
 
 def last_line(result: Optional[ProbeResult]) -> str:
+    """What a probe found, for tledge doctor.
+
+    Args:
+      result: a ProbeResult, or None.
+
+    Returns:
+      "ok", "ok (cached)" or what went wrong, for tledge doctor.
+    """
     if result is None:
         return "not probed"
     return result.detail + (" (cached)" if result.cached else "")
@@ -185,7 +234,16 @@ def _run_script(script: str, args: list, timeout: float) -> ProbeResult:
 
 def check_model(module: str, version: str, path: Path) -> ProbeResult:
     """Whether the backend ``module`` loads and runs the model file ``path`` without crashing,
-    tried in a child process once per file content and backend (cached)."""
+    tried in a child process once per file content and backend (cached).
+
+    Args:
+      module: the backend's interpreter module.
+      version: its package version.
+      path: the .tflite file.
+
+    Returns:
+      The ProbeResult of loading and running that file in a child process, cached by content.
+    """
     from tledge import fileio
 
     if os.environ.get("TLEDGE_NO_PROBE") == "1":
