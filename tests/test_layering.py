@@ -117,3 +117,19 @@ def test_the_ratchet_catches_a_circle_and_an_upward_import():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
     assert _cycles(graph) == [{"a", "b", "c"}]
     assert _floor("tledge.runtime.probe") < _floor("tledge.camera.serve")
+
+
+def test_rooms_stay_small():
+    """Issue 23's measure: no module over 500 lines, no function over 60 (the vendored schema
+    aside), docstrings counted."""
+    too_long = []
+    for name, path in _modules().items():
+        text = path.read_text()
+        if text.count("\n") > 500:
+            too_long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    too_long.append(f"{name}.{node.name}: {length} lines")
+    assert not too_long, too_long
