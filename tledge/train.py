@@ -251,21 +251,13 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
             (out / name).exists() for name in rundir.ARTIFACTS))
         current = None
         try:
-            for name, epochs, run_phase in _phases(config, out):
+            for name, epochs, run_phase in _phases(config, out, run, splits, strategy, backup):
                 if epochs == 0:
-                    if name != "qat":
+                    if name != "qat":  # QAT off is the user's choice, not a skipped phase
                         echo(f"phase {name}: skipped (0 epochs)")
                     continue
                 current = name
-                if name == "qat" and not run.saved:  # no float phase ran: the model as is
-                    run.save_float(result.model)
-                phase = run_phase(result, splits, strategy, backup)
-                if name != "qat":  # the QAT phase saves its own model
-                    run.save_float(result.model)
-                result.phases.append(phase)
-                if name != "qat":
-                    write_reports(out, result.phases, splits, status=f"running (after {name})")
-                echo(phase_line(phase))
+                echo(phase_line(run_phase(result)))
             current = "qat"
             if not run.saved:  # no phase ran (--init-from, or 0 epochs): the model as is
                 run.save_float(result.model)
@@ -313,28 +305,37 @@ def _initial_model(config: RunConfig, splits: Splits, strategy):
     return model
 
 
-def _phases(config: RunConfig, out: Path) -> list:
-    """(name, epochs, run) for each phase of the recipe, in order; ``run(result, splits,
-    strategy, backup)`` trains ``result.model`` and returns the phase's PhaseResult."""
-    def float_phase(run_phase):
-        def run(result, splits, strategy, backup):
-            phase = run_phase(result.model, splits, config, strategy, backup=backup)
+def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, strategy,
+            backup: Optional[Path]) -> list:
+    """(name, epochs, run) for each phase of the recipe, in order. ``run(result)`` trains
+    ``result.model``, appends the phase's PhaseResult to ``result.phases`` and returns it; a
+    float phase saves the float model and the reports after it, the QAT phase its own model
+    (after saving the float model as it is when no float phase ran)."""
+    def float_phase(train_phase):
+        def run_float(result):
+            phase = train_phase(result.model, splits, config, strategy, backup=backup)
             if splits.test is not None:
                 phase.test_accuracy = evaluate_accuracy(result.model, splits.test,
                                                         config.data.batch_size)
+            run.save_float(result.model)
+            result.phases.append(phase)
+            write_reports(out, result.phases, splits, status=f"running (after {phase.name})")
             return phase
-        return run
+        return run_float
 
-    def qat(result, splits, strategy, backup):
+    def run_qat(result):
         from tledge.qat import qat_phase
 
+        if not run.saved:  # no float phase ran (--init-from, 0 epochs): the model as is
+            run.save_float(result.model)
         phase, result.qat_model = qat_phase(result.model, splits, config, strategy, out, backup)
+        result.phases.append(phase)
         return phase
 
     train = config.train
     return [("frozen", train.frozen.epochs, float_phase(frozen_phase)),
             ("finetune", train.finetune.epochs, float_phase(finetune_phase)),
-            ("qat", train.qat.epochs if train.qat.enabled else 0, qat)]
+            ("qat", train.qat.epochs if train.qat.enabled else 0, run_qat)]
 
 
 def phase_line(phase: PhaseResult) -> str:
