@@ -43,14 +43,12 @@ def load_keras_file(path: Path, qat: bool = False):
 
 def load_initial_model(run: Path, splits: Splits, image_size: int):
     """A run's float model, checked against this run's classes and input size."""
-    import tf_keras as keras
-
     rundir.require_run(run)
     labels = fileio.read_labels(run / rundir.LABELS)
     if labels != list(splits.class_names):
         raise TledgeError(f"--init-from {run} was trained on other classes ({', '.join(labels[:4])}"
                           "...): start from a run on the same data")
-    model = keras.models.load_model(run / rundir.FLOAT_MODEL, compile=False)
+    model = load_keras_file(run / rundir.FLOAT_MODEL)  # a truncated file: one line, named
     if tuple(model.input_shape[1:3]) != (image_size, image_size):
         raise TledgeError(f"--init-from {run} takes {model.input_shape[1]}px images, not "
                           f"{image_size}px: pass --image-size {model.input_shape[1]}")
