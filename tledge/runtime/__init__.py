@@ -23,7 +23,8 @@ from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
 from tledge.runtime.labels import find_labels, read_embedded_labels, read_labels_file
 from tledge.runtime.metadata import min_runtime_version, normalization_of
-from tledge.runtime.backends import _MODULES, Backend, available_backends, get_backend
+from tledge.runtime.backends import (Backend, available_backends, get_backend,
+                                     interpreter_spec)
 from tledge.runtime.preprocess import load_rgb, resize_rgb
 
 TFLITE_IDENTIFIER = b"TFL3"
@@ -168,7 +169,7 @@ def _check_in_child(path: Path, backend: Backend) -> None:
     with a native crash (SIGABRT, SIGSEGV) that no Python handler sees."""
     from tledge.runtime import probe
 
-    result = probe.check_model(_MODULES[backend.name], backend.version, path)
+    result = probe.check_model(interpreter_spec(backend.name), backend.version, path)
     if result.ok:
         return
     if result.detail.startswith("crashed"):

@@ -50,6 +50,18 @@ class BackendUnusable(Exception):
     """A backend that is installed but cannot load a model here (its probe failed)."""
 
 
+def interpreter_spec(name: str) -> str:
+    """Where a backend's Interpreter class lives.
+
+    Args:
+      name: litert, tflite_runtime or tensorflow.
+
+    Returns:
+      "module:attribute path", as ``load_interpreter_class`` and the probes take it.
+    """
+    return _MODULES[name]
+
+
 def installed_version(name: str) -> Optional[str]:
     """The backend's package version, None when its module is not installed. Imports nothing.
 
