@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge import fileio
+from tledge import fileio, quantdebug
 from tledge.conversion import QuantizationConfig, convert
 from tledge.errors import TledgeError
 from tledge.export.metadata import metadata_bytes, with_metadata
@@ -143,8 +143,6 @@ def gate_advice(result: "FormatResult", debug: "LayerReport") -> str:
 class LayerReport:
     """The per-layer int8 report of a run, computed once when first needed."""
 
-    csv_name = "export/quant_debug.csv"
-
     def __init__(self, float_model, calibration, images, out: Path, echo,
                  bias_correction: bool = True):
         self.model, self.calibration, self.images = float_model, calibration, images
@@ -163,8 +161,6 @@ class LayerReport:
           quantdebug.LayerError rows, worst first.
         """
         if self.errors is None:
-            from tledge import quantdebug
-
             self.echo(f"per-layer int8 errors on {len(self.images)} validation images "
                       "(QuantizationDebugger)")
             self.errors = quantdebug.layer_errors(self.model, self.calibration, self.images)
@@ -178,8 +174,6 @@ class LayerReport:
             bytes, the QAT Keras model it came from): analyse that file against the QAT model
             computing in float.
         """
-        from tledge import quantdebug
-
         if shipped is None:
             self.shown = self.compute()
             self.source = ("a post-training int8 conversion of the float model, each op against "
@@ -207,8 +201,6 @@ class LayerReport:
         Returns:
           Their names, comma-separated.
         """
-        from tledge import quantdebug
-
         return quantdebug.worst_names(self.shown or self.compute(), count)
 
     def keep_float(self, names) -> bytes:
@@ -220,8 +212,6 @@ class LayerReport:
         Returns:
           The int8 flatbuffer's bytes.
         """
-        from tledge import quantdebug
-
         tensors = quantdebug.resolve(names, self.compute())
         self.echo(f"int8 with {', '.join(names)} kept float ({len(tensors)} op(s))")
         return quantdebug.convert_keep_float(self.model, self.calibration, tensors,
@@ -244,8 +234,6 @@ def keep_float_auto(debug: LayerReport, verifier: "Verifier", tmp, result, echo,
     Returns:
       (the last staged file, its FormatResult), passing or not.
     """
-    from tledge import quantdebug
-
     plain_size, plain_ms = result.size_bytes, _latency_ms(tmp)
     kept: list[str] = []
     while not result.passed and len(kept) < limit:
