@@ -81,7 +81,7 @@ def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> P
 @click.option("--results-dir", default=str(HERE / "results"), show_default=True)
 @click.option("--build-only", is_flag=True, help="Build the reference models, time nothing.")
 def main(weights, runs, warmup, threads, models_dir, results_dir, build_only):
-    from tledge import bench
+    from tledge import bench, benchreport
     from tledge.errors import TledgeError
 
     try:
@@ -100,9 +100,9 @@ def main(weights, runs, warmup, threads, models_dir, results_dir, build_only):
         sys.exit(1)
     report["weights"] = {Path(f).name: (Path(f) / "WEIGHTS.txt").read_text().strip()
                          for f in folders}
-    click.echo(bench.format_table(report))
+    click.echo(benchreport.format_table(report))
     stem = Path(results_dir) / report["machine"]["machine_id"]
-    bench.write_outputs(report, f"{stem}.json", None, f"{stem}.md", f"{stem}.png",
+    benchreport.write_outputs(report, f"{stem}.json", None, f"{stem}.md", f"{stem}.png",
                         echo=click.echo)
 
 

@@ -117,20 +117,20 @@ def test_bench_says_how_much_the_delegate_took(tmp_path):
     """In the table, the JSON, the CSV and the chart: partitions and the op types left."""
     import json
 
-    from tledge import bench
+    from tledge import bench, benchreport
 
     split = tmp_path / "model_int8.tflite"
     split.write_bytes(split_int8_hard_swish(HARD_SWISH.read_bytes())[0])
     report = bench.bench([str(HARD_SWISH), str(split)],
                          bench.BenchOptions(threads=(1,), runs=3, warmup=0), echo=lambda s: None)
-    bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.md",
-                        tmp_path / "b.png", echo=lambda s: None)
+    benchreport.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.md",
+                              tmp_path / "b.png", echo=lambda s: None)
     old, new = json.loads((tmp_path / "b.json").read_text())["results"]
     assert old["delegation"]["partitions"] == 3 and old["delegation"]["undelegated"][
         "HARD_SWISH"] == 2
     assert new["delegation"]["partitions"] == 1 and "HARD_SWISH" not in new["delegation"][
         "undelegated"]
-    table = bench.format_table(report)
+    table = benchreport.format_table(report)
     assert "XNNPACK" in table and "2 HARD_SWISH" in table
     assert "2 HARD_SWISH" in (tmp_path / "b.md").read_text()
     assert "xnnpack_partitions" in (tmp_path / "b.csv").read_text()

@@ -194,7 +194,7 @@ def test_read_only_mount_is_refused(tmp_path):
 
 
 def test_bench_keeps_its_measurements_when_one_output_fails(tmp_path, monkeypatch):
-    from tledge import bench
+    from tledge import bench, benchreport
 
     report = {"machine": {"machine_id": "m", "cpu": "c", "cores": 1, "arch": "x", "os": "o",
                           "python": "3"}, "warnings": [], "options": {"runs": 3, "warmup": 0},
@@ -208,8 +208,8 @@ def test_bench_keeps_its_measurements_when_one_output_fails(tmp_path, monkeypatc
 
     monkeypatch.setattr(bench.fileio, "write_text", failing)
     with pytest.raises(TledgeError, match=r"could not write .*b\.md .*No space.*b\.json"):
-        bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "b.md",
-                            None, echo=lambda s: None)
+        benchreport.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv",
+                                  tmp_path / "b.md", None, echo=lambda s: None)
     assert json.loads((tmp_path / "b.json").read_text())["machine"]["machine_id"] == "m"
     assert (tmp_path / "b.csv").is_file()
 
@@ -442,13 +442,13 @@ def test_predict_reports_every_file_then_fails(colour_tflite, tmp_path):
 # ---------------------------------------------------------------- 15. bench's messages
 
 def test_bench_names_are_whole_and_errors_not_doubled(colour_tflite, not_classifiers, tmp_path):
-    from tledge import bench
+    from tledge import bench, benchreport
 
     long = tmp_path / "model_dynamic_with_a_long_name.tflite"
     long.write_bytes(colour_tflite["int8"].read_bytes())
     report = bench.bench([str(long)], bench.BenchOptions(threads=(1,), runs=3, warmup=0),
                          echo=lambda s: None)
-    assert long.name in bench.format_table(report)
+    assert long.name in benchreport.format_table(report)
     with pytest.raises(TledgeError) as e:
         bench.run_worker({"model": str(not_classifiers["vector_in"]), "threads": 1,
                           "options": {"runs": 3, "warmup": 0}})

@@ -20,9 +20,10 @@ FLOORS = [
                   "tledge.history", "tledge.train", "tledge.runmodel"]),
     ("export", ["tledge.graph_rewrite", "tledge.biascorrect", "tledge.conversion",
                 "tledge.quantdebug", "tledge.export"]),
-    ("bench and evaluate", ["tledge.bench", "tledge.evaluate"]),
+    ("bench and evaluate", ["tledge.bench", "tledge.benchreport", "tledge.evaluate"]),
     ("camera", ["tledge.camera"]),
-    ("commands", ["tledge.doctor", "tledge.cli"]),
+    ("device", ["tledge.device"]),
+    ("commands", ["tledge.doctor", "tledge.cli_device", "tledge.cli"]),
 ]
 
 

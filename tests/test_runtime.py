@@ -195,12 +195,12 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
 
 @pytest.mark.slow
 def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
-    from tledge import bench
+    from tledge import bench, benchreport
     report = bench.bench([str(colour_tflite["int8"]), str(colour_tflite["fp32"]),
                           str(colour_run[0])],
                          bench.BenchOptions(threads=(1, 2), runs=5, warmup=1, data=None),
                          echo=lambda s: None)
-    paths = bench.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv",
+    paths = benchreport.write_outputs(report, tmp_path / "b.json", tmp_path / "b.csv",
                                 tmp_path / "b.md", tmp_path / "b.png")
     assert all(p.is_file() for p in paths)
     data = json.loads((tmp_path / "b.json").read_text())

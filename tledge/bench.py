@@ -12,8 +12,6 @@ GPU model" reference) is timed with TensorFlow, on the GPU when one is visible.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import platform
@@ -35,7 +33,6 @@ from tledge.runtime.timing import latency_stats
 
 FRAME_SHAPE = (480, 640, 3)
 N_FRAMES = 8
-STAT_FIELDS = ("p50", "p90", "p99", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -343,150 +340,6 @@ def _worker_main(spec_json: str) -> None:
     else:
         result = measure_tflite(spec["model"], spec["threads"], options)
     print(json.dumps(result))
-
-
-# ---------------------------------------------------------------- reports
-
-# (header, what the column holds)
-COLUMNS = [("model", "name"), ("format", ""), ("thr", "threads"), ("size MB", ""),
-           ("load ms", ""), ("1st ms", "first inference"), ("invoke p50", ""),
-           ("classify p50", ""), ("p90", ""), ("p99", ""), ("img/s", ""), ("overhead", ""),
-           ("mem MB", "peak RSS"), ("acc", "accuracy"), ("min runtime", ""),
-           ("XNNPACK", "partitions the delegate made"),
-           ("reference kernels", "op types the delegate left")]
-
-
-def delegation_cells(row: dict) -> tuple[str, str]:
-    """(partitions, the op types left to the reference kernels with their counts); "-" for a
-    Keras row or a backend that does not list its nodes."""
-    d = row.get("delegation")
-    if not d:
-        return "-", "-"
-    left = ", ".join(f"{n} {op}" for op, n in sorted(d["undelegated"].items(),
-                                                      key=lambda kv: (-kv[1], kv[0])))
-    return str(d["partitions"]), left or "none"
-
-
-def table_rows(report: dict) -> list[list[str]]:
-    out = []
-    for r in report["results"]:
-        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
-        out.append([r["name"], r["format"] + (" (gpu)" if r["device"] == "gpu" else ""),
-                    "-" if r["threads"] is None else str(r["threads"]),
-                    f"{r['size_bytes'] / 1e6:.2f}", f"{r['load_ms']:.0f}", f"{r['first_ms']:.1f}",
-                    f"{r['invoke']['p50']:.2f}", f"{r['classify']['p50']:.2f}",
-                    f"{r['classify']['p90']:.2f}", f"{r['classify']['p99']:.2f}",
-                    f"{r['throughput_ips']:.1f}", f"{r['classify_overhead_pct']:+.1f}%",
-                    f"{r['memory_mb']:.0f}", acc, r.get("min_runtime") or "-",
-                    *delegation_cells(r)])
-    return out
-
-
-def format_table(report: dict) -> str:
-    rows = table_rows(report)
-    # each column as wide as its widest cell: a model's name is never cut
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, (h, _) in enumerate(COLUMNS)]
-    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(COLUMNS, widths))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    return "\n".join(lines)
-
-
-def to_markdown(report: dict) -> str:
-    m = report["machine"]
-    head = [h for h, _ in COLUMNS]
-    lines = [f"# tledge bench: {m['machine_id']}", "",
-             f"- machine: {m.get('board', m['cpu'])}, {m['cores']} cores, {m['arch']}, {m['os']}",
-             f"- Python {m['python']}; backends: "
-             f"{', '.join(sorted({r['backend'] for r in report['results']})) or '-'}",
-             f"- {report['options']['runs']} timed runs after {report['options']['warmup']} "
-             f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
-             "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "
-             "p50 over bare invoke() p50, the two timed alternately",
-             "- XNNPACK: the partitions the delegate cut the graph into (1: it took the graph "
-             "whole); reference kernels: the op types it left (an int8 file's uint8 QUANTIZE "
-             "at each end and its SOFTMAX always are, and cost little; an op between two "
-             "partitions is what makes a file slow)",
-             f"- measured {report['time']}", ""]
-    lines += [f"> WARNING: {w}" for w in report["warnings"]]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(report: dict) -> str:
-    buf = io.StringIO()
-    fields = ["name", "model", "format", "device", "backend", "threads", "size_bytes", "load_ms",
-              "first_ms"] + [f"invoke_{s}" for s in STAT_FIELDS] + \
-             [f"classify_{s}" for s in STAT_FIELDS] + \
-             ["throughput_ips", "classify_overhead_pct", "memory_mb", "peak_rss_mb", "accuracy",
-              "min_runtime"]
-    fields += ["xnnpack_partitions", "reference_kernel_ops"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    for r in report["results"]:
-        flat = {k: r.get(k) for k in fields}
-        flat["xnnpack_partitions"], flat["reference_kernel_ops"] = delegation_cells(r)
-        for kind in ("invoke", "classify"):
-            for s in STAT_FIELDS:
-                flat[f"{kind}_{s}"] = r[kind][s]
-        writer.writerow(flat)
-    return buf.getvalue()
-
-
-def plot(report: dict, path: Path) -> None:
-    plt = fileio.pyplot()
-
-    rows = report["results"]
-    labels = [f"{r['name']}\n{r['format']}" + (f" x{r['threads']}" if r["threads"] else
-                                                 f" ({r['device']})")
-              + (f" [{delegation_cells(r)[0]} partitions]" if delegation_cells(r)[0] not in
-                 ("-", "1") else "") for r in rows]
-    split = sorted({f"{r['name']} {r['format']}: {delegation_cells(r)[1]}" for r in rows
-                    if delegation_cells(r)[0] not in ("-", "1")})
-    p50 = [r["classify"]["p50"] for r in rows]
-    err = [[r["classify"]["p50"] - r["classify"]["p50"] for r in rows],
-           [r["classify"]["p90"] - r["classify"]["p50"] for r in rows]]
-    colours = {"fp32": "C0", "fp16": "C1", "dynamic": "C2", "int8": "C3", "keras-float": "C7"}
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5), layout="constrained")
-    y = np.arange(len(rows))
-    ax.barh(y, p50, xerr=err, color=[colours.get(r["format"], "C4") for r in rows],
-            capsize=3)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("classify latency, ms (bar: p50, whisker: p90)")
-    ax.set_title(f"tledge bench on {report['machine']['machine_id']}", fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
-    if split:  # why a bar is long: the delegate did not take the whole graph
-        ax.set_xlabel(ax.get_xlabel() + "\nnot fully delegated to XNNPACK, left to the "
-                      "reference kernels:\n" + "\n".join(split), fontsize=8)
-    fileio.save_png(fig, path)
-
-
-def write_outputs(report: dict, json_path=None, csv_path=None, md_path=None,
-                  chart_path=None, echo: Callable[[str], None] = print) -> list[Path]:
-    """Write every output asked for. One that fails (a disk filled up during the run) does not
-    cost the others: each is tried, and the failures are reported together at the end."""
-    jobs = [(json_path, lambda p: fileio.write_json(p, report)),
-            (csv_path, lambda p: fileio.write_text(p, to_csv(report))),
-            (md_path, lambda p: fileio.write_text(p, to_markdown(report))),
-            (chart_path, lambda p: plot(report, Path(p)))]
-    written, failed = [], []
-    for path, write in jobs:
-        if not path:
-            continue
-        try:
-            write(path)
-        except OSError as e:
-            failed.append(f"{path} ({e.strerror or type(e).__name__})")
-            continue
-        written.append(Path(path))
-        echo(f"wrote {path}")
-    if failed:
-        raise TledgeError(f"could not write {', '.join(failed)}; the measurements are in the "
-                          "table above" + (" and in " + ", ".join(map(str, written))
-                                           if written else ""))
-    return written
 
 
 if __name__ == "__main__":  # the worker

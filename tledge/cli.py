@@ -13,7 +13,8 @@ import click
 from click_option_group import optgroup
 
 from tledge import __version__, fileio
-from tledge.config import (BACKBONES, BACKENDS, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
+from tledge.cli_device import backend_option, bench, camera, deploy, doctor
+from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
 from tledge.errors import (Interrupted, TledgeError, causes, disk_error, first_line,
@@ -72,10 +73,6 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.secho("Interrupted.", fg="red", err=True)
             sys.exit(_interrupted_code())
-
-
-_backend_option = click.option("--backend", type=click.Choice(BACKENDS),
-                               help="TFLite interpreter.  [default: the first installed]")
 
 
 def _default(cls, name: str):
@@ -302,7 +299,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
               "whole), or a built-in data set (its test split).")
 @click.option("--qat", is_flag=True, help="With a run folder: evaluate its QAT model.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N images per class.")
-@_backend_option
+@backend_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder.  [default: "
@@ -333,7 +330,7 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Classes per image.")
 @click.option("--qat", is_flag=True, help="With a run folder: use its QAT model.")
-@_backend_option
+@backend_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
 def predict(model, images, top_k, qat, backend, threads):
@@ -359,136 +356,8 @@ def predict(model, images, top_k, qat, backend, threads):
                           f"{', '.join(failed[:3])}{'...' if len(failed) > 3 else ''}")
 
 
-def _int_list(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        counts = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError as cause:
-        raise click.BadParameter(
-            f"expected comma-separated integers like 1,2,4, got {value!r}") from cause
-    if not counts or any(c < 1 for c in counts):
-        raise click.BadParameter(f"thread counts must be 1 or more, like 1,2,4; got {value!r}")
-    return counts
-
-
-def _size(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError as cause:
-        raise click.BadParameter(f"expected WIDTHxHEIGHT like 320x240, got {value!r}") from cause
-    if width < 1 or height < 1:
-        raise click.BadParameter(f"width and height must be positive, got {value!r}")
-    return width, height
-
-
-@main.command(short_help="Latency, size, memory and accuracy of models, side by side.")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
-@click.option("--threads", callback=_int_list, help="Comma-separated thread counts for TFLite "
-              "models.  [default: 1 and all cores]")
-@click.option("--runs", type=click.IntRange(min=3), default=50, show_default=True,
-              help="Timed inferences.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Untimed inferences first.")
-@click.option("--data", help="Also measure accuracy on this data (folder or built-in name).")
-@click.option("--limit", type=click.IntRange(min=1),
-              help="With --data: at most N images per class.")
-@_backend_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write results as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write results as CSV.")
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False),
-              help="Write a Markdown table.")
-@click.option("--chart", "chart_path", type=click.Path(dir_okay=False),
-              help="Write a PNG chart of latency per model and format.")
-def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_path, md_path,
-          chart_path):
-    """Latency, size, memory (and accuracy) of .tflite files and run folders, side by side."""
-    from tledge import bench as b
-
-    for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (md_path, "--markdown"),
-                       (chart_path, "--chart")):
-        fileio.check_output_file(path, flag)
-    options = b.BenchOptions(**{k: v for k, v in dict(
-        threads=threads, runs=runs, warmup=warmup, data=data, limit=limit,
-        backend=backend).items() if v is not None})
-    report = b.bench(models, options, echo=click.echo)
-    click.echo(b.format_table(report))
-    b.write_outputs(report, json_path, csv_path, md_path, chart_path, echo=click.echo)
-
-
-@main.command(short_help="Check this machine: Python, TFLite runtimes, cameras, GPUs.")
-@click.option("--no-tensorflow", is_flag=True, help="Skip the TensorFlow checks (faster).")
-@click.option("--reprobe", is_flag=True, help="Probe every backend again instead of using the "
-              "cached results (after installing another version).")
-def doctor(no_tensorflow, reprobe):
-    """Check this machine: Python, runtimes (each probed in a child process), numpy conflicts,
-    OpenCV, cameras, GPUs."""
-    from tledge.doctor import format_checks, run_checks
-
-    checks, usable = run_checks(check_tensorflow=not no_tensorflow, reprobe=reprobe)
-    click.echo(format_checks(checks))
-    if not usable:
-        raise TledgeError("no TFLite runtime can load a model here: pip install 'tledge[pi]'")
-
-
-@main.command(short_help="Live classification of a camera, video, folder or stream.")
-@click.option("--model", required=True, type=click.Path(),
-              help="The .tflite model to show (or a run folder).")
-@click.option("--source", default="0", show_default=True, help="Camera index, /dev/videoN, a "
-              "video file, a folder of images, an rtsp:// or http:// stream, or 'picamera'.")
-@click.option("--compare", type=click.Path(), help="A second model on the same frames: the "
-              "fp32 .tflite, or a run folder's float Keras model (needs TensorFlow).")
-@click.option("--headless", is_flag=True, help="No window; print a status line per second.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Write one JSON line per frame.")
-@click.option("--record", type=click.Path(dir_okay=False), help="Write the annotated video (.mp4).")
-@click.option("--max-frames", type=click.IntRange(min=1), help="Stop after N frames.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True, max=1e7),
-              help="Stop after S seconds.")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="Interpreter threads.  [default: all cores]")
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Labels shown per frame.")
-@_backend_option
-@click.option("--capture-size", callback=_size, help="WxH to ask a camera for.  [default: the "
-              "smallest common size at or above the model's input when --headless without "
-              "--record, else the camera's own]")
-@click.option("--serve", metavar="[HOST:]PORT", help="Serve a live page (annotated stream, "
-              "top-k, FPS, latency; JSON at /stats.json) on PORT, bound to 127.0.0.1 unless "
-              "HOST is given. From a laptop: ssh -L 8080:localhost:8080 pi.")
-@click.option("--serve-token", metavar="SECRET", help="With --serve: every URL must carry "
-              "?token=SECRET (use it when HOST is not 127.0.0.1).")
-@click.option("--serve-fps", type=click.FloatRange(min=0, max=1000), default=15.0,
-              show_default=True, help="With --serve: JPEGs a second at most on the stream "
-              "(0: every frame).")
-@click.option("--loop", is_flag=True, help="Play a video file or folder again when it ends.")
-@click.option("--realtime/--flat-out", default=None, help="Play a video file at its own frame "
-              "rate, or as fast as it decodes.  [default: its own rate when a window or --serve "
-              "shows it, else flat out]")
-@click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
-def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
-           top_k, backend, capture_size, serve, serve_token, serve_fps, loop, realtime,
-           overwrite):
-    """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
-    from tledge.camera import CameraOptions, run_camera
-
-    for path, flag in ((output, "--output"), (record, "--record")):
-        fileio.check_output_file(path, flag)
-        if path and Path(path).exists() and not overwrite:
-            raise TledgeError(f"{path} already exists: pass --overwrite or another file name")
-    options = CameraOptions(model=model, source=source, compare=compare, headless=headless,
-                            output=output, record=record, max_frames=max_frames,
-                            duration=duration, threads=threads, top_k=top_k, backend=backend,
-                            capture_size=capture_size, loop=loop, realtime=realtime,
-                            serve=serve, serve_token=serve_token, serve_fps=serve_fps)
-    if serve:
-        from tledge.camera.serve import parse_serve
-        parse_serve(serve)  # a bad address fails now, before the models load
-    if serve_token and not serve:
-        raise TledgeError("--serve-token needs --serve [HOST:]PORT")
-    summary = run_camera(options, echo=click.echo)
-    click.echo(summary.format())
+for _command in (bench, camera, deploy, doctor):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # python -m tledge.cli

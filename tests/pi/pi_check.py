@@ -9,6 +9,8 @@
 3. Runs the README's Pi commands there (doctor, predict, evaluate, bench --chart, a headless
    camera run on a generated video, and a command that needs TensorFlow) on models and data made
    here, and checks every exit code and that no traceback appears.
+4. Starts OpenSSH's server inside it and runs the device loop from this machine over real SSH:
+   deploy, bench --on, camera --on --serve, and the bad cases (tests/pi/ssh_loop.py).
 
 Every mount lives in a private mount namespace (``unshare --mount``): /proc for the chroot, and
 a Raspberry Pi 4's /proc/cpuinfo over the chroot's /proc/cpuinfo only (qemu shows the guest the
@@ -29,6 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ssh_loop  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -225,6 +230,12 @@ def check(root: Path = DEFAULT_ROOT, log=print) -> list[str]:
             tail = [line for line in out.strip().splitlines() if line.strip()][-3:]
             for line in tail:
                 log(f"       {line[:150]}")
+    if shutil.which("ssh") is None:
+        failures.append("no ssh client on this machine for the device loop (apt-get install "
+                        "openssh-client)")
+    else:
+        log("the device loop over SSH: deploy, bench --on, camera --on, from this machine")
+        failures += ssh_loop.check(root, CPUINFO, work_host, GUEST_WORK, log)
     log(f"pi-check took {time.time() - t0:.0f} s (under emulation: not a timing)")
     return failures
 
