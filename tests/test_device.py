@@ -278,7 +278,7 @@ def test_deploy_installs_swaps_and_then_sends_only_what_changed(fake_device, tmp
     n = len(_calls(fake_device))
     again = _tledge("deploy", str(folder.parent), "pi@fake-pi")
     assert again.returncode == 0, again.stderr
-    assert "(1 sent, the rest already there)" in again.stdout
+    assert "(1 sent, 3 already there)" in again.stdout
     assert "already there" in again.stdout and "building a wheel" not in again.stdout
     # facts, receive, install (its doctor included): one ssh each
     assert [c["command"] for c in _calls(fake_device)[n:]] == ["python3"] * 3
@@ -368,8 +368,7 @@ def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_de
         if "live view of pi@fake-pi's camera: " in line:
             url = line.split("camera: ")[1].split()[0]
     assert url == f"http://127.0.0.1:{ports[1]}/", "".join(seen)
-    with urllib.request.urlopen(url + "stats.json", timeout=10) as answer:
-        stats = json.loads(answer.read())
+    stats = _first_frame_stats(url)
     assert "colour_int8" in stats["models"][0]["name"] and stats["frame"] >= 0
     assert str(frames) in stats["source"]
     proc.send_signal(signal.SIGINT)
@@ -380,8 +379,45 @@ def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_de
     assert left.returncode == 1, left.stdout  # the device's camera ended with it
 
 
+def _first_frame_stats(url: str, timeout: float = 60) -> dict:
+    """The page's figures once a frame is through (before it: only a status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url + "stats.json", timeout=10) as answer:
+            stats = json.loads(answer.read())
+        if "models" in stats or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.3)
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_deploy_interrupted_during_the_install_changes_nothing_there(fake_device, tmp_path,
+                                                                       monkeypatch):
+    home = tmp_path / "blank-pi"
+    home.mkdir()
+    monkeypatch.setenv("FAKE_SSH_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "deploy", str(INT8),
+                             "pi@fake-pi"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "installing tledge" in line:
+            break
+    time.sleep(1.0)  # pip is building the venv now
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(seen) + rest
+    root = home / "tledge"
+    deadline = time.monotonic() + 30  # the agent notices that the laptop went, and cleans up
+    while time.monotonic() < deadline and (list((root / "venvs").glob("*"))
+                                           if (root / "venvs").exists() else []):
+        time.sleep(0.5)
+    assert not (root / "venv").exists() and not list(root.glob("venvs/*"))
+    assert not (root / "models").exists()

@@ -193,8 +193,9 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
               help="With --service: the camera (0, /dev/videoN, picamera).")
 @click.option("--remove", is_flag=True, help="Stop and remove the camera unit.")
 def deploy(sources, device, python, system_site, service, port, source, remove):
-    """Copy a run's verified .tflite files (or those named) to DEVICE, install this same tledge
-    there in a venv built beside the old one and swapped in, and print its tledge doctor.
+    """Copy a run's verified .tflite files (or those named) to a device, install this same
+    tledge there in a venv built beside the old one and swapped in, and print its tledge
+    doctor. SSH as your terminal does it (~/.ssh/config, keys, jump hosts), keys only.
 
     \b
     tledge deploy models/flowers pi@raspberrypi.local

@@ -105,8 +105,15 @@ def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
     with urllib.request.urlopen(url, timeout=30) as page:
         if b"tledge camera" not in page.read():
             problems.append("the forwarded page is not the camera's")
-    with urllib.request.urlopen(url + "stats.json", timeout=30) as stats:
-        figures = json.loads(stats.read())
+    deadline = time.time() + 300
+    while True:  # the figures, once a frame is through (before it: only a status)
+        with urllib.request.urlopen(url + "stats.json", timeout=30) as stats:
+            figures = json.loads(stats.read())
+        if "models" in figures or time.time() > deadline:
+            break
+        time.sleep(1)
+    if "models" not in figures:
+        return [f"no frame on the forwarded page in 300 s: {figures}"]
     log(f"       page through 127.0.0.1:{local_port}: frame {figures['frame']}, "
         f"{figures['models'][0]['name']}")
     proc.send_signal(signal.SIGINT)

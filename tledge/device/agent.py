@@ -139,17 +139,51 @@ def receive(root, nbytes):
     return {"stage": stage}
 
 
+class _Laptop:
+    """Whether the laptop is still there: its ssh keeps this command's stdin open until the
+    command ends, so end-of-file means it went away (Ctrl-C, a dropped link, a kill). The step
+    running then is stopped, and nothing after it is done."""
+
+    def __init__(self):
+        self.gone = threading.Event()
+        self.step = None
+
+    def watch(self):
+        def read():
+            try:
+                while os.read(0, 4096):
+                    pass
+            except OSError:
+                pass
+            self.gone.set()
+            if self.step is not None and self.step.poll() is None:
+                self.step.terminate()
+        threading.Thread(target=read, daemon=True).start()
+
+    def check(self):
+        if self.gone.is_set():
+            raise Failure("the laptop went away midway: stopped, the live venv and models "
+                          "are as they were")
+
+
+LAPTOP = _Laptop()
+
+
 def _run(cmd, what, echo=True):
     """Run a step; its output goes to stderr line by line (the laptop shows it)."""
+    LAPTOP.check()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             universal_newlines=True)
+    LAPTOP.step = proc
     lines = []
     for line in proc.stdout:
         lines.append(line.rstrip())
         if echo:
             sys.stderr.write("  " + line)
             sys.stderr.flush()
-    if proc.wait() != 0:
+    proc.wait()
+    LAPTOP.check()
+    if proc.returncode != 0:
         tail = [line for line in lines if line.strip()][-1:] or ["no output"]
         raise Failure("{} failed on the device (exit {}): {}".format(what, proc.returncode,
                                                                      tail[0][:300]))
@@ -206,6 +240,7 @@ def _publish_models(root, stage):
 def install(root, stage, build, spec, system_site):
     """A venv for BUILD unless it is live already; its doctor must pass before it is swapped in;
     then the models. A failure at any step leaves the live venv and models as they were."""
+    LAPTOP.watch()
     root, stage = _dir(root), os.path.realpath(_dir(stage))
     if os.path.dirname(stage) != os.path.realpath(root) or ".incoming-" not in stage:
         raise Failure("{} is not an upload of {}".format(stage, root))
@@ -215,11 +250,15 @@ def install(root, stage, build, spec, system_site):
             if spec.startswith("wheel:"):
                 spec = os.path.join(stage, spec[len("wheel:"):])
             venv = _build_venv(root, build, spec, system_site)
-            code, report = _doctor(venv)
-            if code != 0:
+            try:
+                code, report = _doctor(venv)
+                if code != 0:
+                    raise Failure("the new venv's tledge doctor failed, so the old one stays: "
+                                  + (_verdict(report) or "no output"))
+                LAPTOP.check()
+            except BaseException:
                 shutil.rmtree(venv, ignore_errors=True)
-                raise Failure("the new venv's tledge doctor failed, so the old one stays: "
-                              + (_verdict(report) or "no output"))
+                raise
             open(os.path.join(venv, ".complete"), "w").close()
             _swap(root, build)
             installed = True

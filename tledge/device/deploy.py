@@ -273,7 +273,7 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     pushed = push(device, files, echo, options.system_site)
     echo(f"{options.target.host}: {pushed.dir}/models holds "
          f"{', '.join(f.name for f in files) or 'nothing new'}"
-         f" ({len(pushed.sent)} sent, the rest already there)")
+         f" ({len(pushed.sent)} sent, {len(files) - len(pushed.sent)} already there)")
     echo(f"venv {pushed.dir}/venv: tledge {build_id(source_checkout())} "
          f"({'installed now' if pushed.installed else 'already there'})")
     if not pushed.doctor:  # nothing was installed: ask the live venv's doctor
