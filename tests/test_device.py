@@ -237,10 +237,16 @@ def fake_device(tmp_path_factory):
     """A "device" reached through the fake ssh, its home a temporary folder, its pip offline
     with tledge's dependencies already installed (as a Pi's system packages would be)."""
     home = tmp_path_factory.mktemp("pi-home")
+    # a systemctl whose user manager does not answer (as in a container): never this machine's
+    bin_dir = tmp_path_factory.mktemp("device-bin")
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho offline\nexit 1\n")
+    (bin_dir / "systemctl").chmod(0o755)
     env = {"TLEDGE_SSH_COMMAND": str(FAKE_SSH), "FAKE_SSH_HOME": str(home),
            "FAKE_SSH_PYTHONPATH": _device_site(tmp_path_factory),
            "FAKE_SSH_ENV": json.dumps({"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "",
-                                       "PIP_CONFIG_FILE": os.devnull})}
+                                       "PIP_CONFIG_FILE": os.devnull,
+                                       "XDG_CONFIG_HOME": str(home / ".config"),
+                                       "PATH": f"{bin_dir}:{os.environ['PATH']}"})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield home
@@ -421,3 +427,16 @@ def test_a_deploy_interrupted_during_the_install_changes_nothing_there(fake_devi
         time.sleep(0.5)
     assert not (root / "venv").exists() and not list(root.glob("venvs/*"))
     assert not (root / "models").exists()
+
+
+def test_service_without_systemd_is_refused_before_anything_is_sent(fake_device, tmp_path,
+                                                                    monkeypatch):
+    home = tmp_path / "no-systemd-pi"
+    home.mkdir()
+    monkeypatch.setenv("FAKE_SSH_HOME", str(home))
+    result = _tledge("deploy", str(INT8), "pi@fake-pi", "--service", INT8.name)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: no systemd here on pi@fake-pi") and \
+        "nothing was sent" in result.stderr
+    assert [c["command"] for c in _calls(home)] == ["python3"]  # facts only
+    assert not (home / "tledge").exists() and not (home / ".config").exists()

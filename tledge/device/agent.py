@@ -95,14 +95,20 @@ def facts(root):
         for name in sorted(os.listdir(folder)):
             if os.path.isfile(os.path.join(folder, name)):
                 models[name] = _sha256(os.path.join(folder, name))
-    systemd = shutil.which("systemctl") is not None and subprocess.call(
-        ["systemctl", "--user", "is-system-running"], stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL) in (0, 1)  # 1: "degraded", still usable
     return {"python": platform.python_version(),
             "python_ok": sys.version_info[:2] >= MIN_PYTHON,
             "arch": platform.machine(), "arch_ok": platform.machine() in WHEEL_ARCHS,
             "dir": root, "free_mb": _free_mb(root), "build": _live_build(root),
-            "models": models, "systemd": systemd, "user": os.environ.get("USER", "")}
+            "models": models, "systemd": _systemd_user(), "user": os.environ.get("USER", "")}
+
+
+def _systemd_user():
+    """Whether a systemd user manager answers (not in a chroot or a container without one)."""
+    if shutil.which("systemctl") is None:
+        return False
+    proc = subprocess.run(["systemctl", "--user", "is-system-running"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, universal_newlines=True)
+    return proc.stdout.strip() in ("running", "degraded", "starting", "initializing")
 
 
 def _extract(archive, stage):
@@ -266,8 +272,13 @@ def install(root, stage, build, spec, system_site):
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     code, report = _doctor(os.path.join(root, "venv"))
+    # a camera unit running the old venv or model: restarted on the new ones
+    restarted = (installed or bool(models)) and os.path.exists(_unit_path()) and \
+        shutil.which("systemctl") is not None and subprocess.call(
+            ["systemctl", "--user", "try-restart", UNIT], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL) == 0
     return {"installed": installed, "build": build, "models": models,
-            "doctor": report, "doctor_ok": code == 0}
+            "doctor": report, "doctor_ok": code == 0, "restarted": restarted}
 
 
 def _doctor(venv):

@@ -270,7 +270,12 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     if options.service and options.service not in {f.name for f in files}:
         raise TledgeError(f"--service {options.service}: not among the files deployed "
                           f"({', '.join(f.name for f in files) or 'none'})")
-    pushed = push(device, files, echo, options.system_site)
+    facts = check_device(device, options.python)
+    if options.service and not facts["systemd"]:
+        raise TledgeError(f"no systemd here on {options.target.host} (systemctl --user does "
+                          "not answer), and --service needs it: nothing was sent; deploy "
+                          "without --service and start the camera yourself")
+    pushed = push(device, files, echo, options.system_site, facts)
     echo(f"{options.target.host}: {pushed.dir}/models holds "
          f"{', '.join(f.name for f in files) or 'nothing new'}"
          f" ({len(pushed.sent)} sent, {len(files) - len(pushed.sent)} already there)")

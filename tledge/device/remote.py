@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+from urllib.parse import quote
 
 from tledge.device.deploy import Pushed, push
 from tledge.device.ssh import Device, Target, quote_all, ssh_failure
@@ -152,7 +153,7 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
     device = Device(target)
     pushed = push(device, [model] + ([compare] if compare else []), echo)
     remote = device.agent_command("supervise", *camera_argv(pushed, options, model, compare))
-    token = f"?token={options.serve_token}" if options.serve_token else ""
+    token = f"?token={quote(options.serve_token, safe='')}" if options.serve_token else ""
     url = f"http://127.0.0.1:{local_port}/"
     proc = subprocess.Popen(device.command(remote, forward=(local_port, port)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
