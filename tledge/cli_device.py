@@ -17,8 +17,9 @@ from tledge.errors import TledgeError
 backend_option = click.option("--backend", type=click.Choice(BACKENDS),
                               help="TFLite interpreter.  [default: the first installed]")
 on_option = click.option("--on", metavar="[USER@]HOST[:DIR]", help="Run it on a device over SSH "
-                         "(your ssh config and keys), sending what it lacks as tledge deploy "
-                         "does.  [DIR default: ~/tledge]")
+                         "(your ssh config and keys), sending the models it lacks as tledge "
+                         "deploy does; --data and --source then name the device's.  [DIR "
+                         "default: ~/tledge]")
 
 
 def _target(on):

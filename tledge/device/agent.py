@@ -59,7 +59,8 @@ def _free_mb(path):
     return shutil.disk_usage(path).free // (1024 * 1024)
 
 
-def _sha256(path):
+def sha256(path):
+    """A file's SHA-256, hex (the laptop's side compares its files with it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -94,7 +95,7 @@ def facts(root):
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if os.path.isfile(os.path.join(folder, name)):
-                models[name] = _sha256(os.path.join(folder, name))
+                models[name] = sha256(os.path.join(folder, name))
     return {"python": platform.python_version(),
             "python_ok": sys.version_info[:2] >= MIN_PYTHON,
             "arch": platform.machine(), "arch_ok": platform.machine() in WHEEL_ARCHS,

@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tledge import __version__
+from tledge.device.agent import VENV_MB, sha256
 from tledge.device.ssh import Device, Target
 from tledge.errors import TledgeError
 
 CARD, LABELS = "model_card.json", "labels.txt"
-VENV_MB = 450  # what the agent asks to be free for a new venv (tledge.device.agent.VENV_MB)
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class Pushed:
     sent: list[str] = field(default_factory=list)
     doctor: str = ""
     doctor_ok: bool = True
+    restarted: bool = False
     facts: dict = field(default_factory=dict)
 
     def model(self, name: str) -> str:
@@ -211,7 +212,7 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
     """
     facts = facts or check_device(device, device.python)
     have = facts["models"]
-    missing = [f for f in files if have.get(f.name) != _sha256(f)]
+    missing = [f for f in files if have.get(f.name) != sha256(f)]
     checkout = source_checkout()
     build = build_id(checkout)
     venv_needed = facts["build"] != build
@@ -237,17 +238,9 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
                  "(pip; minutes the first time)")
         done = device.agent("install", device.target.dir, stage, build, spec,
                             "1" if system_site else "0", echo=echo, python=device.python)
-    pushed.installed, pushed.doctor, pushed.doctor_ok = (done["installed"], done["doctor"],
-                                                         done["doctor_ok"])
+    pushed.installed, pushed.doctor, pushed.doctor_ok, pushed.restarted = (
+        done["installed"], done["doctor"], done["doctor_ok"], done["restarted"])
     return pushed
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushed:
@@ -281,6 +274,8 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
          f" ({len(pushed.sent)} sent, {len(files) - len(pushed.sent)} already there)")
     echo(f"venv {pushed.dir}/venv: tledge {build_id(source_checkout())} "
          f"({'installed now' if pushed.installed else 'already there'})")
+    if pushed.restarted:
+        echo("the camera unit restarted on the new venv and models")
     if not pushed.doctor:  # nothing was installed: ask the live venv's doctor
         done = device.agent("doctor", options.target.dir, python=options.python)
         pushed.doctor, pushed.doctor_ok = done["doctor"], done["doctor_ok"]
