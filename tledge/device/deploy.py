@@ -173,14 +173,15 @@ def build_wheel(root: Path, out: Path) -> Path:
     return wheels[-1]
 
 
-def check_device(device: Device, python: str = "python3") -> dict:
+def check_device(device: Device) -> dict:
     """The device's facts, after checking it can run tledge.
 
     Raises:
       TledgeError: unreachable, login refused, no python3, Python older than 3.10, or an
         architecture without LiteRT wheels.
     """
-    facts = device.agent("facts", device.target.dir, python=python)
+    facts = device.agent("facts", device.target.dir)
+    python = device.python
     host = device.target.host
     if not facts["python_ok"]:
         raise TledgeError(f"{host}'s {python} is Python {facts['python']}; tledge needs 3.10 or "
@@ -210,7 +211,7 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
       TledgeError: see :func:`check_device`; no space; the upload or the install failed (the
         device keeps its old venv and models).
     """
-    facts = facts or check_device(device, device.python)
+    facts = facts or check_device(device)
     have = facts["models"]
     missing = [f for f in files if have.get(f.name) != sha256(f)]
     checkout = source_checkout()
@@ -231,13 +232,12 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
         size = sum(p.stat().st_size for p, _ in entries)
         need = size + (VENV_MB << 20 if venv_needed else 0)
         echo(f"sending {len(entries)} file(s), {size / 1e6:.1f} MB, to {device.target}")
-        stage = device.agent("receive", device.target.dir, str(need), data=_tar(entries),
-                             python=device.python)["stage"]
+        stage = device.agent("receive", device.target.dir, str(need), data=_tar(entries))["stage"]
         if venv_needed:
             echo(f"installing tledge {build} and its [pi] dependencies on {device.target.host} "
                  "(pip; minutes the first time)")
         done = device.agent("install", device.target.dir, stage, build, spec,
-                            "1" if system_site else "0", echo=echo, python=device.python)
+                            "1" if system_site else "0", echo=echo)
     pushed.installed, pushed.doctor, pushed.doctor_ok, pushed.restarted = (
         done["installed"], done["doctor"], done["doctor_ok"], done["restarted"])
     return pushed
@@ -254,7 +254,7 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     """
     device = Device(options.target, options.python)
     if options.remove:
-        gone = device.agent("unservice", python=options.python)
+        gone = device.agent("unservice")
         echo(f"removed {gone['unit']}" if gone["removed"] else
              f"no tledge unit on {options.target.host} ({gone['unit']}): nothing to remove")
         if not options.sources:
@@ -263,7 +263,7 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     if options.service and options.service not in {f.name for f in files}:
         raise TledgeError(f"--service {options.service}: not among the files deployed "
                           f"({', '.join(f.name for f in files) or 'none'})")
-    facts = check_device(device, options.python)
+    facts = check_device(device)
     if options.service and not facts["systemd"]:
         raise TledgeError(f"no systemd here on {options.target.host} (systemctl --user does "
                           "not answer), and --service needs it: nothing was sent; deploy "
@@ -277,11 +277,11 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     if pushed.restarted:
         echo("the camera unit restarted on the new venv and models")
     if not pushed.doctor:  # nothing was installed: ask the live venv's doctor
-        done = device.agent("doctor", options.target.dir, python=options.python)
+        done = device.agent("doctor", options.target.dir)
         pushed.doctor, pushed.doctor_ok = done["doctor"], done["doctor_ok"]
     if options.service:
         unit = device.agent("service", options.target.dir, options.service, str(options.port),
-                            options.source, python=options.python)
+                            options.source)
         echo(f"camera service {unit['unit']}: running, page on the device's "
              f"127.0.0.1:{unit['port']}; "
              + ("starts at boot" if unit["at_boot"] else "starts at login (sudo loginctl "

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 from urllib.parse import quote
 
 from tledge.device.deploy import Pushed, push
-from tledge.device.ssh import Device, Target, quote_all, ssh_failure
+from tledge.device.ssh import (Device, Target, close_quietly, quote_all, read_lines,
+                               ssh_failure)
 from tledge.errors import TledgeError
 
 
@@ -157,9 +158,9 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
     url = f"http://127.0.0.1:{local_port}/"
     proc = subprocess.Popen(device.command(remote, forward=(local_port, port)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT)
     lines: list[str] = []
-    reader = threading.Thread(target=_echo_lines, args=(proc.stdout, lines, echo), daemon=True)
+    reader = threading.Thread(target=read_lines, args=(proc.stdout, lines, echo), daemon=True)
     reader.start()
     try:
         if _wait_for_page(proc, url + "stats.json" + token, ready_timeout):
@@ -176,13 +177,6 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
                               "with a free one")
         raise ssh_failure(target.host, code, text)
     return code
-
-
-def _echo_lines(stream, into: list[str], echo) -> None:
-    for line in stream:
-        into.append(line.rstrip())
-        if line.strip() and not line.startswith("Error:"):
-            echo(line.rstrip())
 
 
 def _wait_for_page(proc: subprocess.Popen, url: str, timeout: float) -> bool:
@@ -202,10 +196,7 @@ def _wait_for_page(proc: subprocess.Popen, url: str, timeout: float) -> bool:
 
 
 def _close_and_wait(proc: subprocess.Popen) -> None:
-    try:
-        proc.stdin.close()
-    except OSError:
-        pass
+    close_quietly(proc.stdin)
     try:
         proc.wait(15)
     except subprocess.TimeoutExpired:

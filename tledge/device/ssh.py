@@ -58,10 +58,6 @@ class Target:
     def __str__(self) -> str:
         return f"{self.host}:{self.dir}"
 
-    def path(self, *parts: str) -> str:
-        """A path under the device's folder, as the device's shell should read it."""
-        return "/".join([self.dir, *parts])
-
 
 def ssh_base() -> list[str]:
     """The ssh command line before the host: TLEDGE_SSH_COMMAND or ``ssh``, in batch mode."""
@@ -128,10 +124,9 @@ class Device:
                      "-L", f"127.0.0.1:{forward[0]}:127.0.0.1:{forward[1]}"]
         return argv + ["--", self.target.host, remote]
 
-    def agent_command(self, *args: str, python: Optional[str] = None) -> str:
+    def agent_command(self, *args: str) -> str:
         """The device's shell command running the agent with ``args``."""
-        return " ".join(shlex.quote(a) for a in (python or self.python, "-c", agent_source(),
-                                                  *args))
+        return " ".join(shlex.quote(a) for a in (self.python, "-c", agent_source(), *args))
 
     def run(self, remote: str, data: Optional[bytes | Callable] = None,
             echo: Optional[Callable[[str], None]] = None, timeout: Optional[float] = None) -> str:
@@ -150,7 +145,7 @@ class Device:
             raise TledgeError(f"no ssh client here ({ssh_base()[0]} not found): install "
                               "OpenSSH (apt install openssh-client)") from e
         err_lines: list[str] = []
-        reader = threading.Thread(target=_read_lines, args=(proc.stderr, err_lines, echo),
+        reader = threading.Thread(target=read_lines, args=(proc.stderr, err_lines, echo),
                                   daemon=True)
         out_chunks: list[bytes] = []
         out_reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()),
@@ -171,19 +166,19 @@ class Device:
             proc.wait()
             raise
         finally:
-            _close(proc.stdin)
+            close_quietly(proc.stdin)
         reader.join(5)
         if code != 0:
             raise ssh_failure(self.target.host, code, "\n".join(err_lines))
         return b"".join(out_chunks).decode(errors="replace")
 
-    def agent(self, *args: str, data=None, echo=None, python: Optional[str] = None) -> dict:
+    def agent(self, *args: str, data=None, echo=None) -> dict:
         """Run an agent command and return its JSON answer.
 
         Raises:
           TledgeError: ssh or the agent failed.
         """
-        out = self.run(self.agent_command(*args, python=python), data=data, echo=echo)
+        out = self.run(self.agent_command(*args), data=data, echo=echo)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         if not lines:
             raise TledgeError(f"on {self.target.host}: the agent gave no answer to "
@@ -191,14 +186,14 @@ class Device:
         return json.loads(lines[-1])
 
 
-def _close(stream) -> None:
+def close_quietly(stream) -> None:
     try:
         stream.close()
     except OSError:
         pass
 
 
-def _read_lines(stream, into: list[str], echo: Optional[Callable[[str], None]]) -> None:
+def read_lines(stream, into: list[str], echo: Optional[Callable[[str], None]]) -> None:
     for raw in stream:
         line = raw.decode(errors="replace").rstrip()
         into.append(line)
