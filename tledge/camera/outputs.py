@@ -34,7 +34,8 @@ class Packet:
     bgr: np.ndarray
     inputs: list
     times: dict = field(default_factory=dict)
-    results: list = field(default_factory=list)
+    results: list = field(default_factory=list)  # each model's top-k, from the sink
+    scores: list = field(default_factory=list)   # each model's, from inference
 
 
 class FrameRate:
