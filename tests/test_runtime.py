@@ -59,6 +59,22 @@ def test_quantize_dequantize_formulas():
     q = rt.quantize(np.array([0.0, 0.5, 1.0, 9.0]), 1 / 128, -128, np.int8)
     assert q.tolist() == [-128, -64, 0, 127]  # q = round(x / scale) + zp, clipped
     np.testing.assert_allclose(rt.dequantize(np.array([-128, 0], np.int8), 0.5, -128), [0, 64])
+    for dtype, zero_point in ((np.uint8, 3), (np.int8, -128), (np.int8, 5)):
+        codes = np.arange(256, dtype=np.uint8).view(dtype).reshape(4, 64)
+        table = rt.dequantize_table(dtype, 1 / 255, zero_point)
+        np.testing.assert_array_equal(table[codes.view(np.uint8)],
+                                      rt.dequantize(codes, 1 / 255, zero_point))
+    assert rt.dequantize_table(np.float32, 1.0, 0) is None
+
+
+def test_top_classes_ties_in_index_order_and_missing_labels():
+    scores = np.array([0.1, 0.4, 0.4, 0.05, 0.4], np.float32)
+    top = rt.top_classes(scores, ["a", "b", "c"], top_k=4)
+    assert [(c.id, c.label) for c in top] == [(1, "b"), (2, "c"), (4, "4"), (0, "a")]
+    assert all(type(c.id) is int and type(c.score) is float for c in top)
+    assert top[0].score == float(scores[1])
+    assert [c.id for c in rt.top_classes(scores, [], top_k=0)] == [1]  # at least one
+    assert len(rt.top_classes(scores, [], top_k=99)) == 5
 
 
 def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
