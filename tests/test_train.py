@@ -78,17 +78,24 @@ def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(
 
 
 def test_feature_cache_gives_the_same_head_as_a_plain_fit(tiny_splits):
-    """The bottleneck trick is an optimisation, not a different model."""
+    """The bottleneck trick is an optimisation, not a different model: the same predictions.
+
+    Compared by what the models compute, not weight by weight: a random backbone's features
+    vary little, so the head's first layer, which has the features' standardisation folded
+    in (1/std), holds weights of ~1e5 whose last digits follow the order of float sums (the two
+    paths add in different orders), while the function they compute agrees."""
     config = tiny_config(frozen=PhaseHParams(epochs=3, learning_rate=1e-2))
-    heads = []
+    x = tiny_splits.val.x.astype(np.float32)
+    predictions = []
     for cache in (True, False):
         cfg = config.override(train={"feature_cache": cache})
         model = _model(cfg, tiny_splits)
+        before = model(x, training=False).numpy()
         result = frozen_phase(model, tiny_splits, cfg, resolve_strategy("none"))
         assert result.feature_cache is cache
-        heads.append([w.numpy() for layer in head_layers(model) for w in layer.weights])
-    for cached, plain in zip(*heads):
-        np.testing.assert_allclose(cached, plain, rtol=1e-3, atol=1e-4)
+        predictions.append(model(x, training=False).numpy())
+        assert np.abs(predictions[-1] - before).max() > 0.05  # the head did learn
+    np.testing.assert_allclose(predictions[0], predictions[1], atol=2e-3)
 
 
 @pytest.fixture(scope="module")
