@@ -1,6 +1,6 @@
 """What int8 hard-swish costs a MobileNetV3 whose activations have a trained network's scale.
 
-    python benchmarks/hard_swish_cost.py [--backbone mobilenet_v3_small] [--runs 300]
+    python benchmarks/hard_swish_cost.py [--backbone mobilenet_v3_small] [--runs 300] [--qat]
 
 `make bench`'s MobileNetV3 files have random weights: their activations are tiny, and most of
 their hard-swish ops take the rewrite's one-MUL form (tledge/graph_rewrite.py, "linear") where
@@ -10,6 +10,9 @@ pass in training mode: every layer then sees unit-scale inputs, as in a trained 
 converts it to fp32 and to tledge's post-training int8, and times, in one process, alternating
 bare invoke() calls at 1 thread: fp32, int8, and int8 with the MUL by 1/6 dropped (wrong
 numbers, right cost: what folding that constant into the next layers' weights could save).
+With --qat, also the int8 file of the QAT model made from it (tledge.qat: hard-swish as quantized
+ADD and MUL layers, ranges calibrated on `shapes` images, no training): QAT's int8 file against
+the same fp32 file, in the same loop.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def drop_sixth(model: bytes) -> bytes:
 @click.command()
 @click.option("--backbone", default="mobilenet_v3_small", show_default=True)
 @click.option("--runs", default=300, show_default=True)
-def main(backbone: str, runs: int) -> None:
+@click.option("--qat", is_flag=True, help="Also time the QAT model's int8 file.")
+def main(backbone: str, runs: int, qat: bool) -> None:
     from tledge import graph_rewrite
     from tledge.bench import machine_info
     from tledge.config import RunConfig
@@ -73,7 +77,17 @@ def main(backbone: str, runs: int) -> None:
     model(generate(6, 224, seed=0)[0].astype(np.float32), training=True)
     files = {"fp32": convert(model, QuantizationConfig.for_float32()),
              "int8": convert(model, QuantizationConfig.for_int8(generate(17, 224, seed=1)[0]))}
-    files["int8 without the 1/6 MUL"] = drop_sixth(files["int8"])
+    if "split" in plans:  # a backbone without hard-swish has no MUL by 1/6 to drop
+        files["int8 without the 1/6 MUL"] = drop_sixth(files["int8"])
+    if qat:
+        from tledge.data.pipeline import batches
+        from tledge.qat import calibrate_ranges, make_qat_model
+
+        x, y = generate(6, 224, seed=1)[:2]
+        qat_model = make_qat_model(model)
+        calibrate_ranges(qat_model, batches(x, y, 8).repeat().take(4))
+        files["int8 from QAT"] = convert(qat_model, QuantizationConfig.for_int8(x[:16],
+                                                                                from_qat=True))
     cls = get_backend().interpreter_cls
     interpreters = {}
     for name, raw in files.items():
@@ -95,8 +109,11 @@ def main(backbone: str, runs: int) -> None:
                f"{machine_info()[0]['machine_id']}; hard-swish rewrites: "
                f"{ {p: plans.count(p) for p in sorted(set(plans), key=str)} }")
     base = np.median(times["fp32"])
+    from tledge.runtime.delegation import delegation
+
     for name, ms in times.items():
-        click.echo(f"  {name:<26} p50 {np.median(ms):6.3f} ms   {np.median(ms) / base:4.2f}x fp32")
+        click.echo(f"  {name:<26} p50 {np.median(ms):6.3f} ms   {np.median(ms) / base:4.2f}x fp32"
+                   f"   {delegation(interpreters[name]).partitions} XNNPACK partition(s)")
 
 
 if __name__ == "__main__":
