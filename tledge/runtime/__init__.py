@@ -388,10 +388,8 @@ class Classifier:
             raise TledgeError(f"{self.path} failed to run ({first_line(e)[:160]}): the file is "
                               "truncated or corrupt; export it again") from e
         out = self.interpreter.get_tensor(self._output["index"])
-        if self._output_table is not None:
+        if self._output_table is not None:  # uint8 or int8 (check_image_classifier)
             return self._output_table[out.view(np.uint8)]
-        if self.output_dtype != np.float32:
-            out = dequantize(out, *self.output_quant)
         return out
 
     def classify(self, image: np.ndarray, top_k: int = 1) -> list[Class]:
