@@ -45,6 +45,9 @@ def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> P
     if all((folder / f"model_{f}.tflite").is_file() for f in FORMATS) and \
             (folder / rundir.FLOAT_MODEL).is_file():
         return folder
+    from tledge.quiet import import_tensorflow
+
+    import_tensorflow()  # with the filter of native noise (the converter's debug print)
     import tf_keras as keras
 
     keras.utils.set_random_seed(0)
