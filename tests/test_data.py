@@ -70,6 +70,14 @@ def test_resize_any_size_to_any_size(src, size, expected):
     out = resize_rgb(image, size)
     assert out.shape == (*expected, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     assert resize_rgb(image[:, :, 0], size).shape == (*expected, 3)  # grayscale -> RGB
+    # written into a buffer (an interpreter's input), the same pixels
+    buffer = np.full((2, *expected, 3), 7, np.uint8)
+    assert resize_rgb(image, size, out=buffer[1]) is not None
+    np.testing.assert_array_equal(buffer[1], out)
+    assert (buffer[0] == 7).all()
+    for bad in (buffer[1, :, :, :1], buffer[1].astype(np.float32), buffer[1, ::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            resize_rgb(image, size, out=bad)
 
 
 def test_resize_shrinks_without_aliasing_and_close_to_pillow():

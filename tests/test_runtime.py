@@ -77,6 +77,23 @@ def test_top_classes_ties_in_index_order_and_missing_labels():
     assert len(rt.top_classes(scores, [], top_k=99)) == 5
 
 
+def test_python_and_numpy_ranking_agree(monkeypatch):
+    """Up to 256 classes top_classes sorts Python floats, past it (or with a NaN) numpy's
+    argsort: the same order either way, ties in index order, a NaN last."""
+    import tledge.runtime.ranking as ranking
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 10, 200, 256):
+        scores = (rng.integers(0, 6, n) / 8).astype(np.float32)  # many ties
+        python = rt.top_classes(scores, [], top_k=n)
+        monkeypatch.setattr(ranking, "_PYTHON_SORT_MAX", 0)
+        assert rt.top_classes(scores, [], top_k=n) == python
+        monkeypatch.undo()
+        assert [c.id for c in python] == np.argsort(-scores, kind="stable").tolist()
+    with_nan = np.array([0.2, np.nan, 0.7, 0.2], np.float32)
+    assert [c.id for c in rt.top_classes(with_nan, [], top_k=4)] == [2, 0, 3, 1]
+
+
 def test_int8_model_quantized_input_and_dequantized_output(colour_tflite):
     clf = rt.Classifier(colour_tflite["int8"])
     assert clf.input_dtype == np.uint8 and clf.output_dtype == np.uint8
@@ -117,6 +134,48 @@ def test_classify_path_equals_plain_set_tensor(colour_tflite, fmt):
     wrong = np.int8 if clf.input_dtype != np.int8 else np.uint8
     with pytest.raises(TledgeError, match=clf.input_dtype.name):
         clf.invoke(pixels[:1].astype(wrong))
+
+
+class _SignedOutput:
+    """A uint8-output interpreter seen as an int8-output one: each code less 128, and its zero
+    point too, so the scores are the same."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._out = inner.get_output_details()[0]["index"]
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def get_output_details(self):
+        details = [dict(d) for d in self._inner.get_output_details()]
+        scale, zero_point = details[0]["quantization"]
+        details[0].update(dtype=np.int8, quantization=(scale, zero_point - 128))
+        return details
+
+    def get_tensor(self, index):
+        out = self._inner.get_tensor(index)
+        return (out ^ np.uint8(0x80)).view(np.int8) if index == self._out else out
+
+
+@pytest.mark.parametrize("kind", ["uint8", "int8", "fp32"])
+def test_classify_is_top_classes_of_scores(colour_tflite, kind):
+    """classify() ranks an 8-bit output from its codes, in Python floats: exactly
+    top_classes(scores()) (the same floats, ties in index order) for every output type."""
+    path = colour_tflite["fp32" if kind == "fp32" else "int8"]
+    clf = rt.Classifier(path)
+    if kind == "int8":
+        clf = rt.Classifier(path, interpreter=_SignedOutput(rt.make_interpreter(path)))
+        assert clf.output_dtype == np.int8
+    plain = rt.Classifier(path)
+    frames = np.random.default_rng(1).integers(0, 256, (6, 40, 30, 3), dtype=np.uint8)
+    frames[0] = (230, 210, 40)
+    for frame in frames:
+        scores = clf.scores(frame)
+        np.testing.assert_array_equal(scores, plain.scores(frame))
+        for top_k in (1, 3, 9):
+            assert clf.classify(frame, top_k) == rt.top_classes(scores, clf.labels, top_k)
+    assert clf.classify(frames[0])[0].label == "yellow"
 
 
 def test_labels_from_metadata_then_labels_txt(colour_tflite, tmp_path):
@@ -302,6 +361,8 @@ def test_another_tools_model_scores_as_mediapipe_tasks_does(stem, tmp_path):
     assert hashlib.sha256(images).hexdigest() == expected["images_sha256"]
     clf = rt.Classifier(MODELS / f"{stem}.tflite")
     ours = clf.predict_batch(images)
+    # one image at a time (scores() fills the input buffer itself), the same bits
+    np.testing.assert_array_equal(clf.scores(images[0]), ours[0])
     theirs = np.array(expected["scores"][stem])
     # the same scores as MediaPipe Tasks: to a uint8 output's step, else to float rounding
     tolerance = 1 / 256 + 1e-6 if clf.output_dtype == np.uint8 else 1e-4

@@ -159,7 +159,8 @@ def _one_opencv_thread(cv2) -> None:
         _opencv_threads_set = True
 
 
-def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int],
+               out: np.ndarray | None = None) -> np.ndarray:
     """Stretch an RGB image to ``size`` (an int for square, or (height, width)): uint8 HxWx3.
 
     Shrinking is antialiased the way image pyramids (and Pillow's ``reducing_gap``) do it: 2x2
@@ -174,9 +175,12 @@ def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> 
     Args:
       image: RGB uint8 (H, W, 3), or a Pillow image.
       size: an int for a square, or (height, width).
+      out: where to write the result, a C-contiguous uint8 (height, width, 3) array (an
+        interpreter's input buffer: the copy of a frame into it, cold after an invoke, cost
+        ~15-40 us of a 3.3 ms int8 MobileNetV2 here); None: a new array.
 
     Returns:
-      uint8 (height, width, 3).
+      uint8 (height, width, 3): ``out`` when given.
     """
     import cv2
 
@@ -188,11 +192,23 @@ def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int]) -> 
     while array.shape[0] >= 2 * height and array.shape[1] >= 2 * width:
         h, w = array.shape[0] // 2, array.shape[1] // 2
         array = cv2.resize(array[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
+    if out is not None and (out.dtype != np.uint8 or out.shape != (height, width, 3)
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out must be C-contiguous uint8 {(height, width, 3)}, got "
+                         f"{out.shape} {out.dtype}")
     if array.shape[:2] == (height, width):
-        return np.ascontiguousarray(array)
+        if out is None:
+            return np.ascontiguousarray(array)
+        out[...] = array
+        return out
     over = array.shape[0] >= 2 * height or array.shape[1] >= 2 * width
-    return cv2.resize(array, (width, height),
-                      interpolation=cv2.INTER_AREA if over else cv2.INTER_LINEAR)
+    interpolation = cv2.INTER_AREA if over else cv2.INTER_LINEAR
+    if out is None:
+        return cv2.resize(array, (width, height), interpolation=interpolation)
+    result = cv2.resize(array, (width, height), dst=out, interpolation=interpolation)
+    if result is not out:  # OpenCV wrote elsewhere (it may reallocate a dst it dislikes)
+        out[...] = result
+    return out
 
 
 def load_image(path, size: int | tuple[int, int]) -> np.ndarray:
