@@ -69,7 +69,8 @@ class FrameModel:
       name: for the overlay and the JSON lines.
       labels: class labels.
       prepare: RGB frame -> model input (resized, quantized).
-      run: model input -> dequantized scores.
+      run: model input -> its output (in the inference loop: nothing else happens there).
+      finish: that output -> dequantized scores (in the output thread).
       size: the model's input (height, width).
     """
 
@@ -78,6 +79,7 @@ class FrameModel:
     prepare: Callable[[np.ndarray], np.ndarray]
     run: Callable[[np.ndarray], np.ndarray]
     size: tuple = (224, 224)
+    finish: Callable[[np.ndarray], np.ndarray] = lambda out: out  # noqa: E731
 
 
 def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) -> FrameModel:
@@ -93,5 +95,6 @@ def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) 
     from tledge.runtime import Classifier
 
     clf = Classifier(p, backend=backend, threads=threads)
-    return FrameModel(p.name, clf.labels, clf.preprocess, lambda x: clf.invoke(x[None])[0],
-                      (clf.height, clf.width))
+    return FrameModel(p.name, clf.labels, clf.preprocess,
+                      lambda x: clf.invoke(x[None], dequantize=False)[0], (clf.height, clf.width),
+                      clf.dequantize_output)

@@ -35,7 +35,7 @@ class Packet:
     inputs: list
     times: dict = field(default_factory=dict)
     results: list = field(default_factory=list)  # each model's top-k, from the sink
-    scores: list = field(default_factory=list)   # each model's, from inference
+    scores: list = field(default_factory=list)   # each model's (dequantized by the sink)
 
 
 class FrameRate:

@@ -331,19 +331,32 @@ class Classifier:
         real = (pixels.astype(np.float32) - norm.mean) / norm.std
         return quantize(real, scale, zero_point, self.input_dtype)
 
-    def invoke(self, batch: np.ndarray) -> np.ndarray:
+    def invoke(self, batch: np.ndarray, dequantize: bool = True) -> np.ndarray:
         """Runs the model on a batch already in its input dtype.
 
         Args:
           batch: (N, height, width, 3) of the input dtype (see ``preprocess``).
+          dequantize: False: the output as the model gives it (8-bit codes for an int8 model),
+            for ``dequantize_output`` to turn into scores later, in another thread.
 
         Returns:
-          (N, classes) dequantized probabilities.
+          (N, classes) dequantized probabilities, or the raw output.
 
         Raises:
           TledgeError: the batch has the wrong shape or dtype, or the file fails to run.
         """
-        return self._run(batch, raw=False)
+        return self._run(batch, raw=False, dequantize=dequantize)
+
+    def dequantize_output(self, out: np.ndarray) -> np.ndarray:
+        """The model's raw output (``invoke(..., dequantize=False)``) as float32 scores.
+
+        Args:
+          out: (..., classes) of the output dtype.
+
+        Returns:
+          The same shape, float32.
+        """
+        return self._dequantized(out)
 
     def scores(self, image: np.ndarray) -> np.ndarray:
         """Dequantized class scores of one RGB image.
@@ -383,7 +396,7 @@ class Classifier:
             self.interpreter.allocate_tensors()
             self._batch = n
 
-    def _run(self, batch: np.ndarray, raw: bool) -> np.ndarray:
+    def _run(self, batch: np.ndarray, raw: bool, dequantize: bool = True) -> np.ndarray:
         """``batch``: raw 0..255 uint8 pixels at the model's size (raw) or its input dtype."""
         # set_tensor checked these; an assignment would silently cast or broadcast instead.
         if batch.dtype != (np.uint8 if raw else self.input_dtype) or \
@@ -400,7 +413,8 @@ class Classifier:
         view = self.interpreter.tensor(self._input["index"])()
         view[...] = batch
         del view  # the interpreter refuses to run while a view of its buffers is alive
-        return self._dequantized(self._invoke_filled())
+        out = self._invoke_filled()
+        return self._dequantized(out) if dequantize else out
 
     def _dequantized(self, out: np.ndarray) -> np.ndarray:
         """The model's output as float32 scores."""
