@@ -175,6 +175,10 @@ def test_classify_is_top_classes_of_scores(colour_tflite, kind):
         np.testing.assert_array_equal(scores, plain.scores(frame))
         for top_k in (1, 3, 9):
             assert clf.classify(frame, top_k) == rt.top_classes(scores, clf.labels, top_k)
+        # the camera's halves: raw output in the inference loop, scores in the output thread
+        raw = clf.invoke(clf.preprocess(frame)[None], dequantize=False)
+        assert raw.dtype == clf.output_dtype
+        np.testing.assert_array_equal(clf.dequantize_output(raw)[0], scores)
     assert clf.classify(frames[0])[0].label == "yellow"
 
 
