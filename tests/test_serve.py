@@ -113,7 +113,9 @@ def test_parse_serve():
 
 
 def test_page_stream_json_and_health(colour_tflite, video):
-    with Camera(colour_tflite, video, max_frames=400) as cam:
+    # stopped by the with block, not by --max-frames: played flat out, the tiny models ran 400
+    # frames before the last request and it met a closed server (connection reset, 1 in 8 runs)
+    with Camera(colour_tflite, video) as cam:
         page = cam.get("/").decode()
         assert '<img id="stream"' in page and 'src="stream.mjpg' in page
         frames = read_jpegs(cam.url("/stream.mjpg"), 3)
@@ -135,7 +137,8 @@ def test_page_stream_json_and_health(colour_tflite, video):
             cam.get("/nope")
         assert e.value.code == 404
     assert cam.error is None, cam.error
-    assert cam.summary.frames == 400 and "jpeg" in cam.summary.stages
+    assert cam.summary.frames > 2 and cam.summary.reason == "quit"
+    assert "jpeg" in cam.summary.stages
     assert any("serving the live page on http://127.0.0.1:" in line for line in cam.lines)
     # closed cleanly: a new camera page can take the port at once
     from tledge.camera.serve import FrameServer
