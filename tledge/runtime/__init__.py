@@ -354,9 +354,11 @@ class Classifier:
           out: (..., classes) of the output dtype.
 
         Returns:
-          The same shape, float32.
+          The same shape, float32 (``out`` itself for a float32 model).
         """
-        return self._dequantized(out)
+        if self._output_table is not None:  # uint8 or int8 (check_image_classifier)
+            return self._output_table[out.view(np.uint8)]
+        return out
 
     def scores(self, image: np.ndarray) -> np.ndarray:
         """Dequantized class scores of one RGB image.
@@ -368,7 +370,7 @@ class Classifier:
           (classes,) float32 scores.
         """
         self._fill(image)
-        return self._dequantized(self._invoke_filled())[0]
+        return self.dequantize_output(self._invoke_filled())[0]
 
     def _fill(self, image: np.ndarray) -> None:
         """Resizes one RGB image into the interpreter's input buffer, as the model's input."""
@@ -414,13 +416,7 @@ class Classifier:
         view[...] = batch
         del view  # the interpreter refuses to run while a view of its buffers is alive
         out = self._invoke_filled()
-        return self._dequantized(out) if dequantize else out
-
-    def _dequantized(self, out: np.ndarray) -> np.ndarray:
-        """The model's output as float32 scores."""
-        if self._output_table is not None:  # uint8 or int8 (check_image_classifier)
-            return self._output_table[out.view(np.uint8)]
-        return out
+        return self.dequantize_output(out) if dequantize else out
 
     def _invoke_filled(self) -> np.ndarray:
         """Runs the model on what its input buffer holds; (N, classes) of its output dtype."""

@@ -186,16 +186,16 @@ def resize_rgb(image: np.ndarray | Image.Image, size: int | tuple[int, int],
 
     _one_opencv_thread(cv2)
     height, width = (int(size), int(size)) if np.ndim(size) == 0 else map(int, size)
+    if out is not None and (out.dtype != np.uint8 or out.shape != (height, width, 3)
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"out must be C-contiguous uint8 {(height, width, 3)}, got "
+                         f"{out.shape} {out.dtype}")
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     while array.shape[0] >= 2 * height and array.shape[1] >= 2 * width:
         h, w = array.shape[0] // 2, array.shape[1] // 2
         array = cv2.resize(array[:2 * h, :2 * w], (w, h), interpolation=cv2.INTER_AREA)
-    if out is not None and (out.dtype != np.uint8 or out.shape != (height, width, 3)
-                            or not out.flags.c_contiguous):
-        raise ValueError(f"out must be C-contiguous uint8 {(height, width, 3)}, got "
-                         f"{out.shape} {out.dtype}")
     if array.shape[:2] == (height, width):
         if out is None:
             return np.ascontiguousarray(array)
