@@ -70,6 +70,10 @@ def test_resize_any_size_to_any_size(src, size, expected):
     out = resize_rgb(image, size)
     assert out.shape == (*expected, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     assert resize_rgb(image[:, :, 0], size).shape == (*expected, 3)  # grayscale -> RGB
+    # the size as an int, a numpy int, a tuple (the classifier's), a list or an array: same pixels
+    for form in (expected, list(expected), np.array(expected)) + \
+            ((size, np.int64(size)) if np.ndim(size) == 0 else ()):
+        np.testing.assert_array_equal(resize_rgb(image, form), out)
     # written into a buffer (an interpreter's input), the same pixels
     buffer = np.full((2, *expected, 3), 7, np.uint8)
     assert resize_rgb(image, size, out=buffer[1]) is not None

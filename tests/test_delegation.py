@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tledge.graph_rewrite import can_split, plan, split_int8_hard_swish
-from tledge.runtime import Classifier, get_backend
+from tledge.runtime import Classifier, all_tensors_interpreter, get_backend
 from tledge.runtime.delegation import Delegation, delegation, delegation_of_nodes
 
 HARD_SWISH = Path(__file__).parent / "models" / "hard_swish_int8.tflite"
@@ -45,8 +45,9 @@ def test_nothing_delegated_lists_every_op_and_all_delegated_lists_none():
 
 
 def _interpreter(model: bytes, preserve: bool = False):
-    interpreter = get_backend().interpreter_cls(
-        model_content=model, num_threads=1, experimental_preserve_all_tensors=preserve)
+    if preserve:  # the runtime's own, which silences LiteRT's "for debugging" warning
+        return all_tensors_interpreter(model)
+    interpreter = get_backend().interpreter_cls(model_content=model, num_threads=1)
     interpreter.allocate_tensors()
     return interpreter
 
