@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,37 @@ def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
     assert rows[0]["backend"].startswith("litert") and rows[-1]["backend"].startswith("tensorflow")
     assert "| model |" in (tmp_path / "b.md").read_text()
     assert (tmp_path / "b.csv").read_text().count("\n") == 6
+
+
+def test_bench_hands_over_frames_as_the_camera_does():
+    """The classify path is timed on frames a capture thread has just converted from BGR (as
+    tledge camera's does): the seeded RGB frames, a new array each time, made on another
+    thread, and that conversion is not part of the timed call."""
+    import threading
+
+    from tledge import bench
+    stored = bench.frames(3)
+    made_on = []
+
+    def full(frame):
+        made_on.append(frame)
+        time.sleep(0.002)
+
+    def slow_capture(i):
+        time.sleep(0.2)
+        return capture(i)
+
+    with bench.Capture(3) as capture:
+        for i in (0, 9):
+            frame = capture(i)
+            np.testing.assert_array_equal(frame, stored[i % len(stored)])
+            assert frame.flags.c_contiguous and not np.shares_memory(frame, stored)
+        assert capture(1) is not capture(1)
+        names = capture._pool.submit(lambda: threading.current_thread().name).result()
+        assert names.startswith("tledge-capture")
+        bare_ms, full_ms = bench._time_paired(lambda i: None, full, slow_capture, 4, 1)
+    assert len(made_on) == 5 and len(full_ms) == 4 and max(full_ms) < 150  # capture untimed
+    np.testing.assert_array_equal(made_on[-1], stored[3])
 
 
 def test_bench_accuracy_and_bad_paths(colour_tflite, tmp_path):

@@ -82,9 +82,10 @@ def to_markdown(report: dict) -> str:
              f"- Python {m['python']}; backends: "
              f"{', '.join(sorted({r['backend'] for r in report['results']})) or '-'}",
              f"- {report['options']['runs']} timed runs after {report['options']['warmup']} "
-             f"warm-up, batch 1, seeded 640x480 frames; latencies in ms, percentiles of the "
-             "full classify path (resize + quantize + invoke + top-k); 'overhead' is classify "
-             "p50 over bare invoke() p50, the two timed alternately",
+             f"warm-up, batch 1, seeded 640x480 frames handed over as the camera's capture thread "
+             "hands them (just converted from BGR, not timed); latencies in ms, percentiles of "
+             "the full classify path (resize + quantize + invoke + top-k); 'overhead' is "
+             "classify p50 over bare invoke() p50, the two timed alternately",
              "- XNNPACK: the partitions the delegate cut the graph into (1: it took the graph "
              "whole); reference kernels: the op types it left (an int8 file's uint8 QUANTIZE "
              "at each end and its SOFTMAX always are, and cost little; an op between two "
