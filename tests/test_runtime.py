@@ -300,6 +300,19 @@ def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
     assert (tmp_path / "b.csv").read_text().count("\n") == 6
 
 
+def test_bench_peak_memory_is_the_workers_own(colour_tflite):
+    """A worker's peak memory is its own, not its parent's: make bench's parent holds
+    TensorFlow and the models it built (3.3 GB), which getrusage's ru_maxrss counted."""
+    from tledge import bench
+    ballast = np.ones(600 * 2**20, np.uint8)  # the parent's 600 MB, touched
+    report = bench.bench([str(colour_tflite["int8"])],
+                         bench.BenchOptions(threads=(1,), runs=3, warmup=0),
+                         echo=lambda s: None)
+    row = report["results"][0]
+    assert 0 < row["memory_mb"] <= row["peak_rss_mb"] < 400, row["peak_rss_mb"]
+    del ballast
+
+
 def test_bench_hands_over_frames_as_the_camera_does():
     """The classify path is timed on frames a capture thread has just converted from BGR (as
     tledge camera's does): the seeded RGB frames, a new array each time, made on another

@@ -115,6 +115,16 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory. On Linux VmHWM, the peak of its own memory:
+    getrusage's ru_maxrss of a worker started by (v)fork + exec also counts its parent's peak
+    (every row of a ``make bench`` report said 3.3 GB, the model builder's TensorFlow)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
 
