@@ -81,11 +81,11 @@ class Capture:
     converts each BGR frame to a new RGB array just before the resize reads it, so the frame
     comes in warm in the caches. Here a one-thread pool converts the seeded frames, untimed.
 
-    Measured on an AMD EPYC (Zen 4, 2 cores), MobileNetV2 int8 224 at 1 thread, classify over
-    bare invoke: +6.4 % with the frame converted on the other core (this), +5.7 % on the same
-    core, +8.5-11 % with a frame read from memory long after it was made (the resize's read of
-    0.9 MB then comes from DRAM; no path of tledge's hands over such a frame).
-    ``benchmarks/classify_path.py`` times both.
+    A frame read from memory long after it was made costs the resize more (its read of 0.9 MB
+    comes from DRAM), and no path of tledge's hands one over. On an AMD EPYC (Zen 4, 2 cores),
+    MobileNetV2 int8 224 at 1 thread, classify over bare invoke in ``tledge bench``: +6.5 to
+    +7.6 % this way, +9.5 to +11.1 % on stored frames; ``benchmarks/classify_path.py`` times
+    both in one loop.
     """
 
     def __init__(self, seed: int, n: int = N_FRAMES):
