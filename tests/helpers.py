@@ -207,6 +207,7 @@ def train_colour_run(run: Path):
     import tf_keras as keras
 
     from tledge import rundir
+    from tledge.fitting import save_model
     from tledge.qat import make_qat_model
 
     keras.utils.set_random_seed(0)
@@ -219,8 +220,8 @@ def train_colour_run(run: Path):
     qat.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", ["accuracy"])
     qat.fit(train.x.astype(np.float32), train.y, epochs=2, batch_size=16, verbose=0)
     _run_folder(run)
-    model.save(run / rundir.FLOAT_MODEL)
-    qat.save(run / rundir.QAT_MODEL)
+    save_model(model, run / rundir.FLOAT_MODEL)
+    save_model(qat, run / rundir.QAT_MODEL)  # as train writes them (HDF5 warning silenced)
     return splits, model
 
 
