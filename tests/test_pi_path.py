@@ -100,6 +100,7 @@ def test_doctor_tells_the_truth_about_tensorflow(fresh_backends):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")  # chosen on purpose
 def test_tensorflow_backend_is_what_it_says(fresh_backends, colour_tflite):
     """TensorFlow's interpreter is tf.lite.Interpreter (the public API), which importing the
     module "tensorflow.lite" does not give; where it is missing, say so, not "install it"."""

@@ -321,10 +321,10 @@ def test_bench_hands_over_frames_as_the_camera_does():
 
     from tledge import bench
     stored = bench.frames(3)
-    made_on = []
+    received = []
 
     def full(frame):
-        made_on.append(frame)
+        received.append(frame)
         time.sleep(0.002)
 
     def slow_capture(i):
@@ -340,8 +340,8 @@ def test_bench_hands_over_frames_as_the_camera_does():
         names = capture._pool.submit(lambda: threading.current_thread().name).result()
         assert names.startswith("tledge-capture")
         bare_ms, full_ms = bench._time_paired(lambda i: None, full, slow_capture, 4, 1)
-    assert len(made_on) == 5 and len(full_ms) == 4 and max(full_ms) < 150  # capture untimed
-    np.testing.assert_array_equal(made_on[-1], stored[3])
+    assert len(received) == 5 and len(full_ms) == 4 and max(full_ms) < 150  # capture untimed
+    np.testing.assert_array_equal(received[-1], stored[3])
 
 
 def test_bench_accuracy_and_bad_paths(colour_tflite, tmp_path):
