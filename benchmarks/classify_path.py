@@ -39,7 +39,7 @@ def main(model: str, calls: int) -> None:
         "classify, cold": None,  # a stored frame, last read eight calls ago
     }
     ms: dict = {name: [] for name in steps}
-    with Capture(1) as capture:
+    with Capture(frames(1)) as capture:  # other pictures than the stored ones
         for i in range(calls + 20):
             for name, step in steps.items():
                 frame = capture(i)  # not timed

@@ -79,7 +79,8 @@ def frames(seed: int, n: int = N_FRAMES) -> np.ndarray:
 class Capture:
     """Hands the classify path its frames as ``tledge camera`` does: the camera's capture thread
     converts each BGR frame to a new RGB array just before the resize reads it, so the frame
-    comes in warm in the caches. Here a one-thread pool converts the seeded frames, untimed.
+    comes in warm in the caches. Here a one-thread pool converts the given RGB frames (the ones
+    bare ``invoke()`` is timed on) to BGR once, then back to RGB for each call, untimed.
 
     A frame read from memory long after it was made costs the resize more (its read of 0.9 MB
     comes from DRAM), and no path of tledge's hands one over. On an AMD EPYC (Zen 4, 2 cores),
@@ -88,12 +89,12 @@ class Capture:
     both in one loop.
     """
 
-    def __init__(self, seed: int, n: int = N_FRAMES):
-        self._bgr = np.ascontiguousarray(frames(seed, n)[..., ::-1])
+    def __init__(self, rgb: np.ndarray):
+        self._bgr = np.ascontiguousarray(rgb[..., ::-1])
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="tledge-capture")
 
     def __call__(self, i: int) -> np.ndarray:
-        """Frame ``i`` (cycling over the seeded ones) as RGB, just converted."""
+        """Frame ``i`` (cycling over them) as RGB, just converted."""
         import cv2
 
         return self._pool.submit(cv2.cvtColor, self._bgr[i % len(self._bgr)],
@@ -176,7 +177,7 @@ def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     interpreter.invoke()
     first_ms = (time.perf_counter() - start) * 1000
     interpreter.set_tensor(index, prepared[:1])
-    with Capture(options.seed) as capture:
+    with Capture(inputs) as capture:
         invoke_ms, classify_ms = _time_paired(
             bare, lambda frame: clf.classify(frame, top_k=5), capture, options.runs,
             options.warmup)
@@ -223,7 +224,7 @@ def measure_keras(run: str, options: BenchOptions) -> dict:
     start = time.perf_counter()
     bare(0)  # traces the function
     first_ms = (time.perf_counter() - start) * 1000
-    with Capture(options.seed) as capture:
+    with Capture(inputs) as capture:
         invoke_ms, classify_ms = _time_paired(bare, classify, capture, options.runs,
                                               options.warmup)
     return {"backend": f"tensorflow {tf.__version__}", "device": device,
