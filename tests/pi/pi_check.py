@@ -200,10 +200,12 @@ def check(root: Path = DEFAULT_ROOT, log=print) -> list[str]:
         shutil.rmtree(work_host)
     work_host.mkdir(parents=True)
     make_assets(work_host, log)
-    log("installing .[pi] into a venv inside the emulated Pi (minutes under qemu)")
+    log("installing .[pi] with tledge/locks/pi.txt into a venv inside the emulated Pi "
+        "(minutes under qemu)")
     install = in_guest(root, f"test -x {GUEST_VENV}/bin/python || python3 -m venv {GUEST_VENV}; "
                              f"{GUEST_VENV}/bin/python -m pip install --quiet "
-                             f"'{GUEST_SRC}[pi]' && python --version && uname -m && "
+                             f"-c {GUEST_SRC}/tledge/locks/pi.txt '{GUEST_SRC}[pi]' && "
+                             "python --version && uname -m && "
                              "pip list 2>/dev/null | grep -i -E 'litert|numpy|opencv|matplotlib'")
     if install.returncode != 0:
         return [f"pip install .[pi] failed in the emulated Pi:\n{install.stdout}{install.stderr}"]

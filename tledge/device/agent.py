@@ -18,7 +18,8 @@ The device's folder (``~/tledge`` unless the target names another)::
 Commands:
   facts DIR                         Python, architecture, free space, the live build, models
   receive DIR NBYTES                a tar on stdin into a new DIR/.incoming-*: prints its path
-  install DIR STAGE BUILD SPEC SSP  a venv for BUILD (when not live), doctor, swap, models
+  install DIR STAGE BUILD SPEC SSP  a venv for BUILD (when not live; pip pinned by the upload's
+                                    constraints.txt when it has one), doctor, swap, models
   doctor DIR                        the live venv's tledge doctor
   service DIR MODEL PORT SOURCE     a systemd user unit running the camera's live page at boot
   unservice                         that unit stopped, disabled and removed
@@ -47,6 +48,9 @@ UNIT = "tledge-camera.service"
 
 class Failure(Exception):
     """A problem on the device, said in one line."""
+
+
+CONSTRAINTS = "constraints.txt"  # the upload's pins for pip (the laptop's tledge/locks/pi.txt)
 
 
 def _dir(path):
@@ -197,7 +201,7 @@ def _run(cmd, what, echo=True):
     return "\n".join(lines)
 
 
-def _build_venv(root, build, spec, system_site):
+def _build_venv(root, build, spec, system_site, constraints=None):
     venvs = os.path.join(root, "venvs")
     venv = os.path.join(venvs, build)
     if os.path.isdir(venv):  # an earlier try of this build that did not finish
@@ -211,8 +215,10 @@ def _build_venv(root, build, spec, system_site):
         flags = ["--system-site-packages"] if system_site == "1" else []
         _run([sys.executable, "-m", "venv"] + flags + [venv], "creating the venv")
         python = os.path.join(venv, "bin", "python")
+        # the exact versions tledge was tested with (its locks/pi.txt), where the laptop sent them
+        pins = ["-c", constraints] if constraints and os.path.isfile(constraints) else []
         _run([python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar",
-              "off", spec], "pip install " + os.path.basename(spec))
+              "off"] + pins + [spec], "pip install " + os.path.basename(spec))
     except BaseException:
         shutil.rmtree(venv, ignore_errors=True)
         raise
@@ -256,7 +262,8 @@ def install(root, stage, build, spec, system_site):
         if _live_build(root) != build:
             if spec.startswith("wheel:"):
                 spec = os.path.join(stage, spec[len("wheel:"):])
-            venv = _build_venv(root, build, spec, system_site)
+            venv = _build_venv(root, build, spec, system_site,
+                               os.path.join(stage, CONSTRAINTS))
             try:
                 code, report = _doctor(venv)
                 if code != 0:

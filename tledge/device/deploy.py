@@ -10,7 +10,8 @@ deploy does, in order, each step leaving the device as it was when it fails:
 3. Builds a wheel of this checkout (only when the device's live build differs), and sends it with
    the files the device lacks in one tar stream (``receive``).
 4. ``install``: a new venv beside the live one (``--system-site-packages``: Raspberry Pi OS
-   ships Picamera2 as an apt package), ``pip install WHEEL[pi]``, its ``tledge doctor`` must
+   ships Picamera2 as an apt package), ``pip install -c locks/pi.txt WHEEL[pi]`` (the exact
+   versions tested), its ``tledge doctor`` must
    pass, then the ``venv`` symlink is swapped in one rename and the models renamed into place.
 """
 
@@ -27,11 +28,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tledge import __version__
-from tledge.device.agent import VENV_MB, sha256
+from tledge.device.agent import CONSTRAINTS, VENV_MB, sha256
 from tledge.device.ssh import Device, Target
 from tledge.errors import TledgeError
 
 CARD, LABELS = "model_card.json", "labels.txt"
+# The exact versions tledge[pi] was tested with (``make lock``), Python 3.11 aarch64 included:
+# the device's pip installs with them, so a release since cannot break a deploy.
+PI_LOCK = Path(__file__).resolve().parents[1] / "locks" / "pi.txt"
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,8 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
             spec = f"wheel:{wheel.name}[pi]"
         else:
             spec = f"tledge[pi]=={__version__}"
+        if venv_needed and PI_LOCK.is_file():
+            entries.append((PI_LOCK, CONSTRAINTS))
         size = sum(p.stat().st_size for p, _ in entries)
         need = size + (VENV_MB << 20 if venv_needed else 0)
         echo(f"sending {len(entries)} file(s), {size / 1e6:.1f} MB, to {device.target}")
