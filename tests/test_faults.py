@@ -353,6 +353,24 @@ def test_bad_command_options(args, fragments, tmp_path):
     assert "(0,)" not in output and "Traceback" not in output
 
 
+@pytest.mark.parametrize("command", ["predict", "bench", "evaluate"])
+def test_a_thread_count_past_the_cores_is_one_line_before_any_thread_starts(colour_tflite,
+                                                                          tmp_path, command):
+    """--threads 1000000 ended in SIGSEGV (the thread pool failed to start) and exhausted the
+    machine's thread table: it is refused before an interpreter is made."""
+    import cv2
+
+    folder = tmp_path / "data" / "red"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    model = str(colour_tflite["int8"])
+    args = {"predict": ["predict", model, str(folder / "x.png"), "--threads", "1000000"],
+            "bench": ["bench", model, "--threads", "1,1000000", "--runs", "3"],
+            "evaluate": ["evaluate", model, "--data", str(tmp_path / "data"),
+                         "--threads", "1000"]}[command]
+    one_line_error(cli(*args), "--threads", "cores", "give 1 to")
+
+
 def test_more_threads_than_cores_is_said(colour_tflite, caplog):
     import logging
 

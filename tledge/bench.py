@@ -352,9 +352,13 @@ def bench(models: Sequence[str], options: BenchOptions,
     """Measure every model (and every thread count for TFLite files)."""
     from tqdm import tqdm
 
+    from tledge.runtime import check_threads
+
     described = [describe_model(m) for m in models]  # fail fast on a bad path
     info, warnings = machine_info()
     cores = os.cpu_count() or 1
+    for threads in options.threads:
+        check_threads(threads, cores)
     if max(options.threads) > cores:
         warnings.append(f"--threads {max(options.threads)} is more than this machine's {cores} "
                         "cores: those rows measure oversubscription, not a faster model")

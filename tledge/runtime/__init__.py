@@ -21,6 +21,7 @@ import numpy as np
 
 from tledge.errors import TledgeError, first_line
 from tledge.quiet import native_stderr_filtered
+from tledge.runtime.backends import check_threads
 from tledge.runtime.labels import find_labels, read_embedded_labels, read_labels_file
 from tledge.runtime.metadata import min_runtime_version, normalization_of
 from tledge.runtime.quantization import dequantize, dequantize_table, quantize
@@ -33,8 +34,6 @@ TFLITE_IDENTIFIER = b"TFL3"
 
 
 _warned_threads: set = set()
-
-
 def check_tflite_file(path: str | os.PathLike) -> Path:
     """A readable file that starts like a TFLite flatbuffer.
 
@@ -96,8 +95,7 @@ def open_interpreter(path: str | os.PathLike, backend: Optional[str] = None,
     path = check_tflite_file(path)
     chosen = get_backend(backend)
     cores = os.cpu_count() or 1
-    if threads is not None and threads < 1:
-        raise TledgeError(f"--threads must be 1 or more, got {threads}")
+    check_threads(threads, cores)
     if threads and threads > cores and threads not in _warned_threads:
         import logging
         _warned_threads.add(threads)
@@ -487,7 +485,8 @@ def in_batches(predict, x: np.ndarray, batch_size: int, desc: Optional[str] = No
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
 
-__all__ = ["Class", "Classifier", "available_backends", "check_model_file", "check_tflite_file",
-           "dequantize", "dequantize_table", "find_labels", "get_backend", "in_batches",
-           "load_rgb", "make_interpreter", "min_runtime_version", "open_interpreter", "quantize",
-           "read_embedded_labels", "read_labels_file", "top_classes"]
+__all__ = ["Class", "Classifier", "available_backends", "check_model_file", "check_threads",
+           "check_tflite_file", "dequantize", "dequantize_table", "find_labels", "get_backend",
+           "in_batches", "load_rgb", "make_interpreter", "min_runtime_version",
+           "open_interpreter", "quantize", "read_embedded_labels", "read_labels_file",
+           "top_classes"]

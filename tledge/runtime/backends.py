@@ -5,6 +5,7 @@ choice of the first that works. Imports no backend until one is asked for."""
 from __future__ import annotations
 
 import importlib
+import os
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -232,3 +233,26 @@ def get_backend(name: Optional[str] = None) -> Backend:
     else:
         hint = "pip install ai-edge-litert"
     raise TledgeError(f"no TFLite interpreter could be loaded ({'; '.join(errors)}): {hint}")
+
+
+# Interpreter threads past this many per core are refused: they never make inference faster,
+# and a huge count exhausts the machine's thread table (a million: SIGSEGV after the thread
+# pool fails to start; under a container's pids limit, a thousand is enough).
+THREADS_PER_CORE = 4
+
+
+def check_threads(threads: Optional[int], cores: Optional[int] = None) -> None:
+    """Refuse a thread count below 1 or past :data:`THREADS_PER_CORE` times the cores.
+
+    Raises:
+      TledgeError: one line naming the range that makes sense here.
+    """
+    cores = cores or os.cpu_count() or 1
+    if threads is None:
+        return
+    if threads < 1:
+        raise TledgeError(f"--threads must be 1 or more, got {threads}")
+    if threads > THREADS_PER_CORE * cores:
+        raise TledgeError(f"--threads {threads} is far more than this machine's {cores} cores: "
+                          f"give 1 to {cores} (inference is fastest within the cores; at most "
+                          f"{THREADS_PER_CORE * cores} are accepted, to measure oversubscription)")
