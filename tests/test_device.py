@@ -189,10 +189,59 @@ def test_no_space_is_said_before_the_upload(tmp_path):
 
 def test_the_unit_runs_the_deployed_camera(tmp_path):
     text = agent.unit_text("/home/pi/tledge", "model_int8.tflite", 8080, "picamera")
-    assert ("ExecStart=/home/pi/tledge/venv/bin/tledge camera --model "
-            "/home/pi/tledge/models/model_int8.tflite --source picamera --headless --serve 8080"
-            in text)
+    assert ('ExecStart="/home/pi/tledge/venv/bin/tledge" "camera" "--model" '
+            '"/home/pi/tledge/models/model_int8.tflite" "--source" "picamera" "--headless" '
+            '"--serve" "8080"\n' in text)
     assert "WantedBy=default.target" in text and "Restart=on-failure" in text
+
+
+@pytest.mark.parametrize("source", ["rtsp://cam/a b?x=%41&y=$HOME", 'say "hi" \\ back'])
+def test_the_unit_keeps_each_word_whole_for_systemd(source):
+    """A space split ExecStart=, % was read as a specifier and $ as a variable: each word is
+    quoted for systemd, and reading it back as systemd does gives the word itself."""
+    text = agent.unit_text("/home/pi/my models", "m.tflite", 8080, source)
+    line = next(x for x in text.splitlines() if x.startswith("ExecStart="))
+    words = _systemd_words(line[len("ExecStart="):])
+    assert words[0] == "/home/pi/my models/venv/bin/tledge"
+    assert words[words.index("--source") + 1] == source
+    assert text.count("\n") == 11  # no line of its own added
+
+
+def _systemd_words(text):
+    """ExecStart='s words as systemd reads them (quotes, \\ escapes, %%, $$)."""
+    import shlex
+    words = shlex.split(text.replace("%%", "\0p").replace("$$", "\0d"), posix=True)
+    return [w.replace("\0p", "%").replace("\0d", "$") for w in words]
+
+
+@pytest.mark.parametrize("source", ["0\nExecStartPre=/bin/touch /tmp/x", "a\rb", "x\x1b[2J"])
+def test_a_source_with_a_control_character_is_refused_on_both_sides(source):
+    with pytest.raises(agent.Failure, match="control character"):
+        agent.unit_text("/home/pi/tledge", "m.tflite", 8080, source)
+    with pytest.raises(TledgeError, match="control character"):
+        deploy.DeployOptions(target=Target.parse("pi@pi4"), source=source)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("pi@dev:~/m/$(touch INJECTED1)`touch INJECTED2`", "letters, digits"),
+    ("pi@dev:~/a b", "letters, digits"),
+    ("pi@dev:~/50%", "letters, digits"),
+    ("pi@dev:/", "not the device's root or home"),
+    ("pi@dev:~", "not the device's root or home"),
+    ("pi@dev:~/../../etc", "'..'"),
+    ("pi@dev:~/" + "x" * 300, "over 255 bytes"),
+    ("pi@de;v:x", "is not a device"),
+    ("p$i@dev", "is not a device"),
+])
+def test_device_folders_and_hosts_a_shell_would_read_are_refused(text, fragment):
+    with pytest.raises(TledgeError, match=__import__("re").escape(fragment)):
+        Target.parse(text)
+
+
+def test_an_ipv6_target_reaches_ssh_without_brackets():
+    target = Target.parse("pi@[::1]:models")
+    assert target.host == "pi@[::1]" and target.dir == "models"
+    assert Device(target).command("true")[-2] == "pi@::1"
 
 
 def test_a_service_without_systemd_leaves_no_unit(tmp_path):
@@ -289,6 +338,19 @@ def test_deploy_installs_swaps_and_then_sends_only_what_changed(fake_device, tmp
     # facts, receive, install (its doctor included): one ssh each
     assert [c["command"] for c in _calls(fake_device)[n:]] == ["python3"] * 3
     assert (root / "models" / "model_fp32.tflite").read_bytes().endswith(b"changed")
+
+
+def test_a_deploy_folder_with_shell_text_runs_nothing_there(fake_device):
+    """The campaign's case: the folder's $(...) and backticks ran on the device (through the
+    venv scripts' /bin/sh trampoline). Refused before ssh is run at all."""
+    n = len(_calls(fake_device))
+    result = _tledge("deploy", str(INT8), "pi@fake-pi:~/m/$(touch INJECTED1)`touch INJECTED2`")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == [
+        "Error: device folder '~/m/$(touch INJECTED1)`touch INJECTED2`': use letters, digits "
+        "and . _ + - / only (~/ at the start for the home): it is named in the device's shell "
+        "commands, scripts and systemd unit"]
+    assert len(_calls(fake_device)) == n and not list(fake_device.rglob("INJECTED*"))
 
 
 def test_a_failed_install_leaves_the_device_as_it_was(fake_device, tmp_path, monkeypatch):

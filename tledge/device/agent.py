@@ -323,30 +323,49 @@ def _systemctl(*args):
     return proc.stdout
 
 
+def _unit_word(value):
+    """One word of a unit's ExecStart=: in double quotes with systemd's escapes, and % and $
+    doubled, so that a space does not split it, a % is no specifier and a $ no variable. A
+    control character (a newline would start a line of its own) is refused."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Failure("{!r} has a control character: it cannot go into a systemd unit".format(
+            value))
+    return '"{}"'.format(value.replace("\\", "\\\\").replace('"', '\\"')
+                         .replace("%", "%%").replace("$", "$$"))
+
+
+def _port(port):
+    if not str(port).isdigit() or not 1 <= int(port) <= 65535:
+        raise Failure("port {!r} is not a TCP port (1-65535)".format(port))
+    return int(port)
+
+
 def unit_text(root, model, port, source):
     tledge = os.path.join(root, "venv", "bin", "tledge")
+    argv = [tledge, "camera", "--model", os.path.join(root, "models", model), "--source",
+            source, "--headless", "--serve", str(_port(port))]
     return ("[Unit]\nDescription=tledge live classifier (camera, page on 127.0.0.1:{port})\n"
             "After=network.target\n\n[Service]\n"
-            "ExecStart={tledge} camera --model {model} --source {source} --headless "
-            "--serve {port}\nRestart=on-failure\nRestartSec=5\n\n"
+            "ExecStart={command}\nRestart=on-failure\nRestartSec=5\n\n"
             "[Install]\nWantedBy=default.target\n").format(
-                port=port, tledge=tledge, model=os.path.join(root, "models", model),
-                source=source)
+                port=_port(port), command=" ".join(_unit_word(a) for a in argv))
 
 
 def service(root, model, port, source):
     """Install, enable and start the camera's unit; at boot too when lingering is allowed."""
     root = _dir(root)
-    if not os.path.isfile(os.path.join(root, "models", model)):
+    if os.path.basename(model) != model or model in (".", "..") or \
+            not os.path.isfile(os.path.join(root, "models", model)):
         raise Failure("{} is not deployed in {}/models".format(model, root))
     if shutil.which("systemctl") is None:
         raise Failure("no systemd here (systemctl not found): start the camera yourself")
+    text = unit_text(root, model, port, source)  # refuses what cannot be written into it
     path = _unit_path()
     existed = os.path.exists(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tledge-")
     with os.fdopen(fd, "w") as f:
-        f.write(unit_text(root, model, port, source))
+        f.write(text)
     os.replace(tmp, path)
     try:
         _systemctl("daemon-reload")

@@ -62,6 +62,13 @@ class DeployOptions:
     source: str = "0"
     remove: bool = False
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise TledgeError(f"--port {self.port} is not a TCP port: give 1 to 65535")
+        if any(ord(c) < 32 or ord(c) == 127 for c in self.source):
+            raise TledgeError(f"--source {ascii(self.source)} has a control character (a "
+                              "newline?): give the camera index, device or URL alone")
+
 
 @dataclass
 class Pushed:

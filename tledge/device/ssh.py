@@ -32,6 +32,15 @@ AGENT = Path(__file__).with_name("agent.py")
 # [user@]host[:dir]; an IPv6 address in brackets: [fe80::1]:dir
 _TARGET = re.compile(r"^(?P<host>(?:[^@\s:/]+@)?(?:\[[^\]\s]+\]|[^@\s:/\[\]]+))"
                      r"(?::(?P<dir>.*))?$")
+# What a host may be: a user of letters, digits and . _ -; a name or address of the same (an
+# alias of ~/.ssh/config too), or an IPv6 address in brackets with an optional %zone.
+_HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?"
+                   r"(?:[A-Za-z0-9_][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9._-]+)?\])$")
+# The device folder is named in shell commands, in the venv's scripts (pip writes a /bin/sh
+# trampoline with the path in double quotes when it is long: $(...) there ran on the device) and
+# in a systemd unit: letters, digits and . _ + - / only, ~/ at its start for the home.
+_SAFE_DIR = re.compile(r"^(?:~/)?[A-Za-z0-9._+/-]+$")
+NAME_MAX = 255  # bytes in one file name (Linux)
 
 
 @dataclass(frozen=True)
@@ -50,13 +59,47 @@ class Target:
           TledgeError: not of that form.
         """
         match = _TARGET.match(text.strip())
-        if not match or match["host"].startswith("-"):
+        if not match or match["host"].startswith("-") or not _HOST.match(match["host"]):
             raise TledgeError(f"{text!r} is not a device: give user@host[:DIR], e.g. "
                               "pi@raspberrypi.local or an alias of your ~/.ssh/config")
-        return cls(match["host"], (match["dir"] or "").rstrip("/") or DEFAULT_DIR)
+        if match["dir"] is None or match["dir"] == "":
+            return cls(match["host"], DEFAULT_DIR)
+        return cls(match["host"], check_device_dir(match["dir"]))
+
+    @property
+    def ssh_host(self) -> str:
+        """The host as ssh's command line takes it: an IPv6 address without its brackets."""
+        user, at, host = self.host.rpartition("@")
+        return user + at + (host[1:-1] if host.startswith("[") else host)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.dir}"
+
+
+def check_device_dir(text: str) -> str:
+    """The device folder of ``HOST:DIR``, checked (see ``_SAFE_DIR``); trailing slashes dropped.
+
+    Raises:
+      TledgeError: characters a shell or systemd would read, the device's root or home itself,
+        a ``..`` part, or a name too long for the device's file system.
+    """
+    folder = text.rstrip("/") if text.strip("/") else text
+    shown = ascii(text)[1:-1]
+    if folder in ("/", "~", "~/", ".", "") or folder.strip("/.~") == "":
+        raise TledgeError(f"device folder {shown!r}: tledge keeps a venv and models in a folder "
+                          "of its own, not the device's root or home: give one, e.g. "
+                          "pi@host:~/tledge")
+    if not _SAFE_DIR.match(folder):
+        raise TledgeError(f"device folder {shown!r}: use letters, digits and . _ + - / only "
+                          "(~/ at the start for the home): it is named in the device's shell "
+                          "commands, scripts and systemd unit")
+    parts = folder.split("/")
+    if ".." in parts:
+        raise TledgeError(f"device folder {shown!r}: give it without '..' parts")
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        raise TledgeError(f"device folder {shown[:60]}...: a name in it is over {NAME_MAX} bytes, "
+                          "the longest a file system takes: give a shorter one")
+    return folder
 
 
 def ssh_base() -> list[str]:
@@ -122,7 +165,7 @@ class Device:
         if forward:
             argv += ["-o", "ExitOnForwardFailure=yes",
                      "-L", f"127.0.0.1:{forward[0]}:127.0.0.1:{forward[1]}"]
-        return argv + ["--", self.target.host, remote]
+        return argv + ["--", self.target.ssh_host, remote]
 
     def agent_command(self, *args: str) -> str:
         """The device's shell command running the agent with ``args``."""
