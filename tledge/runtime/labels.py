@@ -6,8 +6,25 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
+
+from tledge.errors import TledgeError
+
+# A model file and the labels.txt beside it are untrusted: bounded before they are expanded (a
+# zip appended as "labels" that unpacked to 1 GiB ended in a MemoryError at 3.8 GB).
+MAX_LABELS_BYTES = 4 << 20
+MAX_ZIP_ENTRIES = 64
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 with or without a BOM, else Latin-1 (which decodes any bytes): labels written by
+    any tool read as names, never dropped for their encoding."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
@@ -24,14 +41,26 @@ def read_embedded_labels(path: str | os.PathLike) -> Optional[list[str]]:
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            name = next((n for n in names if n.endswith("labels.txt")), names[0] if names else None)
-            if name is None:
+            infos = archive.infolist()[:MAX_ZIP_ENTRIES]
+            info = next((i for i in infos if i.filename.endswith("labels.txt")),
+                        infos[0] if infos else None)
+            if info is None:
                 return None
-            text = archive.read(name).decode("utf-8")
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
+            too_big = TledgeError(
+                f"{Path(path).name} embeds a labels file of over {MAX_LABELS_BYTES >> 20} MB "
+                "unpacked: not read (labels of 100,000 classes fit in 2 MB); export it again, "
+                "or put a labels.txt beside it")
+            if info.file_size > MAX_LABELS_BYTES:
+                raise too_big
+            # the header's size can lie: read at most one byte past the limit
+            with archive.open(info) as member:
+                data = member.read(MAX_LABELS_BYTES + 1)
+            if len(data) > MAX_LABELS_BYTES:
+                raise too_big
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError, zlib.error):
         return None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = [line.strip() for line in decode_text(data).splitlines() if line.strip()]
     return labels or None
 
 
@@ -78,11 +107,11 @@ def read_labels_file(path: Path) -> Optional[list[str]]:
     if not is_regular_file(path):
         return None
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_LABELS_BYTES + 1)
     except OSError:
         return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    return [line.strip() for line in text.splitlines() if line.strip()] or None
+    if len(data) > MAX_LABELS_BYTES:
+        raise TledgeError(f"{path} is over {MAX_LABELS_BYTES >> 20} MB: not a labels file "
+                          "(one name a line; 100,000 classes fit in 2 MB); remove or replace it")
+    return [line.strip() for line in decode_text(data).splitlines() if line.strip()] or None

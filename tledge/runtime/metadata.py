@@ -61,13 +61,27 @@ def _table(buf: bytes, pos: int):
     return Table(buf, pos)
 
 
-def _vector_tables(buf, table, field: int) -> list:
-    """The tables of a vector-of-tables field (0-based field number)."""
+# A model file is untrusted input: a crafted one can claim vectors of a billion entries, or
+# point every list of its metadata at one shared entry (a few KB that expand exponentially into
+# objects). So nothing is expanded: each value is read where it lies, by index, within bounds.
+MAX_METADATA_ENTRIES = 64  # Model.metadata entries looked at (the converter writes 2 or 3)
+MAX_PROCESS_UNITS = 16  # an input's process units looked at (tledge and MediaPipe write one)
+MAX_CHANNELS = 16  # a mean or std list longer than this describes no image
+
+
+def _vector(buf, table, field: int) -> tuple[int, int]:
+    """(start, length) of a vector-of-tables field (0-based field number), within ``buf``."""
     offset = table.Offset(4 + 2 * field)
     if not offset:
-        return []
-    start = table.Vector(offset)
-    return [_table(buf, table.Indirect(start + 4 * i)) for i in range(table.VectorLen(offset))]
+        return 0, 0
+    start, length = table.Vector(offset), table.VectorLen(offset)
+    if start + 4 * length > len(buf):
+        raise ValueError("a vector runs past the end of the file")
+    return start, length
+
+
+def _vector_table(buf, table, start: int, i: int):
+    return _table(buf, table.Indirect(start + 4 * i))
 
 
 def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes]:
@@ -86,19 +100,25 @@ def metadata_buffer(model: bytes, name: bytes = METADATA_NAME) -> Optional[bytes
 
     try:
         root = _table(model, encode.Get(packer.uoffset, model, 0))
-        buffers = _vector_tables(model, root, 4)
-        for entry in _vector_tables(model, root, 6):
+        buffers_at, n_buffers = _vector(model, root, 4)
+        entries_at, n_entries = _vector(model, root, 6)
+        for i in range(min(n_entries, MAX_METADATA_ENTRIES)):
+            entry = _vector_table(model, root, entries_at, i)
             name_at = entry.Offset(4)
             if not name_at or entry.String(name_at + entry.Pos) != name:
                 continue
             buffer_at = entry.Offset(6)
             index = entry.Get(N.Uint32Flags, buffer_at + entry.Pos) if buffer_at else 0
-            if index >= len(buffers):
+            if index >= n_buffers:
                 return None
-            data_at = buffers[index].Offset(4)
+            buffer = _vector_table(model, root, buffers_at, index)
+            data_at = buffer.Offset(4)
             if not data_at:
                 return None
-            return bytes(buffers[index].GetVectorAsNumpy(N.Uint8Flags, data_at))
+            start, length = buffer.Vector(data_at), buffer.VectorLen(data_at)
+            if start + length > len(model):
+                return None
+            return bytes(model[start:start + length])
     except Exception:  # noqa: BLE001 - an unexpected layout just means "no metadata"
         return None
     return None
@@ -146,37 +166,84 @@ def read_metadata(model: bytes):
     return _parse(metadata_buffer(model))
 
 
+def _normalization_values(raw: bytes) -> Optional[tuple[list, list]]:
+    """(mean, std) of the first input's NormalizationOptions, read in place (nothing expanded),
+    or None where the metadata has none."""
+    from tledge._vendor import metadata_schema_py_generated as m
+
+    meta = m.ModelMetadata.GetRootAs(raw, 0)
+    if meta.SubgraphMetadataLength() < 1:
+        return None
+    subgraph = meta.SubgraphMetadata(0)
+    if subgraph.InputTensorMetadataLength() < 1:
+        return None
+    tensor = subgraph.InputTensorMetadata(0)
+    for i in range(min(tensor.ProcessUnitsLength(), MAX_PROCESS_UNITS)):
+        unit = tensor.ProcessUnits(i)
+        if unit.OptionsType() != m.ProcessUnitOptions.NormalizationOptions:
+            continue
+        table = unit.Options()
+        options = m.NormalizationOptions()
+        options.Init(table.Bytes, table.Pos)
+        n_mean, n_std = options.MeanLength(), options.StdLength()
+        if max(n_mean, n_std) > MAX_CHANNELS:
+            return [float("nan")] * 2, []  # unusable; said by the caller
+        return ([options.Mean(j) for j in range(n_mean)],
+                [options.Std(j) for j in range(n_std)])
+    return None
+
+
 def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
     """The first input's NormalizationOptions from the model's metadata, or None where the
-    file has no metadata, no such options, or options that cannot be used (a zero std, a count
-    that is neither 1 nor 3).
+    file has no metadata or no such options (or metadata too damaged to read: as if absent).
 
     Args:
       path: the .tflite file.
 
     Returns:
       Normalization(mean, std) per channel, or None.
-    """
-    try:
-        from tledge._vendor import metadata_schema_py_generated as m
 
-        meta = _parse(file_metadata_buffer(path))
-        if meta is None:
-            return None
-        tensor = meta.subgraphMetadata[0].inputTensorMetadata[0]
-        for unit in tensor.processUnits or []:
-            if unit.optionsType == m.ProcessUnitOptions.NormalizationOptions:
-                mean = np.asarray(unit.options.mean, np.float32).ravel()
-                std = np.asarray(unit.options.std, np.float32).ravel()
-                break
-        else:
-            return None
-    except Exception:  # noqa: BLE001 - metadata another tool wrote oddly: as if absent
+    Raises:
+      TledgeError: options that cannot be used, said in one line: a count that is neither 1
+        nor 3, an empty list, a zero, NaN or infinite value, or values that map pixels 0..255
+        outside +-1e4 (a crafted mean of -3e38 gave NaN scores): a model so described would
+        be fed something else than it was trained on.
+    """
+    return normalization_in(file_metadata_buffer(path), Path(path).name)
+
+
+def normalization_in(raw: Optional[bytes], name: str) -> Optional[Normalization]:
+    """:func:`input_normalization` of metadata bytes (``name``: the model's, for messages)."""
+    from tledge.errors import TledgeError
+
+    if raw is None:
         return None
-    if len(mean) not in (1, 3) or len(std) not in (1, 3) or not np.all(np.isfinite(mean)) \
-            or not np.all(np.isfinite(std)) or np.any(np.abs(std) < 1e-12):
+    try:
+        values = _normalization_values(raw)
+    except Exception:  # noqa: BLE001 - metadata too damaged to read: as if absent
         return None
-    return Normalization(mean, std)
+    if values is None:
+        return None
+    mean = np.asarray(values[0], np.float64)
+    std = np.asarray(values[1], np.float64)
+    shown = (f"mean {ascii([round(float(v), 6) for v in mean[:4]])[1:-1] or 'none'}, "
+             f"std {ascii([round(float(v), 6) for v in std[:4]])[1:-1] or 'none'}")
+    why = None
+    if len(mean) not in (1, 3) or len(std) not in (1, 3):
+        why = "one value or three (R, G, B) are needed"
+    elif not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+        why = "a value is NaN or infinite"
+    elif np.any(np.abs(std) < 1e-12):
+        why = "a std of 0 divides by zero"
+    else:
+        ends = (np.array([0.0, 255.0])[:, None] - mean) / std
+        if not np.all(np.isfinite(ends)) or float(np.max(np.abs(ends))) > 1e4:
+            why = "it maps pixels 0..255 outside -1e4..1e4"
+    if why:
+        raise TledgeError(f"{name}'s metadata has an unusable input normalisation ({shown}: "
+                          f"{why}): tledge will not guess what the model wants; export it again "
+                          "or fix its NormalizationOptions")
+    return Normalization(mean.astype(np.float32), std.astype(np.float32))
 
 
 def min_runtime_version(path: str | os.PathLike) -> Optional[str]:
