@@ -20,7 +20,7 @@ from PIL import Image
 from tledge import fileio, rundir
 from tledge.errors import TledgeError
 
-from helpers import cli, one_line_error, tledge
+from helpers import cli, one_line_error, stub_run, tledge
 
 T = ["train", "--data", "shapes", "--backbone", "mobilenet_v2", "--alpha", "0.35",
      "--image-size", "32", "--weights", "none", "--epochs-frozen", "1", "--epochs-finetune",
@@ -491,3 +491,48 @@ def test_a_read_only_run_exports_elsewhere(colour_run, tmp_path):
         assert (tmp_path / "e" / "model_fp32.tflite").is_file()
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+# ---------------------------------------------------------------- issue 37: paths
+
+@pytest.mark.parametrize("command", ["evaluate --out", "bench --json", "camera --output",
+                                     "train --out", "export --out"])
+@pytest.mark.parametrize("bad", ["long", "loop"])
+def test_a_path_the_file_system_cannot_take_is_one_line_before_any_work(colour_tflite, tmp_path,
+                                                                       command, bad):
+    """A name over 255 bytes was an OSError [Errno 36] traceback, a path under a symbolic link
+    loop [Errno 40] or FileExistsError, some after minutes of work: refused first."""
+    import cv2
+
+    for name in ("red", "blue"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "data" / name / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    stub_run(tmp_path / "run")  # export checks --out before it loads a model
+    out = str(tmp_path / ("a" * 300 if bad == "long" else "loop1/out"))
+    model, data = str(colour_tflite["int8"]), str(tmp_path / "data")
+    args = {"evaluate --out": ["evaluate", model, "--data", data, "--out", out],
+            "bench --json": ["bench", model, "--runs", "3", "--json", out + ".json"],
+            "camera --output": ["camera", "--model", model, "--source", data, "--headless",
+                                "--output", out + ".jsonl"],
+            "train --out": ["train", "--data", data, "--out", out],
+            "export --out": ["export", str(tmp_path / "run"), "--out", out]}[command]
+    fragment = "over the 255" if bad == "long" else "loops or leads nowhere"
+    start = time.monotonic()
+    output = one_line_error(cli(*args), fragment)
+    assert len(output) < 400 and time.monotonic() - start < 30
+    assert not list(tmp_path.glob("*.json*"))
+
+
+@pytest.mark.parametrize("code, fragment", [(36, "too long for the file system"),
+                                            (40, "symbolic links loop"),
+                                            (17, "exists and is not a folder"),
+                                            (20, "a part of this path is a file")])
+def test_a_path_error_met_anywhere_is_one_line(code, fragment):
+    """What the checks before the work cannot foresee (a path made during it): the CLI turns
+    the OSError into one line naming the path, shortened."""
+    from tledge.errors import path_error
+
+    text = path_error(OSError(code, os.strerror(code), "/tmp/" + "a" * 300 + "\x1b[2J"))
+    assert fragment in text and "\x1b" not in text and len(text) < 250

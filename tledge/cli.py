@@ -17,7 +17,7 @@ from tledge.cli_device import backend_option, bench, camera, deploy, doctor
 from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
-from tledge.errors import (Interrupted, TledgeError, causes, disk_error, first_line,
+from tledge.errors import (Interrupted, TledgeError, causes, first_line, path_error,
                            missing_training_stack, require_training_stack)
 
 
@@ -63,9 +63,10 @@ class Group(click.Group):
                                err=True)
             sys.exit(_interrupted_code() if isinstance(e, Interrupted) else 1)
         except (ImportError, OSError) as e:
-            # The training stack imported where a [pi] install lacks it, or a write the disk
-            # refused (full, read-only): one line, not a trace. Anything else is a bug: raise.
-            error = missing_training_stack(e) if isinstance(e, ImportError) else disk_error(e)
+            # The training stack imported where a [pi] install lacks it, a write the disk
+            # refused (full, read-only), a path the file system cannot take (a name too long,
+            # a link loop): one line, not a trace. Anything else is a bug: raise.
+            error = missing_training_stack(e) if isinstance(e, ImportError) else path_error(e)
             if error is None:
                 raise
             click.secho(f"Error: {error}", fg="red", err=True)

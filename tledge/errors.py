@@ -77,3 +77,36 @@ def disk_error(e: OSError) -> str | None:
     if e.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}: write to a folder you own (--out)"
     return None
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` for a message: printable (ascii() escapes), its middle cut past ``limit``."""
+    shown = ascii(str(text))[1:-1]
+    return shown if len(shown) <= limit else f"{shown[:limit // 2]}...{shown[-limit // 2:]}"
+
+
+def path_error(e: OSError) -> str | None:
+    """One line for a path the file system cannot take (a name over 255 bytes, a symbolic link
+    loop, a file where a folder should be, or the other way round), or a disk that refused a
+    write (:func:`disk_error`); else None. Whatever command met it, and wherever."""
+    import errno
+
+    found = disk_error(e)
+    if found:
+        return found
+    name = getattr(e, "filename", None)
+    path = shorten(name) if name is not None else "a path"
+    if e.errno == errno.ENAMETOOLONG:
+        return (f"{path}: a name in this path is too long for the file system (at most 255 "
+                "bytes a name, 4096 a path): give a shorter one")
+    if e.errno == errno.ELOOP:
+        return (f"{path}: its symbolic links loop (too many levels): fix or remove the link, "
+                "or give another path")
+    if e.errno == errno.EEXIST:
+        return (f"{path} exists and is not a folder (a file, or a link that leads nowhere): "
+                "give another path")
+    if e.errno == errno.ENOTDIR:
+        return f"{path}: a part of this path is a file, not a folder: give another path"
+    if e.errno == errno.EISDIR:
+        return f"{path} is a folder where a file is expected: give a file's path"
+    return None

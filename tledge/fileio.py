@@ -112,6 +112,30 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file name, in a whole path (Linux)
+
+
+def _check_names(path: Path, what: str, last_too: bool) -> None:
+    """Refuse a path the file system cannot take, before any work: a name over NAME_MAX bytes,
+    a path over PATH_MAX, or a symbolic link on the way that loops or leads nowhere (``last_too``:
+    the path itself as well, for a folder that will be made)."""
+    from tledge.errors import TledgeError, shorten
+
+    raw = os.fsencode(str(path))
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise TledgeError(f"{what} {shorten(path)}: a name in it is {len(longest)} bytes, over "
+                          f"the {NAME_MAX} a file system takes: give a shorter one")
+    if len(os.fsencode(os.path.abspath(path))) >= PATH_MAX:
+        raise TledgeError(f"{what} {shorten(path)}: the path is over {PATH_MAX} bytes: give a "
+                          "shorter one")
+    full = Path(os.path.abspath(path))
+    for step in ([full] if last_too else []) + list(full.parents):
+        if os.path.islink(step) and not os.path.exists(step):
+            raise TledgeError(f"{what} {shorten(path)}: {shorten(step)} is a symbolic link that "
+                              "loops or leads nowhere: fix or remove it, or give another path")
+
+
 def _check_writable_from(start: Path, what: str, path: Path) -> None:
     """The nearest existing folder at or above ``start`` must be a folder we can write in.
 
@@ -140,6 +164,7 @@ def check_output_file(path: str | os.PathLike | None, what: str) -> None:
     if path is None:
         return
     path = Path(path)
+    _check_names(path, what, last_too=False)
     if path.is_dir():
         raise TledgeError(f"{what} {path} is a folder: pass a file path")
     _check_writable_from(path.parent, what, path)
@@ -150,6 +175,7 @@ def check_output_dir(path: str | os.PathLike, what: str) -> None:
     from tledge.errors import TledgeError
 
     path = Path(path)
+    _check_names(path, what, last_too=True)
     if path.exists() and not path.is_dir():
         raise TledgeError(f"{what} {path} is a file: pass a folder path")
     _check_writable_from(path, what, path)
