@@ -104,10 +104,11 @@ def test_deploy_sends_the_pi_lock_to_the_devices_pip(monkeypatch):
 
     sent = {}
 
-    def agent(self, command, *args, data=None, echo=None):
+    def agent(self, command, *args, data=None, echo=None, timeout=None):
         if command == "facts":
             return {"python": "3.11.2", "python_ok": True, "arch": "aarch64", "arch_ok": True,
-                    "models": {}, "build": None, "dir": "/home/pi/tledge"}
+                    "models": {}, "build": None, "dir": "/home/pi/tledge", "free_mb": 9000,
+                    "systemd": False}
         if command == "receive":
             buf = io.BytesIO()
             data(buf)

@@ -141,6 +141,8 @@ def test_the_build_id_follows_the_code(tmp_path):
 def test_a_device_that_cannot_run_tledge_is_refused_before_anything_is_sent(monkeypatch, facts,
                                                                              expected):
     sent = []
+    facts = {**facts, "dir": "/home/pi/tledge", "free_mb": 9000, "build": None, "models": {},
+             "systemd": False}
     monkeypatch.setattr(Device, "agent", lambda self, *a, **k: sent.append(a[0]) or facts)
     with pytest.raises(TledgeError, match=expected):
         deploy.push(Device(Target.parse("pi@pi4")), [INT8], echo=lambda s: None)
@@ -185,6 +187,26 @@ def test_no_space_is_said_before_the_upload(tmp_path):
     assert result.returncode == 2
     assert b"Error: no space on the device" in result.stderr
     assert not list((tmp_path / "dev").glob(".incoming-*"))
+
+
+def test_two_installs_into_one_device_folder_never_run_at_once(tmp_path):
+    """Two deploys at once broke each other's venv (ensurepip errors): the second is refused
+    in one line naming the first, and its upload is removed; the first's lock ends with it."""
+    import fcntl
+
+    root = tmp_path / "dev"
+    stage = root / ".incoming-abc"
+    stage.mkdir(parents=True)
+    with open(root / ".deploy.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242, since 10:00:00")
+        held.flush()
+        result = _agent("install", str(root), str(stage), "b1", "wheel:x.whl[pi]", "1")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == (
+        f"Error: another tledge deploy is installing into {root} (pid 4242, since 10:00:00): "
+        "wait for it to end, then deploy again")
+    assert not stage.exists() and not (root / "venvs").exists()
 
 
 def test_the_unit_runs_the_deployed_camera(tmp_path):

@@ -250,6 +250,25 @@ def _publish_models(root, stage):
     return names
 
 
+def _lock_folder(root):
+    """Take DIR/.deploy.lock for as long as this process lives (flock: released when it ends,
+    however it ends). Two deploys building venvs in one folder at once broke each other's pip.
+    The holder's pid and start time are written in it, for the other's message."""
+    import fcntl
+
+    fd = os.open(os.path.join(root, ".deploy.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise Failure("another tledge deploy is installing into {} ({}): wait for it to end, "
+                      "then deploy again".format(root, holder or "its pid is not known"))
+    os.ftruncate(fd, 0)
+    os.write(fd, "pid {}, since {}".format(os.getpid(), time.strftime("%H:%M:%S")).encode())
+    return fd  # left open on purpose: the lock lasts as long as the process
+
+
 def install(root, stage, build, spec, system_site):
     """A venv for BUILD unless it is live already; its doctor must pass before it is swapped in;
     then the models. A failure at any step leaves the live venv and models as they were."""
@@ -258,6 +277,7 @@ def install(root, stage, build, spec, system_site):
     if os.path.dirname(stage) != os.path.realpath(root) or ".incoming-" not in stage:
         raise Failure("{} is not an upload of {}".format(stage, root))
     try:
+        _lock_folder(root)  # held until this process ends: one install at a time
         installed = False
         if _live_build(root) != build:
             if spec.startswith("wheel:"):

@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 
 from tledge import __version__
 from tledge.device.agent import CONSTRAINTS, VENV_MB, sha256
-from tledge.device.ssh import Device, Target
+from tledge.device.ssh import Device, Target, answer_fields
 from tledge.errors import TledgeError
 
 CARD, LABELS = "model_card.json", "labels.txt"
@@ -191,9 +191,14 @@ def check_device(device: Device) -> dict:
       TledgeError: unreachable, login refused, no python3, Python older than 3.10, or an
         architecture without LiteRT wheels.
     """
-    facts = device.agent("facts", device.target.dir)
-    python = device.python
     host = device.target.host
+    facts = answer_fields(device.agent("facts", device.target.dir), host, "facts",
+                          python=str, python_ok=bool, arch=str, arch_ok=bool, dir=str,
+                          free_mb=(int, float), build=(str, None), models=dict, systemd=bool)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in facts["models"].items()):
+        raise TledgeError(f"on {host}: the agent's answer to facts lists models that are not "
+                          "names with hashes: run tledge deploy again")
+    python = device.python
     if not facts["python_ok"]:
         raise TledgeError(f"{host}'s {python} is Python {facts['python']}; tledge needs 3.10 or "
                           "newer (Raspberry Pi OS Bookworm has 3.11): upgrade the OS, or give "
@@ -245,12 +250,17 @@ def push(device: Device, files: Sequence[Path], echo: Callable[[str], None] = pr
         size = sum(p.stat().st_size for p, _ in entries)
         need = size + (VENV_MB << 20 if venv_needed else 0)
         echo(f"sending {len(entries)} file(s), {size / 1e6:.1f} MB, to {device.target}")
-        stage = device.agent("receive", device.target.dir, str(need), data=_tar(entries))["stage"]
+        # at least 100 kB/s: a slow Wi-Fi link sends a model of 10 MB in under two minutes
+        stage = answer_fields(device.agent("receive", device.target.dir, str(need),
+                                           data=_tar(entries), timeout=300 + size / 100e3),
+                              device.target.host, "receive", stage=str)["stage"]
         if venv_needed:
             echo(f"installing tledge {build} and its [pi] dependencies on {device.target.host} "
                  "(pip; minutes the first time)")
-        done = device.agent("install", device.target.dir, stage, build, spec,
-                            "1" if system_site else "0", echo=echo)
+        done = answer_fields(device.agent("install", device.target.dir, stage, build, spec,
+                                          "1" if system_site else "0", echo=echo),
+                             device.target.host, "install", installed=bool, doctor=str,
+                             doctor_ok=bool, restarted=bool)
     pushed.installed, pushed.doctor, pushed.doctor_ok, pushed.restarted = (
         done["installed"], done["doctor"], done["doctor_ok"], done["restarted"])
     return pushed
@@ -267,7 +277,8 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     """
     device = Device(options.target, options.python)
     if options.remove:
-        gone = device.agent("unservice")
+        gone = answer_fields(device.agent("unservice"), options.target.host, "unservice",
+                             unit=str, removed=bool)
         echo(f"removed {gone['unit']}" if gone["removed"] else
              f"no tledge unit on {options.target.host} ({gone['unit']}): nothing to remove")
         if not options.sources:
@@ -290,11 +301,13 @@ def deploy(options: DeployOptions, echo: Callable[[str], None] = print) -> Pushe
     if pushed.restarted:
         echo("the camera unit restarted on the new venv and models")
     if not pushed.doctor:  # nothing was installed: ask the live venv's doctor
-        done = device.agent("doctor", options.target.dir)
+        done = answer_fields(device.agent("doctor", options.target.dir), options.target.host,
+                             "doctor", doctor=str, doctor_ok=bool)
         pushed.doctor, pushed.doctor_ok = done["doctor"], done["doctor_ok"]
     if options.service:
-        unit = device.agent("service", options.target.dir, options.service, str(options.port),
-                            options.source)
+        unit = answer_fields(device.agent("service", options.target.dir, options.service,
+                                          str(options.port), options.source),
+                             options.target.host, "service", unit=str, port=int, at_boot=bool)
         echo(f"camera service {unit['unit']}: running, page on the device's "
              f"127.0.0.1:{unit['port']}; "
              + ("starts at boot" if unit["at_boot"] else "starts at login (sudo loginctl "

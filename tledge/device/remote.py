@@ -5,6 +5,8 @@ results: the benchmark's report written here, the camera's live page forwarded t
 from __future__ import annotations
 
 import json
+import math
+import re
 import subprocess
 import threading
 import time
@@ -16,8 +18,8 @@ from typing import Callable, Optional, Sequence
 from urllib.parse import quote
 
 from tledge.device.deploy import Pushed, push
-from tledge.device.ssh import (Device, Target, close_quietly, quote_all, read_lines,
-                               ssh_failure)
+from tledge.device.ssh import (Device, Target, no_constant, close_quietly, printable,
+                               quote_all, read_lines, ssh_failure)
 from tledge.errors import TledgeError
 
 
@@ -75,8 +77,11 @@ def bench_on(target: Target, models: Sequence[str], options, threads_given: bool
         if value is not None:
             argv += [flag, str(value)]
     echo(f"benchmarking {len(paths)} model(s) on {target.host}")
-    device.run(f"mkdir -p {quote_all([pushed.dir + '/bench'])} && {quote_all(argv)}", echo=echo)
-    report = json.loads(device.run(quote_all(["cat", remote_json])))
+    jobs = len(paths) * (len(options.threads) if threads_given else 2)
+    device.run(f"mkdir -p {quote_all([pushed.dir + '/bench'])} && {quote_all(argv)}", echo=echo,
+               timeout=600.0 + 600.0 * jobs, what="the benchmark")
+    report = check_report(device.run(quote_all(["cat", remote_json]), timeout=120.0,
+                                     what="the benchmark's report"), target.host)
     local_names = {pushed.model(p.name): p for p in paths}
     for row in report["results"]:
         path = local_names.get(row["model"], Path(row["model"]))
@@ -96,6 +101,111 @@ def bench_on(target: Target, models: Sequence[str], options, threads_given: bool
         report["compared_with"] = here["machine"]
         report["warnings"] += [f"here: {w}" for w in here["warnings"]]
     return report
+
+
+STATS = ("p50", "p90", "p99", "mean", "std")
+MAX_ROWS = 1000
+
+
+def check_report(text: str, host: str) -> dict:
+    """A bench report as a device answered it, checked and rebuilt from what tledge reads: strict
+    JSON; every latency finite, not negative, p50 <= p90 <= p99; sizes and counts whole
+    numbers; texts printable and bounded; the figures derived from them computed here.
+
+    Raises:
+      TledgeError: one line naming what is wrong (a device's answer is untrusted input).
+    """
+    def bad(what: str) -> TledgeError:
+        return TledgeError(f"on {host}: the benchmark's report {what}: not used (a device "
+                           "running another tledge, or a damaged file); run tledge deploy "
+                           "again")
+
+    try:
+        report = json.loads(text, parse_constant=no_constant)
+    except ValueError:
+        raise bad("is not strict JSON (or is cut off)") from None
+    if not isinstance(report, dict) or not isinstance(report.get("results"), list) or \
+            not isinstance(report.get("machine"), dict):
+        raise bad("has no results or machine")
+    if len(report["results"]) > MAX_ROWS:
+        raise bad(f"has over {MAX_ROWS} rows")
+    machine = {k: _text(v, 200) for k, v in report["machine"].items()
+               if isinstance(k, str) and isinstance(v, (str, int, float)) and len(k) < 40}
+    # the id names files (bench-ID.md) and the table's column: file-name-safe
+    name = re.sub(r"[^a-z0-9-]+", "-", str(machine.get("machine_id", "")).lower()).strip("-")
+    machine["machine_id"] = name[:60] or "device"
+    for key in ("cpu", "arch", "os", "python", "cores"):
+        machine.setdefault(key, "?")
+    options = report.get("options") if isinstance(report.get("options"), dict) else {}
+    rows = [_row(row, bad) for row in report["results"]]
+    warnings = report.get("warnings") if isinstance(report.get("warnings"), list) else []
+    return {"machine": machine, "results": rows,
+            "warnings": [_text(w, 300) for w in warnings[:20]],
+            "options": {k: options.get(k) if _count(options.get(k)) else "?"
+                        for k in ("runs", "warmup")},
+            "threads": sorted({r["threads"] for r in rows if r["threads"] is not None}),
+            "time": _text(report.get("time", "?"), 40)}
+
+
+def _row(row, bad) -> dict:
+    if not isinstance(row, dict):
+        raise bad("has a row that is not an object")
+    out = {}
+    for kind in ("invoke", "classify"):
+        stats = row.get(kind)
+        if not isinstance(stats, dict) or not all(_number(stats.get(s)) for s in STATS):
+            raise bad(f"has a {kind} latency that is missing, not a number, infinite or "
+                      "negative")
+        if not stats["p50"] <= stats["p90"] <= stats["p99"] or stats["p50"] <= 0:
+            raise bad(f"has {kind} percentiles out of order (p50 {stats['p50']:g}, p90 "
+                      f"{stats['p90']:g}, p99 {stats['p99']:g})")
+        out[kind] = {s: float(stats[s]) for s in STATS}
+    for key in ("load_ms", "first_ms", "peak_rss_mb"):
+        if not _number(row.get(key)):
+            raise bad(f"has a {key} that is not a finite number of 0 or more")
+        out[key] = float(row[key])
+    memory = row.get("memory_mb")
+    if not isinstance(memory, (int, float)) or isinstance(memory, bool) or \
+            not math.isfinite(memory):
+        raise bad("has a memory_mb that is not a finite number")
+    out["memory_mb"] = float(memory)
+    if not _count(row.get("size_bytes")) or not (row.get("threads") is None or
+                                                 _count(row.get("threads"))):
+        raise bad("has a size or a thread count that is not a whole number")
+    accuracy = row.get("accuracy")
+    if accuracy is not None and not (_number(accuracy) and accuracy <= 1):
+        raise bad("has an accuracy outside 0..1")
+    delegation = row.get("delegation")
+    if isinstance(delegation, dict) and _count(delegation.get("partitions")) and isinstance(
+            delegation.get("undelegated"), dict):
+        out["delegation"] = {"partitions": delegation["partitions"], "undelegated": {
+            _text(op, 40): n for op, n in list(delegation["undelegated"].items())[:50]
+            if _count(n)}}
+    else:
+        out["delegation"] = None
+    out.update(model=_text(row.get("model", "?"), 300), format=_text(row.get("format", "?"), 20),
+               device=_text(row.get("device", "cpu"), 10), backend=_text(row.get("backend", "?"),
+                                                                         60),
+               input_dtype=_text(row.get("input_dtype", "?"), 20),
+               min_runtime=_text(row["min_runtime"], 20) if row.get("min_runtime") else None,
+               size_bytes=row["size_bytes"], threads=row["threads"], accuracy=accuracy,
+               throughput_ips=1000.0 / out["classify"]["mean"] if out["classify"]["mean"] > 0
+               else 0.0,
+               classify_overhead_pct=100.0 * (out["classify"]["p50"] / out["invoke"]["p50"] - 1))
+    return out
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value) and value >= 0
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _text(value, limit: int) -> str:
+    return printable(str(value), newlines=False)[:limit]
 
 
 def camera_argv(pushed: Pushed, options, model: Path, compare: Optional[Path]) -> list[str]:

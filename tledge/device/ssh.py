@@ -19,7 +19,9 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -172,14 +174,21 @@ class Device:
         return " ".join(shlex.quote(a) for a in (self.python, "-c", agent_source(), *args))
 
     def run(self, remote: str, data: Optional[bytes | Callable] = None,
-            echo: Optional[Callable[[str], None]] = None, timeout: Optional[float] = None) -> str:
+            echo: Optional[Callable[[str], None]] = None, timeout: Optional[float] = None,
+            what: str = "the command") -> str:
         """Run ``remote`` and return its stdout. ``data``: bytes, or a function writing to the
         given binary file, fed to its stdin. ``echo``: shown each line of its stderr as it
         comes (progress). The command's stdin stays open until it ends: an agent watching it
         ends when this process does.
 
+        The device is untrusted: its stdout is kept up to :data:`MAX_ANSWER` bytes, each
+        stderr line up to :data:`MAX_LINE` (terminal escapes shown as ``?``), and past
+        ``timeout`` seconds the command is ended; every 30 s without a word, ``what`` it waits
+        for is said on stderr.
+
         Raises:
-          TledgeError: ssh or the command failed (see :func:`ssh_failure`).
+          TledgeError: ssh or the command failed (see :func:`ssh_failure`), the answer was too
+            large, or no answer came within ``timeout``.
         """
         try:
             proc = subprocess.Popen(self.command(remote), stdin=subprocess.PIPE,
@@ -188,22 +197,24 @@ class Device:
             raise TledgeError(f"no ssh client here ({ssh_base()[0]} not found): install "
                               "OpenSSH (apt install openssh-client)") from e
         err_lines: list[str] = []
-        reader = threading.Thread(target=read_lines, args=(proc.stderr, err_lines, echo),
+        heard = [time.monotonic()]
+
+        def progress(line: str) -> None:
+            heard[0] = time.monotonic()
+            if echo:
+                echo(line)
+
+        reader = threading.Thread(target=read_lines, args=(proc.stderr, err_lines, progress),
                                   daemon=True)
-        out_chunks: list[bytes] = []
-        out_reader = threading.Thread(target=lambda: out_chunks.append(proc.stdout.read()),
-                                      daemon=True)
-        reader.start()
-        out_reader.start()
+        out = _Bounded(proc)
+        threads = [reader, threading.Thread(target=out.read, daemon=True)]
+        if data is not None:
+            threads.append(threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True))
+        for thread in threads:
+            thread.start()
         try:
-            if data is not None:
-                try:
-                    data(proc.stdin) if callable(data) else proc.stdin.write(data)
-                    proc.stdin.flush()
-                except BrokenPipeError:
-                    pass  # the command ended early: its stderr says why
-            out_reader.join(timeout)
-            code = proc.wait(timeout)
+            code = self._wait(proc, timeout, what, heard)
+            threads[1].join(5)
         except BaseException:  # Ctrl-C, SIGTERM, a timeout: ssh ends, and the agent with it
             proc.kill()
             proc.wait()
@@ -211,22 +222,145 @@ class Device:
         finally:
             close_quietly(proc.stdin)
         reader.join(5)
+        if out.overflow:
+            raise TledgeError(f"{self.target.host} answered {what} with over {MAX_ANSWER >> 20} "
+                              "MB: that is no answer of tledge's (a report is a few KB); "
+                              "nothing of it was used")
         if code != 0:
             raise ssh_failure(self.target.host, code, "\n".join(err_lines))
-        return b"".join(out_chunks).decode(errors="replace")
+        return b"".join(out.chunks).decode(errors="replace")
 
-    def agent(self, *args: str, data=None, echo=None) -> dict:
-        """Run an agent command and return its JSON answer.
+    def _wait(self, proc: subprocess.Popen, timeout: Optional[float], what: str,
+              heard: list) -> int:
+        """The command's exit code; ends it past ``timeout``, saying what it waited for."""
+        start = time.monotonic()
+        while True:
+            left = 1.0 if timeout is None else max(0.05, min(1.0, start + timeout -
+                                                            time.monotonic()))
+            try:
+                return proc.wait(left)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if timeout is not None and now - start > timeout:
+                proc.kill()
+                proc.wait()
+                raise TledgeError(f"{self.target.host} gave no answer within {timeout:.0f} s "
+                                  f"to {what}: it may be overloaded, or its disk or network "
+                                  f"stalled; look with ssh {self.target.ssh_host}, then try "
+                                  "again")
+            if now - heard[0] >= WAIT_NOTICE_S:
+                heard[0] = now
+                limit = f" (gives up at {timeout:.0f} s)" if timeout else ""
+                sys.stderr.write(f"still waiting for {self.target.host}: {what}, "
+                                 f"{now - start:.0f} s{limit}\n")
+                sys.stderr.flush()
+
+    def agent(self, *args: str, data=None, echo=None, timeout: Optional[float] = None) -> dict:
+        """Run an agent command and return its JSON answer (an object).
 
         Raises:
-          TledgeError: ssh or the agent failed.
+          TledgeError: ssh or the agent failed, gave no answer in time, or an answer that is
+            not a JSON object.
         """
-        out = self.run(self.agent_command(*args), data=data, echo=echo)
+        limit, what = AGENT_STEPS.get(args[0], (600.0, args[0]))
+        out = self.run(self.agent_command(*args), data=data, echo=echo,
+                       timeout=timeout or limit, what=what)
         lines = [line for line in out.splitlines() if line.startswith("{")]
+        host = self.target.host
         if not lines:
-            raise TledgeError(f"on {self.target.host}: the agent gave no answer to "
-                              f"{args[0]} (output: {out.strip()[-200:] or 'none'})")
-        return json.loads(lines[-1])
+            raise TledgeError(f"on {host}: the agent gave no answer to {args[0]} (output: "
+                              f"{printable(out.strip()[-200:], newlines=False) or 'none'})")
+        try:
+            answer = json.loads(lines[-1], parse_constant=no_constant)
+        except ValueError as e:
+            raise TledgeError(f"on {host}: the agent's answer to {args[0]} is not JSON "
+                              f"({printable(lines[-1][:60], newlines=False)}...): does "
+                              "something on the device print into SSH sessions?") from e
+        if not isinstance(answer, dict):
+            raise TledgeError(f"on {host}: the agent's answer to {args[0]} is not a JSON "
+                              "object: run tledge deploy again")
+        return answer
+
+
+# What each agent command may take at most (seconds), and what it is, for the messages.
+AGENT_STEPS = {"facts": (120.0, "its facts (Python, architecture, free space, models)"),
+               "receive": (600.0, "the upload"),
+               "install": (3600.0, "the venv's install (pip) and its tledge doctor"),
+               "doctor": (300.0, "tledge doctor"),
+               "service": (300.0, "the camera's systemd unit"),
+               "unservice": (120.0, "removing the camera's systemd unit")}
+MAX_ANSWER = 16 << 20  # bytes of stdout kept: an agent's answer or a bench report is KBs
+MAX_LINE = 4096  # bytes of one stderr line kept (the rest of the line is skipped)
+KEEP_LINES = 200  # the last stderr lines kept for the error message
+WAIT_NOTICE_S = 30.0
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """A device's text made safe for this terminal and for files: control characters
+    (terminal escapes, carriage returns, bells) shown as ``?``; newlines kept, or spaces."""
+    text = _CONTROL.sub("?", text)
+    return text if newlines else text.replace("\n", " ").replace("\t", " ")
+
+
+def no_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def answer_fields(answer: dict, host: str, command: str, **fields) -> dict:
+    """Check an agent's answer has each field at its type (``float``: finite, ``int``: not a
+    bool, a tuple: any of them); strings come back printable.
+
+    Raises:
+      TledgeError: a field missing or of another type, in one line.
+    """
+    import math
+
+    for key, kind in fields.items():
+        value = answer.get(key)
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = any((k is float and isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value)) or
+                 (k is int and isinstance(value, int) and not isinstance(value, bool)) or
+                 (k is None and value is None) or
+                 (k not in (float, int, None) and isinstance(value, k)) for k in kinds)
+        if not ok:
+            shown = printable(repr(value)[:40], newlines=False)
+            raise TledgeError(f"on {host}: the agent's answer to {command} has no valid "
+                              f"{key!r} (got {shown}): the device runs another tledge or "
+                              "something answers in its place; run tledge deploy again")
+        if isinstance(value, str):
+            answer[key] = printable(value)
+    return answer
+
+
+class _Bounded:
+    """Reads a command's stdout, keeping at most MAX_ANSWER bytes; past that, ends it."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.chunks, self.size, self.overflow = proc, [], 0, False
+
+    def read(self) -> None:
+        while True:
+            chunk = self.proc.stdout.read1(1 << 16)
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self.size > MAX_ANSWER:
+                self.overflow = True
+                self.chunks.clear()
+                self.proc.kill()
+                return
+            self.chunks.append(chunk)
+
+
+def _feed(stdin, data) -> None:
+    try:
+        data(stdin) if callable(data) else stdin.write(data)
+        stdin.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the command ended early (or was ended): its stderr says why
 
 
 def close_quietly(stream) -> None:
@@ -237,9 +371,19 @@ def close_quietly(stream) -> None:
 
 
 def read_lines(stream, into: list[str], echo: Optional[Callable[[str], None]]) -> None:
-    for raw in stream:
-        line = raw.decode(errors="replace").rstrip()
+    """A device's lines, each bounded and made printable, the last KEEP_LINES kept."""
+    while True:
+        raw = stream.readline(MAX_LINE)
+        if not raw:
+            return
+        if not raw.endswith(b"\n"):  # a longer line: the rest of it is skipped
+            rest = raw
+            while rest and not rest.endswith(b"\n"):
+                rest = stream.readline(MAX_LINE)
+        line = printable(raw.decode(errors="replace").rstrip(), newlines=False)
         into.append(line)
+        if len(into) > KEEP_LINES:
+            del into[0]
         if echo and line and not line.startswith("Error:"):
             echo(line)
 
