@@ -536,3 +536,44 @@ def test_a_path_error_met_anywhere_is_one_line(code, fragment):
 
     text = path_error(OSError(code, os.strerror(code), "/tmp/" + "a" * 300 + "\x1b[2J"))
     assert fragment in text and "\x1b" not in text and len(text) < 250
+
+
+# ---------------------------------------------------------------- issue 37: the camera's pacing
+
+def _avi_claiming(path: Path, rate: int, scale: int) -> Path:
+    """A 5-frame MJPG AVI whose header claims rate / scale frames a second."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15, (64, 48))
+    for i in range(5):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    at = data.index(b"strh")
+    struct.pack_into("<II", data, at + 28, scale, rate)  # dwScale, dwRate
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("rate, scale, args", [
+    (1, 10 ** 9, ["--realtime"]),  # 1e-9 FPS: waited for ever after frame 1
+    (10 ** 9, 1, ["--record", "{tmp}/out.avi"]),  # 1e9 FPS: --record blamed its output file
+    (1, 10 ** 9, ["--record", "{tmp}/out.avi"]),
+])
+def test_a_video_header_claiming_an_absurd_frame_rate_is_not_believed(colour_tflite, tmp_path,
+                                                                      rate, scale, args):
+    video = _avi_claiming(tmp_path / "claims.avi", rate, scale)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = tledge("camera", "--model", str(colour_tflite["int8"]), "--source", str(video),
+                  "--headless", *args, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not believed" in proc.stderr and "5 frames" in proc.stdout + proc.stderr
+    if "--record" in args:
+        assert (tmp_path / "out.avi").stat().st_size > 0
+
+
+@pytest.mark.parametrize("flag", ["--duration", "--serve-fps"])
+def test_a_nan_camera_option_is_one_line(colour_tflite, flag):
+    """--duration nan passed every range check and the camera never ended."""
+    one_line_error(cli("camera", "--model", str(colour_tflite["int8"]), "--source", "0", flag,
+                       "nan"), flag, "finite")

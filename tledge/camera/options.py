@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -59,6 +60,15 @@ class CameraOptions:
     serve: Optional[str] = None
     serve_token: Optional[str] = None
     serve_fps: float = 15.0
+
+    def __post_init__(self) -> None:
+        from tledge.errors import TledgeError
+
+        # NaN passes every range check (a NaN --duration never ended the camera)
+        for name in ("duration", "serve_fps"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise TledgeError(f"--{name.replace('_', '-')} {value}: give a finite number")
 
 
 @dataclass

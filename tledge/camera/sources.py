@@ -84,6 +84,30 @@ def open_source(spec: str, model_size: Optional[tuple] = None,
                       f"{', '.join(list_cameras()) or 'none'})")
 
 
+MIN_FPS, MAX_FPS = 1.0, 240.0  # frame rates a video header is believed within
+
+
+def believable_fps(value, description: str) -> Optional[float]:
+    """A video header's frame rate where it is believable, else None, said once.
+
+    A header is untrusted: one claiming 1e-9 FPS made ``--realtime`` wait for ever after its
+    first frame, and 1e9 or 1e-9 made ``--record`` fail blaming the output file. Outside
+    MIN_FPS..MAX_FPS the rate is unknown: a video then plays as fast as it decodes and is
+    recorded at 15 FPS.
+    """
+    import logging
+    import math
+
+    if not value:  # 0: the header says nothing
+        return None
+    if not math.isfinite(value) or not MIN_FPS <= value <= MAX_FPS:
+        logging.getLogger("tledge").warning(
+            "%s: its header claims %.3g FPS, outside %g-%g: not believed (played as fast as it "
+            "decodes, recorded at 15 FPS)", description, value, MIN_FPS, MAX_FPS)
+        return None
+    return float(value)
+
+
 def _open_capture(target, live: bool, description: str,
                   size: Optional[tuple] = None) -> Source:
     import cv2
@@ -109,7 +133,7 @@ def _open_capture(target, live: bool, description: str,
                               "of them, a video file or a folder of images")
         raise TledgeError(f"cannot open {description}: not a video OpenCV can read, or the "
                           "stream is unreachable")
-    fps = state["cap"].get(cv2.CAP_PROP_FPS) or None
+    fps = believable_fps(state["cap"].get(cv2.CAP_PROP_FPS), description)
 
     def reopen():
         state["cap"].release()
