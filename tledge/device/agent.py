@@ -263,7 +263,7 @@ def _lock_folder(root):
         holder = os.read(fd, 200).decode("utf-8", "replace").strip()
         os.close(fd)
         raise Failure("another tledge deploy is installing into {} ({}): wait for it to end, "
-                      "then deploy again".format(root, holder or "its pid is not known"))
+                      "then deploy again".format(root, holder or "its pid is not known")) from None
     os.ftruncate(fd, 0)
     os.write(fd, "pid {}, since {}".format(os.getpid(), time.strftime("%H:%M:%S")).encode())
     return fd  # left open on purpose: the lock lasts as long as the process
