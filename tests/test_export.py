@@ -7,6 +7,7 @@ backbones separately.
 """
 
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -82,8 +83,19 @@ def test_int8_is_full_integer_with_uint8_io_and_agrees_with_float(colour_run, tm
 def test_export_writes_verified_files_with_metadata(colour_run, tmp_path):
     run, splits, _ = colour_run
     out = tmp_path / "export"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    # what two export runs killed with -9 left: removed by the next export, which says so
+    left = [out / f".model_fp32.tflite.{dead.pid}.0.verifying",
+            out / ".model_int8.tflite.k2j3h4.tmp.tflite"]
+    for path in left:
+        path.write_bytes(b"half a model")
+    said = []
     report = export(run, ExportOptions(formats=("fp32", "fp16", "dynamic", "int8")), out=out,
-                    splits=splits, echo=lambda s: None)
+                    splits=splits, echo=said.append)
+    assert not any(p.exists() for p in left)
+    assert f"removed 2 file(s) a killed export left in {out}" in said
     by_format = {r["format"]: r for r in report["formats"]}
     assert set(by_format) == {"fp32", "fp16", "dynamic", "int8"}
     assert by_format["int8"]["source"] == "qat"

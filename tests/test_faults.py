@@ -577,3 +577,25 @@ def test_a_nan_camera_option_is_one_line(colour_tflite, flag):
     """--duration nan passed every range check and the camera never ended."""
     one_line_error(cli("camera", "--model", str(colour_tflite["int8"]), "--source", "0", flag,
                        "nan"), flag, "finite")
+
+
+def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
+    """kill -9 during export left a .model_fp32.tflite.PID.0.verifying file for ever, one more
+    per kill. The folder's holder removes those of dead processes, never a live one's, never
+    another file."""
+    from tledge.fileio import remove_leftovers
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    names = {f".model_fp32.tflite.{dead.pid}.0.verifying": True,
+             ".model_int8.tflite.a1b2c3.tmp.tflite": True,
+             ".export_report.json.x9.tmp.json": True,
+             ".model_int8.tflite.1.0.verifying": False,  # pid 1 is alive
+             ".tledge.lock": False, ".keep": False, "model_int8.tflite": False,
+             ".notes.txt.x9.tmp.txt": False}  # not a file export writes
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    gone = remove_leftovers(tmp_path, lambda n: n.startswith("model_") or n == "export_report.json")
+    assert sorted(gone) == sorted(n for n, removed in names.items() if removed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        n for n, removed in names.items() if not removed)

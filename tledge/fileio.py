@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 
@@ -202,3 +203,35 @@ def save_png(fig, path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+# What a killed writer leaves beside its files: atomic_path's temporaries (.NAME.XXXX.tmp...)
+# and export's files under verification (.model_FMT.tflite.PID.N.verifying).
+_LEFTOVER = re.compile(r"^\.(?P<name>[^/]+?)\.(?:(?P<pid>\d+)\.\d+\.verifying|[^./]+\.tmp.*)$")
+
+
+def remove_leftovers(folder: Path, names: Callable[[str], bool]) -> list[str]:
+    """Remove what killed writers left in ``folder`` (which the caller holds locked, so no
+    live writer of it can own them): temporaries of files ``names`` accepts, except those of a
+    process still alive. Returns the names removed."""
+    gone = []
+    for path in sorted(Path(folder).glob(".*")):
+        match = _LEFTOVER.match(path.name)
+        if not match or not names(match["name"]) or not path.is_file():
+            continue
+        if match["pid"] and int(match["pid"]) != os.getpid() and _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            gone.append(path.name)
+    return gone
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
