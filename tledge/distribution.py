@@ -28,11 +28,13 @@ class WorkerRole:
       workers: processes in the cluster (chief included).
       index: this one's data shard, 0..workers-1 (the chief is 0).
       chief: whether this one writes the run folder.
+      addresses: every worker's "host:port", in index order (chief first).
     """
 
     workers: int
     index: int
     chief: bool
+    addresses: tuple = ()
 
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:2222", "host2:2222"]}, '
@@ -65,7 +67,8 @@ def worker_role(strategy_name: str) -> Optional[WorkerRole]:
                           f"({len(chiefs)} chief, {len(workers)} worker addresses): give each "
                           "process its own type and index")
     position = index if kind == "chief" else len(chiefs) + index
-    return WorkerRole(workers=len(chiefs) + len(workers), index=position, chief=position == 0)
+    return WorkerRole(workers=len(chiefs) + len(workers), index=position, chief=position == 0,
+                      addresses=tuple(chiefs + workers))
 
 
 def _check_addresses(cluster: dict, addresses: list) -> None:
@@ -168,6 +171,7 @@ def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], No
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             handlers[sig] = signal.signal(sig, signal.SIG_DFL)
     try:
+        _wait_for_peers(role)
         return strategy_cls()
     except tf.errors.OpError as e:
         text = first_line(e)
@@ -184,6 +188,52 @@ def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], No
             watchdog.stdin.write(b"done")
             watchdog.stdin.close()
         watchdog.wait()
+
+
+def _wait_for_peers(role: WorkerRole, every: float = 0.5) -> None:
+    """Return once every other worker's address accepts a TCP connection, this worker's own
+    port held open meanwhile for theirs (then closed, for TensorFlow's server to take).
+
+    TensorFlow's own wait blocks in C++ and installs its preemption handler for SIGTERM, so a
+    worker waiting there for a peer that never comes ignored ``kill`` and ``systemctl stop``
+    until --cluster-timeout. This wait is Python's, checking every ``every`` seconds: SIGTERM
+    (at its default action meanwhile) ends it at once, and the watchdog ends it at the timeout.
+
+    Raises:
+      TledgeError: this worker's port is taken.
+    """
+    import socket
+    import time
+
+    if not role.addresses:
+        return
+    port = int(role.addresses[role.index].rpartition(":")[2])
+    listener = socket.socket(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if listener.family == socket.AF_INET6:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.bind(("", port))
+        listener.listen(16)
+    except OSError as e:
+        listener.close()
+        raise TledgeError(f"could not listen on this worker's address in TF_CONFIG (port {port}: "
+                          f"{e.strerror}): free the port or give this worker another") from e
+    pending = [a for i, a in enumerate(role.addresses) if i != role.index]
+    try:
+        while pending:
+            waiting = []
+            for address in pending:
+                host, _, peer_port = address.rpartition(":")
+                try:
+                    socket.create_connection((host.strip("[]"), int(peer_port)), every).close()
+                except OSError:
+                    waiting.append(address)
+            pending = waiting
+            if pending:
+                time.sleep(every)
+    finally:
+        listener.close()
 
 
 @contextlib.contextmanager
