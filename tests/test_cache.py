@@ -295,3 +295,63 @@ def test_training_from_the_disk_cache_matches_memory(tmp_path):
         assert mem[0] == disk[0] and mem[1] == disk[1]
         assert np.allclose(mem[2], disk[2], rtol=1e-4)
     assert not list(cache.cache_root().glob(".features-*"))  # the feature files are removed
+
+
+# ---------------------------------------------------------------- issue 37: subsets, eviction
+
+def _fake_builtin(monkeypatch, n_train=600, n_test=100):
+    """fashion_mnist as small random arrays (10 classes), and a record of what is decoded."""
+    from tledge.data import builtin
+
+    rng = np.random.default_rng(0)
+    raw = ((rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            np.arange(n_train) % 10),
+           (rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), np.arange(n_test) % 10))
+    monkeypatch.setattr(builtin, "load_raw", lambda name: raw)
+    decoded_descs = []
+    real = builtin.resize_all
+    monkeypatch.setattr(builtin, "resize_all", lambda x, size, desc, source, storage="auto":
+                        decoded_descs.append((desc, len(x))) or real(x, size, desc, source,
+                                                                     storage))
+    return decoded_descs
+
+
+def test_evaluate_decodes_only_the_test_split_it_scores(monkeypatch):
+    """evaluate --data fashion_mnist decoded all 60,000 training images (8.5 GB at 224 px) to
+    score the 10,000 test images."""
+    seen = _fake_builtin(monkeypatch)
+    test, names = data.load_test_split("fashion_mnist", 16, None, 0)
+    assert seen == [("fashion_mnist test", 100)] and len(test) == 100 and len(names) == 10
+    seen.clear()
+    test, _ = data.load_test_split("fashion_mnist", 16, 3, 0)  # --limit: per class
+    assert seen == [("fashion_mnist test", 30)] and np.bincount(test.y).tolist() == [3] * 10
+    test, names = data.load_test_split("shapes", 32, 2, 0)
+    assert len(test) == 2 * len(names)
+
+
+def test_caches_of_two_subsets_of_one_source_live_side_by_side(monkeypatch):
+    """A run with --limit removed another run's cached subset of the same data as outdated."""
+    _fake_builtin(monkeypatch)
+    from tledge.data.builtin import load_builtin
+
+    load_builtin("fashion_mnist", 16, 20, 0, storage="disk")
+    first = set(_entries())
+    load_builtin("fashion_mnist", 16, 30, 0, storage="disk")
+    assert first < set(_entries()) and len(_entries()) == 3  # two train subsets, one test
+
+
+def test_the_cache_past_its_size_limit_drops_the_entry_used_longest_ago(monkeypatch):
+    x = _images(50)
+    for i, source in enumerate(("a", "b", "c")):
+        decoded({"source": source}, {}, len(x), 8, lambda p: [x[j] for j in p], "disk")
+        time.sleep(0.05)  # distinct times
+        if i == 0:
+            first = set(_entries())
+        if i == 1:  # "a" used again: now "b" is the one used longest ago
+            decoded({"source": "a"}, {}, len(x), 8, lambda p: [x[j] for j in p], "disk")
+            second = set(_entries()) - first
+    # one entry is 50*8*8*3 bytes and some; the limit holds three of the four
+    monkeypatch.setenv("TLEDGE_CACHE_MAX_GB", str(3.5 * 50 * 8 * 8 * 3 / 2**30))
+    decoded({"source": "d"}, {}, len(x), 8, lambda p: [x[j] for j in p], "disk")
+    left = set(_entries())
+    assert len(left) == 3 and first < left and not (second & left)

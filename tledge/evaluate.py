@@ -81,14 +81,13 @@ def evaluation_images(data: str, predictor: Predictor, limit: Optional[int], see
     """(images, labels in the model's label order, split name). A built-in data set gives its
     test split; a folder is evaluated whole, its class folders matched to labels by name."""
     from tledge import data as data_mod
-    from tledge.config import DataOptions
 
     height, width = predictor.image_size
     if height != width:
         raise TledgeError(f"the model's input is {height}x{width}; tledge evaluates square models")
-    if data in data_mod.BUILTIN:
-        splits = data_mod.load(DataOptions(source=data, image_size=height, limit=limit), seed)
-        images, names, split = splits.test, splits.class_names, "test"
+    if data in data_mod.BUILTIN:  # its test split alone: the training images are not decoded
+        images, names = data_mod.load_test_split(data, height, limit, seed)
+        split = "test"
     else:
         from tledge.data.folder import load_folder
         images, names, skipped = load_folder(Path(data), height, limit, seed)

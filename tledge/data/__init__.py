@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN = ("shapes", "cifar10", "fashion_mnist")
 __all__ = ["BUILTIN", "ImageSet", "Splits", "limit_per_class", "load", "load_test_folder",
-           "stratified_split"]
+           "load_test_split", "stratified_split"]
 
 
 def load(options: DataOptions, seed: int) -> Splits:
@@ -45,6 +45,21 @@ def load(options: DataOptions, seed: int) -> Splits:
         test = load_test_folder(options, names, test)
     train, val = stratified_split(pool, options.val_split, seed)
     return Splits(train=train, val=val, test=test, class_names=names, skipped=skipped)
+
+
+def load_test_split(source: str, image_size: int, limit: Optional[int], seed: int,
+                    storage: str = "auto") -> tuple[ImageSet, list[str]]:
+    """A built-in data set's test split alone, at most ``limit`` images per class, and its
+    class names: what evaluate scores, without decoding the training images."""
+    if source == "shapes":
+        from tledge.data.shapes import load_shapes
+        _, test, names = load_shapes(DataOptions(source=source, image_size=image_size,
+                                                 limit=limit, cache=storage), seed,
+                                     test_only=True)
+        return test, names
+    from tledge.data.builtin import load_builtin
+    _, test, names = load_builtin(source, image_size, limit, seed, storage, test_only=True)
+    return test, names
 
 
 def load_test_folder(options: DataOptions, names: list[str],

@@ -121,9 +121,13 @@ def resize_all(x: np.ndarray, image_size: int, desc: str, source: dict,
     the disk cache when the result is large (``tledge.data.cache``)."""
     from tledge.data.cache import decoded
 
+    checksum = _checksum(x)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        # the subset in the source: each --limit's images keep their own cache entry, side by
+        # side, instead of replacing another subset's as if it were outdated
         images, _, _ = decoded(
-            source, {"count": len(x), "checksum": _checksum(x)}, len(x), image_size,
+            {**source, "subset": checksum}, {"count": len(x), "checksum": checksum}, len(x),
+            image_size,
             lambda positions: list(pool.map(lambda i: resize_rgb(x[i], image_size), positions)),
             storage, desc=desc)
     return images
@@ -136,13 +140,21 @@ def _checksum(x: np.ndarray) -> str:
 
 
 def load_builtin(name: str, image_size: int, limit: Optional[int], seed: int,
-                 storage: str = "auto"):
-    """(training pool, full test split, class names) for cifar10 or fashion_mnist."""
+                 storage: str = "auto", test_only: bool = False):
+    """(training pool, full test split, class names) for cifar10 or fashion_mnist.
+
+    ``test_only`` (what evaluate scores): no training pool (None), and ``limit`` images per
+    class of the test split; the 60,000 training images are not decoded."""
     from tledge.data.imageset import ImageSet, limit_per_class
 
     (x_train, y_train), (x_test, y_test) = load_raw(name)
     y_train = np.asarray(y_train, np.int32).reshape(-1)
     y_test = np.asarray(y_test, np.int32).reshape(-1)
+    if test_only:
+        keep = limit_per_class(y_test, limit, seed)
+        test = ImageSet(resize_all(x_test[keep], image_size, f"{name} test",
+                                   {"source": name, "split": "test"}, storage), y_test[keep])
+        return None, test, list(CLASS_NAMES[name])
     keep = limit_per_class(y_train, limit, seed)
     pool = ImageSet(resize_all(x_train[keep], image_size, f"{name} train",
                                {"source": name, "split": "train"}, storage), y_train[keep])

@@ -287,6 +287,7 @@ def decoded(source: dict, version: dict, count: int, image_size: int, produce: P
                           "--data-cache memory") from e
     ok = np.load(entry / "ok.npy")
     _prune(root, slot.hexdigest()[:24], keep=entry)
+    _evict(root, keep=entry)
     return DiskArray(entry / "images.npy"), ok, str(entry)
 
 
@@ -385,3 +386,44 @@ def _prune(root: Path, slot: str, keep: Path) -> None:
                     shutil.rmtree(entry, ignore_errors=True)
                 (root / f"{entry.name}.lock").unlink(missing_ok=True)
                 log.info("removed the outdated image cache %s", entry)
+
+
+DEFAULT_MAX_GB = 20.0  # the image cache's size past which the least recently used entries go
+
+
+def max_cache_bytes() -> int:
+    """$TLEDGE_CACHE_MAX_GB (default 20) in bytes; a value that is not a positive number is
+    the default."""
+    try:
+        gb = float(os.environ.get("TLEDGE_CACHE_MAX_GB", DEFAULT_MAX_GB))
+    except ValueError:
+        gb = DEFAULT_MAX_GB
+    return int((gb if gb > 0 and gb == gb else DEFAULT_MAX_GB) * 2**30)
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """While the cache holds more than :func:`max_cache_bytes`, remove the entry used longest
+    ago (meta.json's time: set when built or reused), never ``keep`` nor one being built (its
+    lock held). A reader that has an entry open keeps reading it (DiskArray opens at once)."""
+    import fcntl
+
+    entries = []
+    for meta_path in root.glob("*/meta.json"):
+        entry = meta_path.parent
+        with contextlib.suppress(OSError):
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            entries.append((meta_path.stat().st_mtime, size, entry))
+    total, limit = sum(size for _, size, _ in entries), max_cache_bytes()
+    for _, size, entry in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            return
+        if entry == keep:
+            continue
+        lock_path = root / f"{entry.name}.lock"
+        with contextlib.suppress(OSError), open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: in use, kept
+            shutil.rmtree(entry, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            total -= size
+            log.info("removed the image cache %s, used longest ago (the cache is over "
+                     "$TLEDGE_CACHE_MAX_GB, %.0f GB)", entry, limit / 2**30)

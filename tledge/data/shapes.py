@@ -113,9 +113,9 @@ def generate(per_class: int, size: int, seed: int, split: str = "train"):
 GENERATOR_VERSION = 2  # bump when draw_shape changes its pictures
 
 
-def load_shapes(options: DataOptions, seed: int):
+def load_shapes(options: DataOptions, seed: int, test_only: bool = False):
     """(training pool, test split, class names) for DataOptions (in the disk cache when the
-    set is large, see ``tledge.data.cache``)."""
+    set is large, see ``tledge.data.cache``); ``test_only``: no pool (None) is drawn."""
     from tledge.data.imageset import ImageSet
     from tledge.data.cache import decoded
 
@@ -136,7 +136,7 @@ def load_shapes(options: DataOptions, seed: int):
                           desc=f"drawing shapes ({split})")
         return ImageSet(x, y)
 
-    pool = split_set("train", per_class)
+    pool = None if test_only else split_set("train", per_class)
     test = split_set("test", min(TEST_PER_CLASS, per_class))
     return pool, test, list(CLASSES)
 
