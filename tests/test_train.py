@@ -268,3 +268,52 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypat
     assert (tmp_path / "a" / rundir.QAT_MODEL).is_file()
     with pytest.raises(TledgeError, match="takes 32px images"):
         train(config.override(data={"image_size": 48}), tmp_path / "c", echo=lambda s: None)
+
+
+def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits, tmp_path,
+                                                                    monkeypatch):
+    """Issue 36: the per-class counts and a warning; class weights in the fit; balanced
+    accuracy picks the kept epoch; a fine-tune that ends below the frozen phase does not replace
+    its model (here a stand-in fine-tune that wrecks the weights)."""
+    from tledge import train as train_mod
+    from tledge.data import ImageSet, Splits
+    from tledge.fitting import PhaseResult
+
+    train_set = tiny_splits.train
+    keep = np.concatenate([np.flatnonzero(train_set.y == c)[:(6 if c < 3 else 1)]
+                           for c in range(len(tiny_splits.class_names))])
+    splits = Splits(ImageSet(train_set.x[keep], train_set.y[keep]), tiny_splits.val,
+                    tiny_splits.test, tiny_splits.class_names)
+    fits = []
+    real_fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: fits.append(
+        k.get("class_weight")) or real_fit(self, *a, **k))
+
+    def wrecking_finetune(model, splits, config, strategy, backup=None):
+        model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+        return PhaseResult("finetune", history={"loss": [9.0], "val_accuracy": [0.0],
+                                                "val_balanced_accuracy": [0.0]},
+                           best_epoch=1, val_accuracy=0.0, val_balanced_accuracy=0.0,
+                           monitor="balanced_accuracy")
+
+    monkeypatch.setattr(train_mod, "finetune_phase", wrecking_finetune)
+    lines, out = [], tmp_path / "run"
+    result = train(tiny_config(), out, splits=splits, echo=lines.append)
+    text = "\n".join(lines)
+    assert "images per class (train/val): circle 6/" in text
+    assert "WARNING: the classes are imbalanced" in text and "6.0x the images" in text
+    assert fits[0] is not None and fits[0][5] == pytest.approx(6.0 * 21 / (6 * 6 * 1))
+    assert "best val_balanced_accuracy" in text
+    assert "phase finetune: ended below the model it started from" in text
+    assert f"next: tledge export {out} --int8 --fp32" == lines[-1]
+    metrics = json.loads((out / rundir.METRICS).read_text())
+    assert metrics["kept_phase"] == "frozen" and not metrics["phases"]["finetune"]["kept"]
+    assert metrics["images_per_class"]["train"]["star"] == 1
+    history = json.loads((out / rundir.HISTORY).read_text())
+    assert history["frozen"]["monitor"] == "balanced_accuracy"
+    assert len(history["frozen"]["val_balanced_accuracy"]) == 1
+    saved = keras.models.load_model(out / rundir.FLOAT_MODEL, compile=False)
+    assert any(np.abs(w).sum() > 0 for w in saved.get_weights())  # the frozen phase's model
+    for a, b in zip(saved.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert (out / rundir.CURVES).stat().st_size > 0

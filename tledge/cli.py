@@ -14,7 +14,8 @@ from click_option_group import optgroup
 
 from tledge import __version__, fileio
 from tledge.cli_device import backend_option, bench, camera, deploy, doctor
-from tledge.config import (BACKBONES, BATCHNORM, DATA_CACHES, SCHEDULES, STRATEGIES,
+from tledge.config import (BACKBONES, BATCHNORM, CLASS_WEIGHTS, DATA_CACHES, SCHEDULES,
+                           STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
 from tledge.errors import (Interrupted, TledgeError, causes, first_line, path_error,
@@ -180,6 +181,10 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @optgroup.group("Every phase", help="loss, early stopping, seed")
 @optgroup.option("--label-smoothing", type=float, help="Share of each label spread over the other "
                  f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
+@optgroup.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Weigh each class's "
+                 "loss by n / (classes x its images), in every phase: balanced, none, or auto "
+                 "(balanced when the largest class has 1.5x the images of the smallest or more; "
+                 "then balanced accuracy picks each phase's kept epoch).  [default: auto]")
 @optgroup.option("--early-stop", type=int,
                  help="Stop a phase after N epochs without better validation accuracy.")
 @optgroup.option("--seed", type=int,
@@ -206,7 +211,8 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
-          label_smoothing, test_data, qat, epochs_qat, lr_qat, early_stop, seed, strategy,
+          label_smoothing, class_weight, test_data, qat, epochs_qat, lr_qat, early_stop, seed,
+          strategy,
           backup_dir, cluster_timeout, mixed_precision, feature_cache, init_from, out,
           overwrite):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
@@ -224,7 +230,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                                  batchnorm=batchnorm),
                    qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy, backup_dir=backup_dir,
-                   cluster_timeout=cluster_timeout,
+                   cluster_timeout=cluster_timeout, class_weight=class_weight,
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))

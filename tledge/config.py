@@ -24,6 +24,8 @@ BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_small", "mobilenet_v3_lar
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 STRATEGIES = ("auto", "mirrored", "multi-worker", "none")
+# auto: balanced where the training split's classes differ by 1.5x or more, else none
+CLASS_WEIGHTS = ("auto", "balanced", "none")
 SCHEDULES = ("constant", "cosine")
 BATCHNORM = ("frozen", "train")
 BACKENDS = ("litert", "tflite_runtime", "tensorflow")  # TFLite interpreters, preferred first
@@ -236,6 +238,9 @@ class TrainOptions:
         a folder in tledge's cache named after the run folder.
       cluster_timeout: multi-worker runs: seconds to wait for every worker of TF_CONFIG to be
         up before giving up with an error (TensorFlow's own default is to wait for ever).
+      class_weight: ``balanced`` weighs each class's loss by n / (classes x its images), in
+        every phase; ``none`` does not; ``auto`` is balanced when the training split's largest
+        class has 1.5x the images of its smallest or more (tledge.fitting.class_balance).
     """
 
     frozen: PhaseHParams = field(default_factory=PhaseHParams)
@@ -251,9 +256,11 @@ class TrainOptions:
     backup_dir: Optional[str] = None
     label_smoothing: float = 0.1
     cluster_timeout: float = 300.0
+    class_weight: str = "auto"
 
     def __post_init__(self) -> None:
         check_types(self)
+        check_choice(self, "class_weight", CLASS_WEIGHTS)
         for name, cls in (("frozen", PhaseHParams), ("finetune", FineTuneHParams),
                           ("qat", QATHParams)):
             if type(getattr(self, name)) is not cls:

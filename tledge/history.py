@@ -16,9 +16,11 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
     history = {p.name: {"epochs": len(next(iter(p.history.values()), [])),
                         "best_epoch": p.best_epoch, "seconds": round(p.seconds, 2),
                         "epoch_seconds": p.epoch_seconds, "feature_cache": p.feature_cache,
+                        "monitor": p.monitor, "kept": p.kept,
                         **p.history} for p in phases}
     fileio.write_json(out / rundir.HISTORY, history)
-    last = phases[-1] if phases else None
+    # the figures of the model the run holds: the last phase kept (a worse phase is not)
+    last = next((p for p in reversed(phases) if p.kept), None)
     metrics = {
         "status": status,
         "phases_completed": [p.name for p in phases],
@@ -26,15 +28,29 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
         "train_images": len(splits.train), "val_images": len(splits.val),
         "test_images": len(splits.test) if splits.test is not None else 0,
         "skipped_files": splits.skipped,
+        "images_per_class": {"train": _counts(splits.train.y, splits),
+                             "val": _counts(splits.val.y, splits)},
+        "kept_phase": last.name if last else None,
         "val_accuracy": last.val_accuracy if last else None,
+        "val_balanced_accuracy": last.val_balanced_accuracy if last else None,
         "test_accuracy": last.test_accuracy if last else None,
-        "phases": {p.name: {"best_epoch": p.best_epoch, "val_accuracy": p.val_accuracy,
-                            "test_accuracy": p.test_accuracy, "seconds": round(p.seconds, 2),
+        "test_balanced_accuracy": last.test_balanced_accuracy if last else None,
+        "phases": {p.name: {"best_epoch": p.best_epoch, "monitor": p.monitor, "kept": p.kept,
+                            "val_accuracy": p.val_accuracy,
+                            "val_balanced_accuracy": p.val_balanced_accuracy,
+                            "test_accuracy": p.test_accuracy,
+                            "test_balanced_accuracy": p.test_balanced_accuracy,
+                            "seconds": round(p.seconds, 2),
                             "feature_cache": p.feature_cache} for p in phases},
     }
     fileio.write_json(out / rundir.METRICS, metrics)
     if phases:
         plot_curves(phases, out / rundir.CURVES)
+
+
+def _counts(y, splits: Splits) -> dict:
+    counts = np.bincount(np.asarray(y).reshape(-1), minlength=len(splits.class_names))
+    return {name: int(n) for name, n in zip(splits.class_names, counts)}
 
 
 def _once(ax, label: str):
@@ -57,16 +73,28 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
             epochs = np.arange(start + 1, start + n + 1)
             ax.plot(epochs, p.history[metric], "o-", color="C0", label=_once(ax, "train"))
             val = p.history.get(f"val_{metric}")
+            balanced = p.history.get("val_balanced_accuracy") if metric == "accuracy" and \
+                p.monitor == "balanced_accuracy" else None
+            if balanced:
+                ax.plot(epochs, balanced, "d:", color="C2",
+                        label=_once(ax, "validation, balanced"))
+            picked = balanced or val
             if val:
                 ax.plot(epochs, val, "s--", color="C1", label=_once(ax, "validation"))
-                if 1 <= p.best_epoch <= n:
-                    ax.plot(start + p.best_epoch, val[p.best_epoch - 1], "*", ms=15, mfc="none",
-                            mec="C3", mew=1.5, label=_once(ax, "kept epoch"))
+            if picked and 1 <= p.best_epoch <= n:
+                ax.plot(start + p.best_epoch, picked[p.best_epoch - 1], "*", ms=15,
+                        mfc="none", mec="C3", mew=1.5, label=_once(ax, "kept epoch"))
+            if metric == "accuracy" and p.test_accuracy is not None and 1 <= p.best_epoch <= n:
+                ax.plot(start + p.best_epoch, p.test_accuracy, "P", color="C4", ms=8,
+                        label=_once(ax, "test, kept epoch"))
+            if not p.kept:  # ended worse than the model it started from: not kept
+                ax.axvspan(start + 0.5, start + n + 0.5, color="grey", alpha=0.12, lw=0)
             if start:
                 ax.axvline(start + 0.5, color="grey", lw=1, ls=":")
             # the phase's name just above the plot, over its epochs: never on a curve
-            ax.text(start + 0.5 + n / 2, 1.01, p.name, transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=8, color="dimgrey")
+            ax.text(start + 0.5 + n / 2, 1.01, p.name + ("" if p.kept else " (not kept)"),
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8,
+                    color="dimgrey")
             start += n
         ax.set_xlim(0.5, max(start, 1) + 0.5)  # one epoch alone: autoscale would hide labels
         ax.set_xlabel("epoch")

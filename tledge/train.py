@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 
 from tledge import fileio, rundir
 from tledge.config import RunConfig
 from tledge.data import Splits
 from tledge.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
 from tledge.errors import Interrupted, TledgeError, first_line
-from tledge.fitting import (PhaseResult, compile_model, evaluate_accuracy, fit_phase,
-                            image_batches, is_pretrained, label_depth, phase_rate,
-                            save_model, steps_of, worker_shard)
+from tledge.fitting import (WARN_IMBALANCE, Balance, PhaseResult, class_balance,
+                            compile_model, evaluate_accuracy, fit_phase, image_batches,
+                            is_pretrained, label_depth, phase_rate, save_model, steps_of,
+                            worker_shard)
 from tledge.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, standardised_head)
 from tledge.history import write_reports
@@ -105,6 +107,7 @@ def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
 
     hp, bs, seed = config.train.frozen, config.data.batch_size, config.train.seed
     depth = label_depth(config, model.output_shape[-1])
+    balance = class_balance(train[1], val[1], model.output_shape[-1], config.train.class_weight)
     with contextlib.ExitStack() as stack:
         norm = None
         if config.train.feature_norm:
@@ -116,7 +119,7 @@ def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
         result = fit_phase(model, head,
                            batches(*train, bs, shuffle=True, seed=seed, one_hot=depth),
                            batches(*val, bs, one_hot=depth),
-                           hp, config.train.early_stop, "frozen", backup)
+                           hp, config.train.early_stop, "frozen", backup, balance)
     result.feature_cache = True
     result.trainable_weights = len(head.trainable_weights)
     return result
@@ -143,7 +146,7 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
             compile_model(fit_model, rate, config.train.label_smoothing)
         train_ds, val_ds = image_batches(splits, config, strategy, seed)
         return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                         "frozen", backup)
+                         "frozen", backup, _balance(splits, config))
 
 
 def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
@@ -173,7 +176,12 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
         compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
     train_ds, val_ds = image_batches(splits, config, strategy, seed + 1)
     return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "finetune",
-                     backup)
+                     backup, _balance(splits, config))
+
+
+def _balance(splits: Splits, config: RunConfig) -> Balance:
+    return class_balance(splits.train.y, splits.val.y, len(splits.class_names),
+                         config.train.class_weight)
 
 
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
@@ -267,6 +275,7 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
             _failed(e, current, run, result, splits)
         write_reports(out, result.phases, splits, status="complete")
     echo(f"run saved in {out}")
+    echo(f"next: tledge export {out} --int8 --fp32")
     return result
 
 
@@ -277,7 +286,7 @@ def _setup_lines(config: RunConfig, splits: Splits, strategy) -> list:
              + (f" / {len(splits.test)} test" if splits.test is not None else "")
              + f" images at {config.data.image_size}px"
              + (f", {splits.skipped} unreadable file(s) skipped" if splits.skipped else ""),
-             f"data: {storage_line(splits)}"]
+             f"data: {storage_line(splits)}"] + balance_lines(splits, config)
     shard = worker_shard(strategy)
     if shard is not None:
         lines.append(f"strategy: MultiWorkerMirroredStrategy, worker {shard[1]} of {shard[0]}, "
@@ -285,6 +294,33 @@ def _setup_lines(config: RunConfig, splits: Splits, strategy) -> list:
                      f"every {shard[0]}{'nd' if shard[0] == 2 else 'th'} training image")
     elif strategy.num_replicas_in_sync > 1:
         lines.append(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} devices")
+    return lines
+
+
+def balance_lines(splits: Splits, config: RunConfig) -> list:
+    """Images per class (train / validation), and what an imbalance changes, said.
+
+    Args:
+      splits: the loaded data.
+      config: the run's config (its --class-weight).
+
+    Returns:
+      Lines for the log: the counts, then a warning where the largest class has 3x the
+      images of the smallest or more.
+    """
+    balance = _balance(splits, config)
+    counts = ", ".join(f"{name} {t}/{v}" for name, t, v in zip(
+        splits.class_names, balance.train_counts, balance.val_counts))
+    lines = [f"data: images per class (train/val): {counts}"]
+    if balance.imbalanced:
+        rare = splits.class_names[int(np.argmin(balance.train_counts))]
+        common = splits.class_names[int(np.argmax(balance.train_counts))]
+        weighting = ("each class's loss weighted by n / (classes x its images)"
+                     if balance.class_weight else "no class weights (--class-weight none)")
+        line = (f"the classes are imbalanced: {common} has {balance.ratio:.1f}x the images of "
+                f"{rare}; {weighting}; balanced accuracy (mean per-class recall) picks each "
+                "phase's kept epoch and the phase kept")
+        lines.append(("WARNING: " if balance.ratio >= WARN_IMBALANCE else "data: ") + line)
     return lines
 
 
@@ -313,10 +349,16 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
     (after saving the float model as it is when no float phase ran)."""
     def float_phase(train_phase):
         def run_float(result):
+            before = next((p for p in reversed(result.phases) if p.kept), None)
+            start_weights = result.model.get_weights() if before is not None else None
             phase = train_phase(result.model, splits, config, strategy, backup=backup)
             if splits.test is not None:
-                phase.test_accuracy = evaluate_accuracy(result.model, splits.test,
-                                                        config.data.batch_size)
+                phase.test_accuracy, phase.test_balanced_accuracy = evaluate_accuracy(
+                    result.model, splits.test, config.data.batch_size)
+            if before is not None and phase.score < before.score:
+                # worse on validation than the model it started from: that one stays
+                result.model.set_weights(start_weights)
+                phase.kept = False
             run.save_float(result.model)
             result.phases.append(phase)
             write_reports(out, result.phases, splits, status=f"running (after {phase.name})")
@@ -347,11 +389,20 @@ def phase_line(phase: PhaseResult) -> str:
     Returns:
       Epochs, time, the kept epoch and its validation (and test) accuracy, on one line.
     """
-    return (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
+    balanced = phase.monitor == "balanced_accuracy"
+    line = (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
             f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
-            f", best val_accuracy {phase.val_accuracy:.4f} at epoch {phase.best_epoch}"
+            f", best val_{phase.monitor} {phase.score:.4f} at epoch {phase.best_epoch}"
+            + (f" (val_accuracy {phase.val_accuracy:.4f})" if balanced else "")
             + (f", test accuracy {phase.test_accuracy:.4f}"
-               if phase.test_accuracy is not None else ""))
+               if phase.test_accuracy is not None else "")
+            + (f", balanced {phase.test_balanced_accuracy:.4f}"
+               if balanced and phase.test_balanced_accuracy is not None else ""))
+    if not phase.kept:
+        line += (f"\nphase {phase.name}: ended below the model it started from on validation "
+                 f"({phase.monitor.replace('_', ' ')}): that model is kept, and the next phase "
+                 "starts from it")
+    return line
 
 
 def _interrupted(cause: KeyboardInterrupt, current: str, run: "_RunWriter",
