@@ -265,8 +265,10 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
 @click.option("--calibration", type=int, default=300, show_default=True,
               help="Training images that calibrate int8 quantization.")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
-              help="Accuracy points a file may lose against the float model before the export "
-              "fails.")
+              help="Accuracy points a file may lose against the float model on the validation "
+              "images before the export fails; a bigger loss fails it only when it is also beyond "
+              "chance (McNemar's exact test on the images where the two disagree, p < 0.05), so "
+              "a few images never decide alone.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Post-training int8: take the mean error of the rounded weights out of each "
               "layer's bias (measured on 64 calibration images).")
@@ -323,13 +325,20 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
     if report_path.exists() and not overwrite:
         raise TledgeError(f"{report_path} already exists: pass --overwrite or another --out")
     predictor = ev.load_predictor(model, qat=qat, backend=backend, threads=threads)
-    x, y, split = ev.evaluation_images(data, predictor, limit)
-    report = ev.evaluate(predictor, x, y)
-    report.update(data=data, split=split)
+    found = ev.evaluation_set(data, predictor, limit)
+    probs = ev.predict_all(predictor, found.x)
+    report = ev.summarize(probs, found.y, predictor)
+    report.update(data=data, split=found.split)
     fileio.write_json(report_path, report)
     ev.plot_confusion(report, out_dir / "confusion_matrix.png")
+    ev.write_predictions(out_dir / "predictions.csv", found.files, found.y, probs,
+                         predictor.labels)
+    wrong = ev.plot_mistakes(out_dir / "mistakes.png", found.x, found.files, found.y, probs,
+                             predictor.labels)
     click.echo(ev.format_report(report))
-    click.echo(f"report and confusion matrix in {out_dir}")
+    click.echo(f"report in {out_dir}: evaluation.json, confusion_matrix.png, predictions.csv"
+               + (f", mistakes.png ({wrong} misclassified)" if wrong else
+                  " (no image misclassified)"))
 
 
 @main.command(short_help="Top-k labels and scores of images (.tflite needs no TensorFlow).")

@@ -64,6 +64,7 @@ def _keras_predictor(run: Path, qat: bool) -> Predictor:
     from tledge.errors import require_training_stack
 
     rundir.require_run(run)
+    rundir.prepare_read(run)  # a run still training: refused, nothing written into it
     require_training_stack(f"the run folder {run} (a Keras model)",
                            ("tensorflow", "tf_keras") + (("tensorflow_model_optimization",)
                                                          if qat else ()))
@@ -78,8 +79,32 @@ def _keras_predictor(run: Path, qat: bool) -> Predictor:
 
 
 def evaluation_images(data: str, predictor: Predictor, limit: Optional[int], seed: int = 42):
-    """(images, labels in the model's label order, split name). A built-in data set gives its
-    test split; a folder is evaluated whole, its class folders matched to labels by name."""
+    """(images, labels in the model's label order, split name): :func:`evaluation_set`'s."""
+    found = evaluation_set(data, predictor, limit, seed)
+    return found.x, found.y, found.split
+
+
+@dataclass
+class EvaluationSet:
+    """What evaluate scores.
+
+    Attributes:
+      x: the images at the model's input size.
+      y: their labels, in the model's label order.
+      split: "test" (a built-in set's test split) or "folder".
+      files: each image's name (a folder's files relative to it; test[i] for a built-in set).
+    """
+
+    x: object
+    y: np.ndarray
+    split: str
+    files: list
+
+
+def evaluation_set(data: str, predictor: Predictor, limit: Optional[int],
+                   seed: int = 42) -> EvaluationSet:
+    """A built-in data set gives its test split; a folder is evaluated whole, its class
+    folders matched to labels by name."""
     from tledge import data as data_mod
 
     height, width = predictor.image_size
@@ -99,7 +124,9 @@ def evaluation_images(data: str, predictor: Predictor, limit: Optional[int], see
                           f"model's labels ({', '.join(predictor.labels[:5])}...): evaluate on "
                           "data with the classes the model was trained on")
     remap = np.asarray([index[n] for n in names], np.int32)
-    return images.x, remap[images.y], split
+    files = list(images.names) if images.names else [f"{data}-{split}[{i}]"
+                                                     for i in range(len(images))]
+    return EvaluationSet(images.x, remap[images.y], split, files)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
@@ -108,25 +135,44 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     return cm
 
 
-def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray,
-             batch_size: int = 32) -> dict:
-    """Accuracy, per-class precision and recall, and the confusion matrix."""
+def predict_all(predictor: Predictor, x, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities of every image, with a progress bar."""
     from tledge.runtime import in_batches
 
+    return in_batches(predictor.predict, x, batch_size, f"evaluating {predictor.name}",
+                      len(predictor.labels), leave=True)
+
+
+def evaluate(predictor: Predictor, x: np.ndarray, y: np.ndarray,
+             batch_size: int = 32) -> dict:
+    """Accuracy, balanced accuracy, macro F1, per-class precision, recall and F1, and the
+    confusion matrix."""
+    return summarize(predict_all(predictor, x, batch_size), y, predictor)
+
+
+def summarize(probs: np.ndarray, y: np.ndarray, predictor: Predictor) -> dict:
+    """:func:`evaluate`'s report from probabilities already computed."""
     n = len(predictor.labels)
-    probs = in_batches(predictor.predict, x, batch_size, f"evaluating {predictor.name}", n,
-                       leave=True)
     pred = probs.argmax(1)
     cm = confusion(y, pred, n)
     tp = np.diag(cm).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(cm.sum(0) > 0, tp / cm.sum(0), np.nan)
         recall = np.where(cm.sum(1) > 0, tp / cm.sum(1), np.nan)
-    per_class = [{"label": label, "precision": _num(p), "recall": _num(r), "support": int(s)}
-                 for label, p, r, s in zip(predictor.labels, precision, recall, cm.sum(1))]
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall),
+                      0.0)
+    f1 = np.where(np.isnan(recall), np.nan, np.nan_to_num(f1))  # a class never seen: no F1
+    present = cm.sum(1) > 0
+    per_class = [{"label": label, "precision": _num(p), "recall": _num(r), "f1": _num(f),
+                  "support": int(s)}
+                 for label, p, r, f, s in zip(predictor.labels, precision, recall, f1,
+                                              cm.sum(1))]
     return {"model": predictor.name, "kind": predictor.kind, "images": int(len(y)),
-            "accuracy": float(np.mean(pred == y)), "per_class": per_class,
-            "confusion_matrix": cm.tolist(), "labels": predictor.labels}
+            "accuracy": float(np.mean(pred == y)),
+            "balanced_accuracy": float(np.mean(recall[present])) if present.any() else None,
+            "macro_f1": float(np.mean(f1[present])) if present.any() else None,
+            "per_class": per_class, "confusion_matrix": cm.tolist(),
+            "labels": predictor.labels}
 
 
 def _num(v: float) -> Optional[float]:
@@ -134,13 +180,76 @@ def _num(v: float) -> Optional[float]:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{report['model']}: accuracy {report['accuracy']:.4f} on {report['images']} images",
-             f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}"]
-    for row in report["per_class"]:
-        p = "-" if row["precision"] is None else f"{row['precision']:.4f}"
-        r = "-" if row["recall"] is None else f"{row['recall']:.4f}"
-        lines.append(f"{row['label'][:20]:<20} {p:>9} {r:>7} {row['support']:>8}")
+    """The summary line, then the per-class table, worst F1 first."""
+    split = {"test": f" (the test split of {report.get('data')})",
+             "folder": f" ({report.get('data')}, every image)"}.get(report.get("split"), "")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    lines = [f"{report['model']}: accuracy {report['accuracy']:.4f}, balanced accuracy "
+             f"{fmt(report.get('balanced_accuracy'))}, macro F1 {fmt(report.get('macro_f1'))} "
+             f"on {report['images']} images{split}",
+             f"{'class':<20} {'precision':>9} {'recall':>7} {'F1':>7} {'support':>8}"]
+    rows = sorted(report["per_class"], key=lambda r: (r["support"] == 0, r.get("f1") or 0.0))
+    for row in rows:
+        lines.append(f"{row['label'][:20]:<20} {fmt(row['precision']):>9} "
+                     f"{fmt(row['recall']):>7} {fmt(row.get('f1')):>7} {row['support']:>8}")
     return "\n".join(lines)
+
+
+def write_predictions(path: Path, files: list, y: np.ndarray, probs: np.ndarray,
+                      labels: list, top_k: int = 3) -> None:
+    """predictions.csv: every image's file, true label, predicted label, its score, whether
+    right, and the top-k as label:score;..."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["file", "true", "predicted", "score", "correct", f"top{top_k}"])
+    order = np.argsort(-probs, axis=1)[:, :top_k]
+    for name, truth, row, top in zip(files, y, probs, order):
+        writer.writerow([name, labels[truth], labels[top[0]], f"{row[top[0]]:.4f}",
+                         int(top[0] == truth),
+                         ";".join(f"{labels[k]}:{row[k]:.4f}" for k in top)])
+    fileio.write_text(path, buf.getvalue())
+
+
+MAX_MISTAKES_SHOWN = 48
+
+
+def _short(name: str, limit: int = 20) -> str:
+    return name if len(name) <= limit else f"{name[:limit // 2 - 1]}...{name[-(limit // 2 - 2):]}"
+
+
+def plot_mistakes(path: Path, x, files: list, y: np.ndarray, probs: np.ndarray,
+                  labels: list) -> int:
+    """mistakes.png: a contact sheet of the misclassified images, most confident mistakes
+    first (at most MAX_MISTAKES_SHOWN), each captioned true -> predicted and its score.
+    Returns how many images were wrong (no file when none was)."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    if not len(wrong):
+        return 0
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    shown = wrong[:MAX_MISTAKES_SHOWN]
+    cols = min(8, len(shown))
+    rows = -(-len(shown) // cols)
+    plt = fileio.pyplot()
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.2 * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), shown):
+        ax.imshow(np.asarray(x[int(i)]))  # one row read (x may be the disk cache)
+        ax.set_title(f"{labels[y[i]][:14]} -> {labels[pred[i]][:14]}\n"
+                     f"{probs[i, pred[i]]:.2f}  {_short(Path(files[i]).name)}", fontsize=7)
+    fig.suptitle(f"{len(wrong)} of {len(y)} images misclassified"
+                 + (f" (the {len(shown)} most confident shown)" if len(wrong) > len(shown)
+                    else "") + ": true -> predicted, score", fontsize=9)
+    fileio.save_png(fig, path)
+    return int(len(wrong))
 
 
 def plot_confusion(report: dict, path: Path) -> None:

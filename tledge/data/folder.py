@@ -118,4 +118,5 @@ def load_folder(root: Path, image_size: int, limit: Optional[int], seed: int,
                 f"class folder {root / name} has no readable image: replace its files with "
                 "valid jpg/png/bmp/webp images or remove the folder")
     good = np.flatnonzero(ok)
-    return ImageSet(x if bad == 0 else take(x, good), labels[good]), classes, skipped
+    names = tuple(str(paths[i].relative_to(root)) for i in good)
+    return ImageSet(x if bad == 0 else take(x, good), labels[good], names), classes, skipped

@@ -19,10 +19,12 @@ class ImageSet:
       x: uint8 (N, H, W, 3) raw RGB pixels: an ndarray, or a DiskArray (``tledge.data.cache``)
         whose rows are read per batch when the set is too large to hold.
       y: int32 array (N,), class indices into the class names.
+      names: where each image came from (a folder's files, relative to it), where known.
     """
 
     x: "np.ndarray | DiskArray"
     y: np.ndarray
+    names: Optional[tuple] = None
 
     def __len__(self) -> int:
         return len(self.y)
