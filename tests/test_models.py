@@ -86,6 +86,29 @@ def test_failed_imagenet_download_says_why_and_how_to_work_offline(keras, monkey
         assert fix in message, message
 
 
+def test_a_local_backbone_file_at_hand_is_named_offline(keras, monkeypatch, tmp_path):
+    """Offline, the error named only the flag; make demo found a local file by itself."""
+    from tledge import models
+
+    cache = tmp_path / "keras" / "models"
+    cache.mkdir(parents=True)
+    (cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5").write_bytes(b"")
+    (cache / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    found = models.local_weight_files("mobilenet_v2")
+    assert found and found[0] == str(cache / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_"
+                                             "1.0_96_no_top.h5")
+    assert all("resnet" not in f for f in found)
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    import tf_keras.src.applications.mobilenet_v2 as mnv2
+    monkeypatch.setattr(mnv2.data_utils, "get_file", offline)
+    with pytest.raises(TledgeError, match=f"e.g. --weights {found[0]} \\(found here\\)"):
+        build_classifier(ModelOptions(alpha=0.35, weights="imagenet"), 2, 96)
+
+
 def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen(keras):
     model = build_classifier(ModelOptions(alpha=0.35, weights="none"), 3, 32)
     layers = backbone_layers(model)

@@ -134,6 +134,23 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
+def local_weight_files(backbone: str) -> list[str]:
+    """Backbone weight files already on this machine that may fit ``backbone``: Keras' own
+    download cache ($KERAS_HOME/models, ~/.keras/models) and a checkout's ../shared/weights
+    (what make demo uses), by name (mobilenet_v2 -> mobilenet_v2*.h5, no top)."""
+    import os
+
+    stem = backbone.replace("_minimalistic", "").lower()
+    folders = [Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models",
+               Path(__file__).resolve().parents[2].parent / "shared" / "weights"]
+    found = []
+    for folder in folders:
+        if folder.is_dir():
+            found += sorted(str(p) for p in folder.glob("*.h5")
+                            if stem in p.name.lower() and "top" in p.name.lower())
+    return found[:2]
+
+
 def resolve_weights(weights: str) -> str | None:
     """'imagenet' | 'none' | a path -> what keras.applications takes."""
     if weights.lower() == "none":
@@ -182,11 +199,14 @@ def build_classifier(options: ModelOptions, num_classes: int, image_size: int):
         raise
     except Exception as e:  # a failed download surfaces as URLError/HTTPError/OSError/Exception
         if weights == "imagenet" and (not isinstance(e, ValueError) or "hash" in str(e)):
+            near = local_weight_files(options.backbone)
             raise TledgeError(
                 f"could not download the ImageNet weights for {options.backbone}: "
                 f"{download_failure(e)}. Offline, use a local weights file (--weights PATH; "
-                "make demo WEIGHTS=PATH) or start from random weights (--weights none; make "
-                "demo WEIGHTS=none)") from e
+                "make demo WEIGHTS=PATH)"
+                + (f", e.g. --weights {near[0]} (found here)" if near else "")
+                + " or start from random weights (--weights none; make demo WEIGHTS=none)"
+                ) from e
         if isinstance(e, ValueError):
             raise TledgeError(f"cannot build {options.backbone}: {first_line(e)}") from e
         raise TledgeError(f"could not load weights {weights} for {options.backbone} "
