@@ -317,3 +317,59 @@ def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits,
     for a, b in zip(saved.get_weights(), result.model.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert (out / rundir.CURVES).stat().st_size > 0
+
+
+def test_a_run_interrupted_mid_finetune_resumes_from_its_last_epoch(tiny_splits, tmp_path,
+                                                                    monkeypatch):
+    """Issue 36: Ctrl-C (SIGTERM is made one) after fine-tune's 2nd of 3 epochs; --resume keeps
+    the frozen phase, trains only the 3rd epoch (weights and optimizer from the backup) and
+    ends with the same phases and epochs as an uninterrupted run, its history whole."""
+    from tledge import fileio
+
+    config = tiny_config(finetune=tiny_config().train.finetune.__class__(
+        epochs=3, learning_rate=1e-3, unfreeze="10"))
+    monkeypatch.setattr(fileio, "cache_root", lambda: tmp_path / "cache")
+    whole = train(config, tmp_path / "whole", splits=tiny_splits, echo=lambda s: None)
+
+    fits, real_fit = [], keras.Model.fit
+
+    class Count(keras.callbacks.Callback):
+        """The epochs each fit runs (1-based), and Ctrl-C after the 2nd of the first
+        fine-tune."""
+
+        def __init__(self, stop):
+            super().__init__()
+            self.stop, self.epochs = stop, []
+            fits.append(self.epochs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append(epoch + 1)
+            if self.stop and epoch == 1:
+                raise KeyboardInterrupt
+
+    def fit(self, *args, **kwargs):
+        stop = len(fits) == 1 and not resumed  # the first run's fine-tune
+        kwargs["callbacks"] = kwargs["callbacks"] + [Count(stop)]
+        return real_fit(self, *args, **kwargs)
+
+    resumed = False
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted, match="during phase finetune.*--resume"):
+        train(config, out, splits=tiny_splits, echo=lambda s: None)
+    first = json.loads((out / rundir.HISTORY).read_text())
+    assert list(first) == ["frozen"]
+    resumed, lines = True, []
+    result = train(config, out, splits=tiny_splits, echo=lines.append, resume=True)
+    assert any("resuming after phase(s) frozen" in line for line in lines)
+    assert fits == [[1], [1, 2], [3]]  # frozen; fine-tune stopped after 2; resumed: the 3rd
+    history = json.loads((out / rundir.HISTORY).read_text())
+    expected = json.loads((tmp_path / "whole" / rundir.HISTORY).read_text())
+    assert [p.name for p in result.phases] == [p.name for p in whole.phases]
+    assert {k: v["epochs"] for k, v in history.items()} == \
+        {k: v["epochs"] for k, v in expected.items()} == {"frozen": 1, "finetune": 3}
+    assert history["frozen"] == first["frozen"]  # kept as it was, not trained again
+    assert json.loads((out / rundir.METRICS).read_text())["status"] == "complete"
+    assert np.allclose(history["finetune"]["loss"], expected["finetune"]["loss"], rtol=0.2)
+    with pytest.raises(TledgeError, match="finished.*nothing to resume"):
+        train(config, out, splits=tiny_splits, echo=lambda s: None, resume=True)

@@ -208,14 +208,28 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @optgroup.option("--out", type=click.Path(file_okay=False),
                  help="Run folder.  [default: models/<data>-<backbone>-<size>px-<time>]")
 @optgroup.option("--overwrite", is_flag=True, help="Replace an existing run folder's files.")
+@optgroup.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR",
+                 help="Finish an interrupted or failed run: its own config.yaml (flags given "
+                 "change it, e.g. more epochs for the phases to come), its finished phases "
+                 "kept, the phase that stopped going on from its last finished epoch.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
           label_smoothing, class_weight, test_data, qat, epochs_qat, lr_qat, early_stop, seed,
           strategy,
           backup_dir, cluster_timeout, mixed_precision, feature_cache, init_from, out,
-          overwrite):
+          overwrite, resume):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
+    from tledge import rundir
+
+    if resume:
+        if config_file or out or overwrite:
+            raise TledgeError("--resume goes on with the run's own config.yaml and folder: "
+                              "drop --config, --out and --overwrite")
+        if not (Path(resume) / rundir.CONFIG).is_file():
+            raise TledgeError(f"{resume} holds no run to resume (no {rundir.CONFIG}): give the "
+                              "--out folder of the tledge train that stopped")
+        config_file, out = str(Path(resume) / rundir.CONFIG), resume
     config = RunConfig.from_yaml(config_file) if config_file else RunConfig()
     config = config.override(
         data=dict(source=data, image_size=image_size, val_split=val_split, limit=limit,
@@ -234,7 +248,6 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))
-    from tledge import rundir
     from tledge.distribution import worker_role
 
     # a bad TF_CONFIG, --out or existing run is said before TensorFlow loads (seconds)
@@ -243,13 +256,16 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
         raise TledgeError("--strategy multi-worker needs --out: every worker must name the "
                           "same run folder (the default one has the time in its name)")
     out_dir = Path(out) if out else rundir.default_out(config)
-    if not role:  # a cluster's workers may resume into their run folder: train() decides
+    if not role and not resume:  # a cluster's workers may resume into their folder
         rundir.prepare(out_dir, overwrite)
     require_training_stack("tledge train")
     from tledge.train import train as run_training
 
     # train() checks --out again under the folder's lock, before minutes of data loading
-    run_training(config, out_dir, overwrite=overwrite, echo=click.echo)
+    if resume:
+        from tledge.history import finished_phases
+        finished_phases(out_dir)  # a finished run: said before data loading, not after
+    run_training(config, out_dir, overwrite=overwrite, echo=click.echo, resume=bool(resume))
 
 
 @main.command(short_help="Convert a run to TFLite files verified against the float model.")

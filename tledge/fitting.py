@@ -161,10 +161,17 @@ def progress_verbosity() -> int:
 
 
 class KeepBest:
-    """Keras callback factory: remember the weights of the best validation epoch, restore them
-    when the phase ends (EarlyStopping restores only when it stops early)."""
+    """Keras callback factory: each epoch's logs and seconds (the phase's history), and the
+    weights of the best validation epoch, restored when the phase ends (EarlyStopping restores
+    only when it stops early).
 
-    def __new__(cls, monitor: str = "val_accuracy"):
+    With ``state`` (a folder), all of it is also written there after every epoch, and read
+    back when the phase resumes from its BackupAndRestore checkpoint (``tledge train
+    --resume``): the resumed phase keeps the epochs and the best weights of before."""
+
+    def __new__(cls, monitor: str = "val_accuracy", state: Optional[Path] = None):
+        import json
+
         import tf_keras as keras
 
         class _KeepBest(keras.callbacks.Callback):
@@ -173,18 +180,54 @@ class KeepBest:
                 self.best = -np.inf
                 self.best_epoch = 0
                 self.best_weights = None
+                self.epochs: list[dict] = []
+                self._started = 0.0
+                if state is not None and (state / "log.json").is_file():
+                    saved = json.loads((state / "log.json").read_text())
+                    self.best, self.best_epoch = saved["best"], saved["best_epoch"]
+                    self.epochs = saved["epochs"]
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._started = time.perf_counter()
 
             def on_epoch_end(self, epoch, logs=None):
-                value = (logs or {}).get(monitor)
-                if value is not None and value > self.best:
-                    self.best, self.best_epoch = value, epoch + 1
+                logs = logs or {}
+                self.epochs.append({**{k: float(v) for k, v in logs.items()},
+                                    "seconds": round(time.perf_counter() - self._started, 3)})
+                value = logs.get(monitor)
+                better = value is not None and value > self.best
+                if better:
+                    self.best, self.best_epoch = float(value), epoch + 1
                     self.best_weights = self.model.get_weights()
+                if state is not None:
+                    state.mkdir(parents=True, exist_ok=True)
+                    if better:
+                        with fileio.atomic_path(state / "best.npz") as tmp:
+                            np.savez(tmp, *self.best_weights)
+                    fileio.write_json(state / "log.json", {
+                        "best": self.best, "best_epoch": self.best_epoch,
+                        "epochs": self.epochs})
 
             def on_train_end(self, logs=None):
+                if self.best_weights is None and state is not None and \
+                        (state / "best.npz").is_file():  # the best came before the resume
+                    with np.load(state / "best.npz") as saved:
+                        self.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
                 if self.best_weights is not None:
                     self.model.set_weights(self.best_weights)
 
+            def history(self) -> tuple[dict, list]:
+                """(metric -> value per epoch, seconds per epoch), every epoch of the phase."""
+                keys = [k for k in (self.epochs[0] if self.epochs else {}) if k != "seconds"]
+                return ({k: [e.get(k, float("nan")) for e in self.epochs] for k in keys},
+                        [e["seconds"] for e in self.epochs])
+
         return _KeepBest()
+
+
+def resumable(backup: Optional[Path], name: str) -> bool:
+    """Whether phase ``name`` has a BackupAndRestore checkpoint to resume from."""
+    return backup is not None and any((backup / name).rglob("checkpoint"))
 
 
 def worker_shard(strategy) -> Optional[tuple[int, int]]:
@@ -270,21 +313,23 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
               balance: Optional[Balance] = None) -> PhaseResult:
     """Fit ``fit_model`` (the model itself, or a head sharing its layers) and keep its best.
 
-    ``backup``: a folder for Keras' BackupAndRestore (multi-worker runs): the state is saved
-    every epoch, a restarted run resumes the phase at its last finished epoch, and the folder
-    is deleted when the phase ends. ``balance``: its class weights weigh the loss, and its
+    ``backup``: a folder for Keras' BackupAndRestore: the state is saved every epoch, a
+    restarted cluster or ``tledge train --resume`` resumes the phase at its last finished
+    epoch (KeepBest's log and best weights beside it), and both are deleted when the phase
+    ends. ``balance``: its class weights weigh the loss, and its
     monitor (balanced accuracy where the classes are imbalanced) picks the kept epoch."""
+    import shutil
+
     import tf_keras as keras
 
     monitor = balance.monitor if balance else "accuracy"
-    keep = KeepBest(f"val_{monitor}")
-    epoch_seconds: list[float] = []
-    clock = {}
-    timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: clock.update(start=time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: epoch_seconds.append(
-            round(time.perf_counter() - clock["start"], 3)))
-    callbacks = [BalancedAccuracyLog(val_ds), keep, timer, keras.callbacks.TerminateOnNaN()]
+    # the chief's alone (workers of a cluster share one backup folder on a host)
+    chief = fit_model.distribute_strategy.extended.should_checkpoint
+    state = backup / f"{name}.log" if backup is not None and chief else None
+    if state is not None and not resumable(backup, name):
+        shutil.rmtree(state, ignore_errors=True)  # an older attempt's, with no checkpoint
+    keep = KeepBest(f"val_{monitor}", state)
+    callbacks = [BalancedAccuracyLog(val_ds), keep, keras.callbacks.TerminateOnNaN()]
     if backup is not None:
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup / name)))
     if early_stop:
@@ -295,10 +340,13 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
                          callbacks=callbacks, verbose=progress_verbosity(),
                          class_weight=balance.class_weight if balance else None)
     seconds = time.perf_counter() - start
-    if backup is not None and fit_model.distribute_strategy.extended.should_checkpoint:
-        import shutil
+    if backup is not None and chief:
         shutil.rmtree(backup / name, ignore_errors=True)  # Keras leaves the empty folder
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        shutil.rmtree(state, ignore_errors=True)
+    history, epoch_seconds = keep.history()
+    if not history:  # a phase resumed after its last epoch: nothing ran
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    seconds = max(seconds, sum(epoch_seconds))  # a resumed phase: its epochs of before too
     losses = history.get("loss", [])
     if any(not np.isfinite(v) for v in losses):
         raise TledgeError(f"phase {name}: the loss became NaN or infinite (epoch "

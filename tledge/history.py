@@ -9,6 +9,7 @@ import numpy as np
 
 from tledge import fileio, rundir
 from tledge.data import Splits
+from tledge.errors import TledgeError
 from tledge.fitting import PhaseResult
 
 
@@ -105,3 +106,64 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
         fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
                    frameon=False)
     fileio.save_png(fig, path)
+
+
+def finished_phases(out: Path) -> list:
+    """The PhaseResults of the phases a run folder's reports say finished (for --resume).
+
+    Raises:
+      TledgeError: a folder that holds no unfinished run.
+    """
+    import json
+
+    try:
+        metrics = json.loads((out / rundir.METRICS).read_text())
+        history = json.loads((out / rundir.HISTORY).read_text())
+    except FileNotFoundError:
+        metrics, history = {"phases_completed": [], "phases": {}, "status": "?"}, {}
+    except (OSError, ValueError) as e:
+        raise TledgeError(f"{out}'s metrics.json or history.json cannot be read ({e}): it "
+                          "cannot be resumed; train it again with --overwrite") from e
+    if metrics.get("status") == "complete":
+        raise TledgeError(f"{out} finished (metrics.json: complete): nothing to resume; to "
+                          f"train it further, tledge train --init-from {out} --out NEW_RUN")
+    phases = []
+    for name in metrics.get("phases_completed", []):
+        h, m = dict(history.get(name, {})), metrics.get("phases", {}).get(name, {})
+        meta = {k: h.pop(k, None) for k in ("epochs", "best_epoch", "seconds", "epoch_seconds",
+                                            "feature_cache", "monitor", "kept")}
+        phases.append(PhaseResult(
+            name=name, history=h, best_epoch=meta["best_epoch"] or 0,
+            val_accuracy=m.get("val_accuracy", float("nan")),
+            val_balanced_accuracy=m.get("val_balanced_accuracy") or float("nan"),
+            test_accuracy=m.get("test_accuracy"),
+            test_balanced_accuracy=m.get("test_balanced_accuracy"),
+            seconds=meta["seconds"] or 0.0, epoch_seconds=meta["epoch_seconds"] or [],
+            feature_cache=bool(meta["feature_cache"]), monitor=meta["monitor"] or "accuracy",
+            kept=meta["kept"] is not False))
+    return phases
+
+
+def phase_line(phase: PhaseResult) -> str:
+    """The line each phase ends with.
+
+    Args:
+      phase: its PhaseResult.
+
+    Returns:
+      Epochs, time, the kept epoch and its validation (and test) accuracy, on one line.
+    """
+    balanced = phase.monitor == "balanced_accuracy"
+    line = (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
+            f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
+            f", best val_{phase.monitor} {phase.score:.4f} at epoch {phase.best_epoch}"
+            + (f" (val_accuracy {phase.val_accuracy:.4f})" if balanced else "")
+            + (f", test accuracy {phase.test_accuracy:.4f}"
+               if phase.test_accuracy is not None else "")
+            + (f", balanced {phase.test_balanced_accuracy:.4f}"
+               if balanced and phase.test_balanced_accuracy is not None else ""))
+    if not phase.kept:
+        line += (f"\nphase {phase.name}: ended below the model it started from on validation "
+                 f"({phase.monitor.replace('_', ' ')}): that model is kept, and the next phase "
+                 "starts from it")
+    return line

@@ -27,7 +27,7 @@ from tledge.fitting import (WARN_IMBALANCE, Balance, PhaseResult, class_balance,
                             worker_shard)
 from tledge.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, standardised_head)
-from tledge.history import write_reports
+from tledge.history import finished_phases, phase_line, write_reports
 from tledge.runmodel import load_initial_model
 
 log = logging.getLogger(__name__)
@@ -185,8 +185,8 @@ def _balance(splits: Splits, config: RunConfig) -> Balance:
 
 
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
-          splits: Optional[Splits] = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
+          splits: Optional[Splits] = None, echo: Callable[[str], None] = print,
+          resume: bool = False) -> TrainResult:
     """Runs the recipe described by ``config`` into the run folder ``out``.
 
     This process holds the folder (rundir.lock) until it is done: a second writer is refused in
@@ -201,6 +201,10 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
       overwrite: replace a run already there (it stays whole until the new float model is saved).
       splits: data already loaded (tests, benchmarks); None: load ``config.data``.
       echo: prints a line for the user.
+      resume: finish the interrupted or failed run in ``out`` (``tledge train --resume``): its
+        finished phases are kept, the phase that stopped goes on from its last finished epoch
+        (weights, optimizer state, schedule position: every phase backs itself up each epoch,
+        in ``backup_dir``), the phases after it run.
 
     Returns:
       The TrainResult: the folder, the phases that ran, the float and QAT Keras models.
@@ -213,7 +217,7 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
     import tempfile
 
     role = worker_role(config.train.strategy)
-    backup = backup_dir(config, Path(out)) if role else None
+    backup = backup_dir(config, Path(out))  # every phase backs itself up each epoch
     if role and not role.chief:
         scratch = Path(tempfile.mkdtemp(prefix=f"tledge-worker{role.index}-"))
         try:
@@ -223,21 +227,24 @@ def train(config: RunConfig, out: Path, *, overwrite: bool = False,
             shutil.rmtree(scratch, ignore_errors=True)
         result.out = Path(out)
         return result
-    resuming = backup is not None and any(backup.glob("*/chief/checkpoint"))
+    # a restarted cluster resumes from its backup by itself; one process, with --resume
+    resuming = resume or (role is not None and any(backup.glob("*/chief/checkpoint")))
     if resuming:
-        echo(f"resuming from the backup in {backup}")
+        echo(f"resuming {out} from its last finished epoch (backup in {backup})")
     out = rundir.prepare(Path(out), overwrite or resuming)
     with rundir.lock(out, rundir.command_line()):
         out = rundir.prepare(out, overwrite or resuming)  # now that no one else can write there
+        if not resuming:  # an earlier attempt's backups are not this run's
+            shutil.rmtree(backup, ignore_errors=True)
         result = _train(config, out, overwrite=overwrite, splits=splits, echo=echo,
-                        backup=backup)
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+                        backup=backup, resume=resume)
+    shutil.rmtree(backup, ignore_errors=True)
     return result
 
 
 def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Splits],
-           echo: Callable[[str], None], backup: Optional[Path] = None) -> TrainResult:
+           echo: Callable[[str], None], backup: Optional[Path] = None,
+           resume: bool = False) -> TrainResult:
     import tensorflow as tf
     import tf_keras as keras
 
@@ -252,14 +259,23 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
         splits = data_mod.load(config.data, config.train.seed)
     for line in _setup_lines(config, splits, strategy):
         echo(line)
-    result = TrainResult(out=out)
+    result = TrainResult(out=out, phases=finished_phases(out) if resume else [])
+    done = {p.name for p in result.phases}
     with precision_policy(config.train.mixed_precision):
-        result.model = _initial_model(config, splits, strategy)
         run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
             (out / name).exists() for name in rundir.ARTIFACTS))
+        if done & {"frozen", "finetune"}:  # the float model they left
+            with strategy.scope():
+                result.model = load_initial_model(out, splits, config.data.image_size)
+            run.saved = True
+            echo(f"resuming after phase(s) {', '.join(p.name for p in result.phases)}")
+        else:
+            result.model = _initial_model(config, splits, strategy)
         current = None
         try:
             for name, epochs, run_phase in _phases(config, out, run, splits, strategy, backup):
+                if name in done:
+                    continue
                 if epochs == 0:
                     if name != "qat":  # QAT off is the user's choice, not a skipped phase
                         echo(f"phase {name}: skipped (0 epochs)")
@@ -380,43 +396,19 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
             ("qat", train.qat.epochs if train.qat.enabled else 0, run_qat)]
 
 
-def phase_line(phase: PhaseResult) -> str:
-    """The line each phase ends with.
-
-    Args:
-      phase: its PhaseResult.
-
-    Returns:
-      Epochs, time, the kept epoch and its validation (and test) accuracy, on one line.
-    """
-    balanced = phase.monitor == "balanced_accuracy"
-    line = (f"phase {phase.name}: {len(phase.history.get('loss', []))} epoch(s) in "
-            f"{phase.seconds:.1f}s{' on cached features' if phase.feature_cache else ''}"
-            f", best val_{phase.monitor} {phase.score:.4f} at epoch {phase.best_epoch}"
-            + (f" (val_accuracy {phase.val_accuracy:.4f})" if balanced else "")
-            + (f", test accuracy {phase.test_accuracy:.4f}"
-               if phase.test_accuracy is not None else "")
-            + (f", balanced {phase.test_balanced_accuracy:.4f}"
-               if balanced and phase.test_balanced_accuracy is not None else ""))
-    if not phase.kept:
-        line += (f"\nphase {phase.name}: ended below the model it started from on validation "
-                 f"({phase.monitor.replace('_', ' ')}): that model is kept, and the next phase "
-                 "starts from it")
-    return line
-
-
 def _interrupted(cause: KeyboardInterrupt, current: str, run: "_RunWriter",
                  result: TrainResult, splits: Splits):
     """Ctrl-C during phase ``current``: what was saved, said in one line."""
     out = result.out
     if not run.saved:
         raise Interrupted(f"interrupted during phase {current}, before it finished: "
-                          f"{out} is as it was" + (" (the old run, whole)"
-                                                   if run.replacing else "")) from cause
+                          f"{out} is as it was" + (" (the old run, whole)" if run.replacing
+                                                   else f"; tledge train --resume {out} goes "
+                                                   "on from its last finished epoch")) from cause
     write_reports(out, result.phases, splits, status=f"interrupted during {current}")
     done = ", ".join(p.name for p in result.phases) or "none"
     raise Interrupted(f"interrupted during phase {current}; finished phases ({done}) "
-                      f"are saved in {out}") from cause
+                      f"are saved in {out}; tledge train --resume {out} finishes it") from cause
 
 
 def _failed(e: Exception, current: str, run: "_RunWriter", result: TrainResult,

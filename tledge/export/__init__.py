@@ -177,9 +177,8 @@ def _one_format(fmt: str, run_dir: Path, options: ExportOptions, float_model, ca
     unfinished = _qat_unfinished(run_dir)
     if fmt == "int8" and unfinished and not options.ptq:
         echo(f"WARNING: {run_dir}'s QAT phase did not finish ({unfinished}): the int8 file is "
-             "quantized after training from the float model; train the run again to have QAT "
-             f"(or only QAT: tledge train --init-from {run_dir} --epochs-frozen 0 "
-             "--epochs-finetune 0 --out NEW_RUN)")
+             "quantized after training from the float model; tledge train --resume "
+             f"{run_dir} finishes the run, QAT included, then export again")
     from_qat = use_qat and not options.keep_float
     if use_qat and options.keep_float:
         echo("--keep-float: the int8 file is quantized after training from the float model (a "
