@@ -175,11 +175,19 @@ def test_a_restarted_phase_resumes_from_its_backup(tmp_path):
         fit_phase(model, model, ds, ds, hp, None, "frozen", backup=tmp_path)
     saved = model.get_weights()
     assert (tmp_path / "frozen" / "chief" / "checkpoint").is_file()
-    model.fit = real_fit
+    ran = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            ran.append(epoch + 1)
+
+    model.fit = lambda *a, **k: real_fit(*a, **{**k, "callbacks": k["callbacks"] + [Count()]})
     model.set_weights([np.zeros_like(w) for w in saved])  # a fresh process's weights
     result = fit_phase(model, model, ds, ds, hp, None, "frozen", backup=tmp_path)
-    assert len(result.history["loss"]) == 1  # only epoch 3 ran
+    assert ran == [3]  # only epoch 3 ran
+    assert len(result.history["loss"]) == 3  # the phase's history whole, epochs 1-2 kept
     assert not (tmp_path / "frozen").exists()  # deleted once the phase finished
+    assert not (tmp_path / "frozen.log").exists()
 
 
 def test_mixed_precision_model_trains_with_float32_output(caplog):

@@ -127,7 +127,8 @@ class BalancedAccuracyLog:
 
     A callback and not a compiled metric: a metric class of tledge's in the compile config
     would stop a saved model from loading with a plain ``load_model``. It costs one more
-    forward pass over the validation split an epoch (about 3% of a fine-tune epoch)."""
+    forward pass over the validation split an epoch (about 3% of a fine-tune epoch), so it
+    runs where the classes are imbalanced (where it picks the kept epoch)."""
 
     def __new__(cls, val_ds):
         import tf_keras as keras
@@ -329,7 +330,9 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
     if state is not None and not resumable(backup, name):
         shutil.rmtree(state, ignore_errors=True)  # an older attempt's, with no checkpoint
     keep = KeepBest(f"val_{monitor}", state)
-    callbacks = [BalancedAccuracyLog(val_ds), keep, keras.callbacks.TerminateOnNaN()]
+    # balanced accuracy where it picks the kept epoch: an extra pass over the validation split
+    callbacks = ([BalancedAccuracyLog(val_ds)] if monitor == "balanced_accuracy" else []) + [
+        keep, keras.callbacks.TerminateOnNaN()]
     if backup is not None:
         callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup / name)))
     if early_stop:

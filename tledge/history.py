@@ -32,13 +32,13 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
         "images_per_class": {"train": _counts(splits.train.y, splits),
                              "val": _counts(splits.val.y, splits)},
         "kept_phase": last.name if last else None,
-        "val_accuracy": last.val_accuracy if last else None,
-        "val_balanced_accuracy": last.val_balanced_accuracy if last else None,
+        "val_accuracy": _num(last.val_accuracy) if last else None,
+        "val_balanced_accuracy": _num(last.val_balanced_accuracy) if last else None,
         "test_accuracy": last.test_accuracy if last else None,
         "test_balanced_accuracy": last.test_balanced_accuracy if last else None,
         "phases": {p.name: {"best_epoch": p.best_epoch, "monitor": p.monitor, "kept": p.kept,
-                            "val_accuracy": p.val_accuracy,
-                            "val_balanced_accuracy": p.val_balanced_accuracy,
+                            "val_accuracy": _num(p.val_accuracy),
+                            "val_balanced_accuracy": _num(p.val_balanced_accuracy),
                             "test_accuracy": p.test_accuracy,
                             "test_balanced_accuracy": p.test_balanced_accuracy,
                             "seconds": round(p.seconds, 2),
@@ -47,6 +47,15 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
     fileio.write_json(out / rundir.METRICS, metrics)
     if phases:
         plot_curves(phases, out / rundir.CURVES)
+
+
+def _num(value: float):
+    """A figure for JSON: None where it was not measured (NaN)."""
+    return None if value is None or value != value else float(value)
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _counts(y, splits: Splits) -> dict:
@@ -134,8 +143,8 @@ def finished_phases(out: Path) -> list:
                                             "feature_cache", "monitor", "kept")}
         phases.append(PhaseResult(
             name=name, history=h, best_epoch=meta["best_epoch"] or 0,
-            val_accuracy=m.get("val_accuracy", float("nan")),
-            val_balanced_accuracy=m.get("val_balanced_accuracy") or float("nan"),
+            val_accuracy=_nan(m.get("val_accuracy")),
+            val_balanced_accuracy=_nan(m.get("val_balanced_accuracy")),
             test_accuracy=m.get("test_accuracy"),
             test_balanced_accuracy=m.get("test_balanced_accuracy"),
             seconds=meta["seconds"] or 0.0, epoch_seconds=meta["epoch_seconds"] or [],

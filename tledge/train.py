@@ -262,15 +262,15 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
     result = TrainResult(out=out, phases=finished_phases(out) if resume else [])
     done = {p.name for p in result.phases}
     with precision_policy(config.train.mixed_precision):
-        run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
-            (out / name).exists() for name in rundir.ARTIFACTS))
         if done & {"frozen", "finetune"}:  # the float model they left
             with strategy.scope():
                 result.model = load_initial_model(out, splits, config.data.image_size)
-            run.saved = True
             echo(f"resuming after phase(s) {', '.join(p.name for p in result.phases)}")
-        else:
+        else:  # before the run folder is written: a bad option leaves nothing behind
             result.model = _initial_model(config, splits, strategy)
+        run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
+            (out / name).exists() for name in rundir.ARTIFACTS))
+        run.saved = bool(done & {"frozen", "finetune"})
         current = None
         try:
             for name, epochs, run_phase in _phases(config, out, run, splits, strategy, backup):
