@@ -317,8 +317,8 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
     ``backup``: a folder for Keras' BackupAndRestore: the state is saved every epoch, a
     restarted cluster or ``tledge train --resume`` resumes the phase at its last finished
     epoch (KeepBest's log and best weights beside it), and both are deleted when the phase
-    ends. ``balance``: its class weights weigh the loss, and its
-    monitor (balanced accuracy where the classes are imbalanced) picks the kept epoch."""
+    ends. ``balance``: its class weights weigh the loss, and its monitor (balanced accuracy
+    where the classes are imbalanced) picks the kept epoch."""
     import shutil
 
     import tf_keras as keras
