@@ -60,3 +60,17 @@ def test_verbose_shows_the_cause_under_the_one_line(tmp_path):
     assert "TLEDGE_RAW_STDERR" not in os.environ
     cli("train", "--config", tmp_path / "missing.yaml")
     assert not quiet_module.raw()
+
+
+@pytest.mark.parametrize("command, theirs, not_there", [
+    ("bench", "--data then names a folder on the device", "--source"),
+    ("camera", "--source then names the device's camera", "--data"),
+])
+def test_on_help_names_only_the_commands_own_paths(command, theirs, not_there):
+    """Issue 41: both helps said "--data and --source then name the device's", and bench has
+    no --source, camera no --data."""
+    result = cli(command, "--help")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and theirs in text
+    on_help = text[text.index("--on"):text.index("[DIR default")]
+    assert not_there not in on_help

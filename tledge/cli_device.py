@@ -16,10 +16,13 @@ from tledge.errors import TledgeError
 
 backend_option = click.option("--backend", type=click.Choice(BACKENDS),
                               help="TFLite interpreter.  [default: the first installed]")
-on_option = click.option("--on", metavar="[USER@]HOST[:DIR]", help="Run it on a device over SSH "
-                         "(your ssh config and keys), sending the models it lacks as tledge "
-                         "deploy does; --data and --source then name the device's.  [DIR "
-                         "default: ~/tledge]")
+
+
+def on_option(theirs: str):
+    """--on HOST, its help naming which of the command's paths are then the device's."""
+    return click.option("--on", metavar="[USER@]HOST[:DIR]", help="Run it on a device over SSH "
+                        "(your ssh config and keys), sending the models it lacks as tledge "
+                        f"deploy does; {theirs}.  [DIR default: ~/tledge]")
 
 
 def _target(on):
@@ -70,7 +73,7 @@ def _size(ctx, param, value):
               help="Write a Markdown table.")
 @click.option("--chart", "chart_path", type=click.Path(dir_okay=False),
               help="Write a PNG chart of latency per model and format.")
-@on_option
+@on_option("--data then names a folder on the device")
 @click.option("--compare-local", is_flag=True, help="With --on: measure here too; the device's "
               "rows and this machine's side by side.")
 def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_path, md_path,
@@ -146,7 +149,7 @@ def doctor(no_tensorflow, reprobe):
               "rate, or as fast as it decodes.  [default: its own rate when a window or --serve "
               "shows it, else flat out]")
 @click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
-@on_option
+@on_option("--source then names the device's camera, video file or stream")
 @click.option("--local-port", type=click.IntRange(1, 65535), help="With --on: the port on this "
               "machine the page is forwarded to.  [default: --serve's port]")
 def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
