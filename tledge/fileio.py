@@ -219,7 +219,7 @@ def remove_leftovers(folder: Path, names: Callable[[str], bool]) -> list[str]:
         match = _LEFTOVER.match(path.name)
         if not match or not names(match["name"]) or not path.is_file():
             continue
-        if match["pid"] and int(match["pid"]) != os.getpid() and _pid_alive(int(match["pid"])):
+        if match["pid"] and int(match["pid"]) != os.getpid() and pid_alive(int(match["pid"])):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -227,7 +227,8 @@ def remove_leftovers(folder: Path, names: Callable[[str], bool]) -> list[str]:
     return gone
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (someone else's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -112,6 +112,12 @@ def class_balance(train_y: np.ndarray, val_y: np.ndarray, num_classes: int,
     return balance
 
 
+def splits_balance(splits, config: RunConfig) -> Balance:
+    """:func:`class_balance` of a run's training and validation splits, as its config asks."""
+    return class_balance(splits.train.y, splits.val.y, len(splits.class_names),
+                         config.train.class_weight)
+
+
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Mean per-class recall over the classes present in ``y_true``."""
     seen = np.bincount(y_true, minlength=num_classes)

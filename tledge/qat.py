@@ -223,8 +223,8 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     """Wrap the fine-tuned model for QAT, train it briefly at a low learning rate, keep the best
     epoch, save it as ``model_qat.h5`` beside the float model."""
     from tledge.models import set_backbone_trainable
-    from tledge.fitting import (class_balance, compile_model, evaluate_accuracy, fit_phase,
-                                image_batches, is_pretrained, phase_rate, save_model, steps_of)
+    from tledge.fitting import (compile_model, evaluate_accuracy, fit_phase, image_batches,
+                                is_pretrained, phase_rate, save_model, splits_balance, steps_of)
 
     hp, data, seed = config.train.qat, config.data, config.train.seed
     # The whole network adapts to quantization; a pretrained backbone's BatchNorm stays in
@@ -238,10 +238,8 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     train_ds, val_ds = image_batches(splits, config, strategy, seed + 2)
     with strategy.scope():
         calibrate_ranges(qat_model, train_ds.repeat().take(CALIBRATION_BATCHES))
-    balance = class_balance(splits.train.y, splits.val.y, len(splits.class_names),
-                            config.train.class_weight)
     phase = fit_phase(qat_model, qat_model, train_ds, val_ds, hp, config.train.early_stop, "qat",
-                      backup, balance)
+                      backup, splits_balance(splits, config))
     phase.seconds = time.perf_counter() - start
     if splits.test is not None:
         phase.test_accuracy, phase.test_balanced_accuracy = evaluate_accuracy(

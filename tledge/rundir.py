@@ -73,19 +73,11 @@ def _in_use(folder: Path, holder: dict) -> TledgeError:
         f"{folder / LOCK}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def read_lock(folder: Path) -> dict | None:
     """The lock's holder ({pid, host, command, started}) if a live process holds ``folder``;
     None if it is free or its lock is stale (the process is gone)."""
+    from tledge import fileio
+
     path = Path(folder) / LOCK
     try:
         holder = json.loads(path.read_text(encoding="utf-8"))
@@ -100,7 +92,7 @@ def read_lock(folder: Path) -> dict | None:
         except OSError:
             return None
     if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-            and not _alive(holder["pid"]):
+            and not fileio.pid_alive(holder["pid"]):
         return None
     return holder
 

@@ -21,9 +21,9 @@ from tledge.config import RunConfig
 from tledge.data import Splits
 from tledge.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
 from tledge.errors import Interrupted, TledgeError, first_line
-from tledge.fitting import (WARN_IMBALANCE, Balance, PhaseResult, class_balance,
-                            compile_model, evaluate_accuracy, fit_phase, image_batches,
-                            is_pretrained, label_depth, phase_rate, save_model, steps_of,
+from tledge.fitting import (WARN_IMBALANCE, PhaseResult, class_balance, compile_model,
+                            evaluate_accuracy, fit_phase, image_batches, is_pretrained,
+                            label_depth, phase_rate, save_model, splits_balance, steps_of,
                             worker_shard)
 from tledge.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, standardised_head)
@@ -146,7 +146,7 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
             compile_model(fit_model, rate, config.train.label_smoothing)
         train_ds, val_ds = image_batches(splits, config, strategy, seed)
         return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                         "frozen", backup, _balance(splits, config))
+                         "frozen", backup, splits_balance(splits, config))
 
 
 def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
@@ -176,12 +176,8 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
         compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
     train_ds, val_ds = image_batches(splits, config, strategy, seed + 1)
     return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "finetune",
-                     backup, _balance(splits, config))
+                     backup, splits_balance(splits, config))
 
-
-def _balance(splits: Splits, config: RunConfig) -> Balance:
-    return class_balance(splits.train.y, splits.val.y, len(splits.class_names),
-                         config.train.class_weight)
 
 
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
@@ -324,7 +320,7 @@ def balance_lines(splits: Splits, config: RunConfig) -> list:
       Lines for the log: the counts, then a warning where the largest class has 3x the
       images of the smallest or more.
     """
-    balance = _balance(splits, config)
+    balance = splits_balance(splits, config)
     counts = ", ".join(f"{name} {t}/{v}" for name, t, v in zip(
         splits.class_names, balance.train_counts, balance.val_counts))
     lines = [f"data: images per class (train/val): {counts}"]

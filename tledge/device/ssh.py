@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from tledge.errors import TledgeError
+from tledge.fileio import NAME_MAX
 
 SSH_COMMAND_ENV = "TLEDGE_SSH_COMMAND"
 DEFAULT_DIR = "~/tledge"
@@ -42,7 +43,6 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?"
 # trampoline with the path in double quotes when it is long: $(...) there ran on the device) and
 # in a systemd unit: letters, digits and . _ + - / only, ~/ at its start for the home.
 _SAFE_DIR = re.compile(r"^(?:~/)?[A-Za-z0-9._+/-]+$")
-NAME_MAX = 255  # bytes in one file name (Linux)
 
 
 @dataclass(frozen=True)
