@@ -178,6 +178,10 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
                  help=f"Phase 3 epochs; 0 skips.  [default: {_default(Q, 'epochs')}]")
 @optgroup.option("--lr-qat", type=float,
                  help=f"Phase 3 learning rate.  [default: {_default(Q, 'learning_rate')}]")
+@optgroup.option("--unfreeze-qat", help="Phase 3: which layers adapt to quantization: 'all', "
+                 "'finetune' (those phase 2 trained), or a point as --unfreeze takes one; below "
+                 "it weights and quantization ranges stay as calibrated, and QAT runs about 2x "
+                 f"faster for about 0.3 points.  [default: {Q.unfreeze}]")
 @optgroup.group("Every phase", help="loss, early stopping, seed")
 @optgroup.option("--label-smoothing", type=float, help="Share of each label spread over the other "
                  f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
@@ -215,7 +219,8 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
-          label_smoothing, class_weight, test_data, qat, epochs_qat, lr_qat, early_stop, seed,
+          label_smoothing, class_weight, test_data, qat, epochs_qat, lr_qat, unfreeze_qat,
+          early_stop, seed,
           strategy,
           backup_dir, cluster_timeout, mixed_precision, feature_cache, init_from, out,
           overwrite, resume):
@@ -242,7 +247,8 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    finetune=dict(epochs=epochs_finetune, learning_rate=lr_finetune,
                                  unfreeze=unfreeze, schedule=lr_schedule, warmup=warmup,
                                  batchnorm=batchnorm),
-                   qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat),
+                   qat=dict(enabled=qat, epochs=epochs_qat, learning_rate=lr_qat,
+                            unfreeze=unfreeze_qat),
                    early_stop=early_stop, seed=seed, strategy=strategy, backup_dir=backup_dir,
                    cluster_timeout=cluster_timeout, class_weight=class_weight,
                    label_smoothing=label_smoothing,

@@ -118,6 +118,33 @@ def splits_balance(splits, config: RunConfig) -> Balance:
                          config.train.class_weight)
 
 
+def balance_lines(splits, config: RunConfig) -> list:
+    """Images per class (train / validation), and what an imbalance changes, said.
+
+    Args:
+      splits: the loaded data.
+      config: the run's config (its --class-weight).
+
+    Returns:
+      Lines for the log: the counts, then a warning where the largest class has 3x the
+      images of the smallest or more.
+    """
+    balance = splits_balance(splits, config)
+    counts = ", ".join(f"{name} {t}/{v}" for name, t, v in zip(
+        splits.class_names, balance.train_counts, balance.val_counts))
+    lines = [f"data: images per class (train/val): {counts}"]
+    if balance.imbalanced:
+        rare = splits.class_names[int(np.argmin(balance.train_counts))]
+        common = splits.class_names[int(np.argmax(balance.train_counts))]
+        weighting = ("each class's loss weighted by n / (classes x its images)"
+                     if balance.class_weight else "no class weights (--class-weight none)")
+        line = (f"the classes are imbalanced: {common} has {balance.ratio:.1f}x the images of "
+                f"{rare}; {weighting}; balanced accuracy (mean per-class recall) picks each "
+                "phase's kept epoch and the phase kept")
+        lines.append(("WARNING: " if balance.ratio >= WARN_IMBALANCE else "data: ") + line)
+    return lines
+
+
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Mean per-class recall over the classes present in ``y_true``."""
     seen = np.bincount(y_true, minlength=num_classes)

@@ -10,6 +10,7 @@ carries learned ranges and converts to full-integer TFLite with a uint8 input.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -221,28 +222,81 @@ def load_qat_model(path: str | Path):
 def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
               backup: Optional[Path] = None):
     """Wrap the fine-tuned model for QAT, train it briefly at a low learning rate, keep the best
-    epoch, save it as ``model_qat.h5`` beside the float model."""
-    from tledge.models import set_backbone_trainable
-    from tledge.fitting import (compile_model, evaluate_accuracy, fit_phase, image_batches,
-                                is_pretrained, phase_rate, save_model, splits_balance, steps_of)
+    epoch, save it as ``model_qat.h5`` beside the float model.
 
-    hp, data, seed = config.train.qat, config.data, config.train.seed
-    # The whole network adapts to quantization; a pretrained backbone's BatchNorm stays in
-    # inference mode (tfmot folds its statistics into the convolutions).
-    set_backbone_trainable(model, "all", freeze_batchnorm=is_pretrained(config))
+    The layers below ``--unfreeze-qat`` (by default, those phase 2 left frozen) keep their
+    weights and, after calibration, their quantization ranges: without augmentation their
+    fake-quantized activations are computed once and the top trains on them; with it the top
+    trains on them computed every step (the same model, at the bottom's cost)."""
+    from tledge.features import split_at, top_layer_names
+    from tledge.fitting import (evaluate_accuracy, fit_phase, image_batches, is_pretrained,
+                                save_model, splits_balance)
+    from tledge.models import set_backbone_trainable
+
+    hp, data = config.train.qat, config.data
+    point = config.train.finetune.unfreeze if hp.unfreeze == "finetune" else hp.unfreeze
+    # BatchNorm of a pretrained backbone stays in inference mode (tfmot folds its statistics
+    # into the convolutions).
+    set_backbone_trainable(model, point, freeze_batchnorm=is_pretrained(config),
+                           backbone=config.model.backbone)
     start = time.perf_counter()
-    rate = phase_rate(hp, steps_of(len(splits.train), data.batch_size, hp.epochs))
     with strategy.scope():
         qat_model = make_qat_model(model)
-        compile_model(qat_model, rate, config.train.label_smoothing)
-    train_ds, val_ds = image_batches(splits, config, strategy, seed + 2)
+    wrapped = time.perf_counter()
+    train_ds, val_ds = image_batches(splits, config, strategy, config.train.seed + 2)
     with strategy.scope():
         calibrate_ranges(qat_model, train_ds.repeat().take(CALIBRATION_BATCHES))
-    phase = fit_phase(qat_model, qat_model, train_ds, val_ds, hp, config.train.early_stop, "qat",
-                      backup, splits_balance(splits, config))
+    calibrated = time.perf_counter()
+    log.info("phase qat: wrapped in %.1f s, quantization ranges calibrated on %d batches in "
+             "%.1f s", wrapped - start, CALIBRATION_BATCHES, calibrated - wrapped)
+    with strategy.scope():  # a model made outside the scope runs its step outside it too
+        bottom, top = split_at(qat_model, top_layer_names(model, point,
+                                                          config.model.backbone))
+    with contextlib.ExitStack() as stack:
+        fit_model, cached = _qat_fit_model(qat_model, bottom, top, splits, config, strategy,
+                                           stack, (train_ds, val_ds))
+        phase = fit_phase(qat_model, fit_model[0], *fit_model[1:], hp, config.train.early_stop,
+                          "qat", backup, splits_balance(splits, config))
     phase.seconds = time.perf_counter() - start
+    phase.feature_cache = cached
+    phase.trainable_weights = len(fit_model[0].trainable_weights)
     if splits.test is not None:
         phase.test_accuracy, phase.test_balanced_accuracy = evaluate_accuracy(
             qat_model, splits.test, data.batch_size)
     save_model(qat_model, out / rundir.QAT_MODEL)
     return phase, qat_model
+
+
+def _qat_fit_model(qat_model, bottom, top, splits: Splits, config: RunConfig, strategy,
+                   stack, image_ds: tuple):
+    """((the model fit trains, its training batches, its validation batches), whether they
+    are cached activations of the frozen bottom), compiled. ``top`` holds the reason when
+    ``bottom`` is None: the whole QAT model trains."""
+    import tf_keras as keras
+
+    from tledge.fitting import compile_model, phase_rate, steps_of
+    from tledge.features import activation_batches, images_only
+
+    hp, data = config.train.qat, config.data
+    rate = phase_rate(hp, steps_of(len(splits.train), data.batch_size, hp.epochs))
+    why_not = None if bottom is None else images_only(config, strategy)
+    cached = bottom is not None and not why_not
+    if bottom is None:
+        log.info("phase qat: every layer adapts to quantization (%s)", top)
+        fit_model, datasets = qat_model, image_ds
+    elif cached:
+        log.info("phase qat: the layers below --unfreeze-qat keep their weights and calibrated "
+                 "ranges; their activations are computed once (no augmentation)")
+        fit_model = top
+        datasets = activation_batches(bottom, splits, config, stack, config.train.seed + 2)
+    else:
+        log.info("phase qat: the layers below --unfreeze-qat keep their weights and calibrated "
+                 "ranges, run every step (%s)", why_not)
+        bottom.trainable = False  # tfmot trains a wrapped layer's kernel whatever its flag
+        with strategy.scope():
+            fit_model = keras.Model(qat_model.input,
+                                    top(bottom(qat_model.input, training=False)))
+        datasets = image_ds
+    with strategy.scope():
+        compile_model(fit_model, rate, config.train.label_smoothing)
+    return (fit_model, *datasets), cached

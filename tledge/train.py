@@ -14,19 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
 from tledge import fileio, rundir
 from tledge.config import RunConfig
 from tledge.data import Splits
 from tledge.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
 from tledge.errors import Interrupted, TledgeError, first_line
-from tledge.fitting import (WARN_IMBALANCE, PhaseResult, class_balance, compile_model,
+from tledge.fitting import (PhaseResult, balance_lines, class_balance, compile_model,
                             evaluate_accuracy, fit_phase, image_batches, is_pretrained,
                             label_depth, phase_rate, save_model, splits_balance, steps_of,
                             worker_shard)
 from tledge.features import (feature_statistics, features_of, head_of, head_on_features,
-                             sampled_feature_statistics, standardised_head)
+                             sampled_feature_statistics, split_at, standardised_head,
+                             top_layer_names, images_only, activation_batches)
 from tledge.history import finished_phases, phase_line, write_reports
 from tledge.runmodel import load_initial_model
 
@@ -72,15 +72,16 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
     from tledge.models import set_backbone_trainable
 
     set_backbone_trainable(model, None)
-    if config.data.augment or not config.train.feature_cache or worker_shard(strategy):
+    if images_only(config, strategy):
         return _frozen_on_images(model, splits, config, strategy, backup)
     log.info("phase frozen: computing backbone features once (no augmentation)")
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         extractor, _ = head_on_features(model)
         bs = config.data.batch_size
-        train = features_of(extractor, splits.train, bs, stack, "train"), splits.train.y
-        val = features_of(extractor, splits.val, bs, stack, "val"), splits.val.y
+        train = (features_of(extractor, splits.train, bs, stack, "train", config.data.cache),
+                 splits.train.y)
+        val = features_of(extractor, splits.val, bs, stack, "val", config.data.cache), splits.val.y
         result = fit_head(model, train, val, config, strategy, backup)
     result.seconds = time.perf_counter() - start  # feature extraction included
     return result
@@ -153,6 +154,12 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                    backup: Optional[Path] = None) -> PhaseResult:
     """Phase 2: the top of the backbone unfrozen, trained with the head at a low learning rate.
 
+    Without augmentation the frozen bottom (everything below the unfreeze point, its BatchNorm
+    in inference mode) gives an image the same activations every epoch: they are computed once
+    and the top trained on them (``features.split_at``), the same model a plain fit trains, at
+    the cost of the layers that learn. Not across several workers, nor with ``--no-feature-
+    cache``; each case is said in one line.
+
     Args:
       model: the classifier after phase 1.
       splits: train and validation images.
@@ -162,7 +169,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
       backup: a folder for BackupAndRestore, or None.
 
     Returns:
-      The phase's PhaseResult.
+      The phase's PhaseResult (``feature_cache``: trained on the cached activations).
     """
     from tledge.models import set_backbone_trainable
 
@@ -170,14 +177,32 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
     freeze_bn = is_pretrained(config) and hp.batchnorm == "frozen"
     unfrozen = set_backbone_trainable(model, hp.unfreeze, freeze_batchnorm=freeze_bn,
                                       backbone=config.model.backbone)
-    log.info("phase finetune: %d backbone layers with weights unfrozen", unfrozen)
-    steps = steps_of(len(splits.train), data.batch_size, hp.epochs)
-    with strategy.scope():
-        compile_model(model, phase_rate(hp, steps), config.train.label_smoothing)
-    train_ds, val_ds = image_batches(splits, config, strategy, seed + 1)
-    return fit_phase(model, model, train_ds, val_ds, hp, config.train.early_stop, "finetune",
-                     backup, splits_balance(splits, config))
-
+    with strategy.scope():  # a model made outside the scope runs its step outside it too
+        bottom, top = split_at(model, top_layer_names(model, hp.unfreeze,
+                                                      config.model.backbone))
+    why_not = images_only(config, strategy) or (top if bottom is None else None)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if why_not:
+            log.info("phase finetune: %d backbone layers with weights unfrozen; every epoch "
+                     "runs the whole network (%s)", unfrozen, why_not)
+            fit_model, (train_ds, val_ds) = model, image_batches(splits, config, strategy,
+                                                                 seed + 1)
+        else:
+            log.info("phase finetune: %d backbone layers with weights unfrozen; the frozen "
+                     "layers below them run once per image (no augmentation)", unfrozen)
+            fit_model, train_ds, val_ds = top, *activation_batches(
+                bottom, splits, config, stack, seed + 1)
+            log.info("phase finetune: activations of %d images computed in %.1f s",
+                     len(splits.train) + len(splits.val), time.perf_counter() - start)
+        steps = steps_of(len(splits.train), data.batch_size, hp.epochs)
+        with strategy.scope():
+            compile_model(fit_model, phase_rate(hp, steps), config.train.label_smoothing)
+        result = fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
+                           "finetune", backup, splits_balance(splits, config))
+    result.seconds = time.perf_counter() - start  # the activations' computation included
+    result.feature_cache = not why_not
+    return result
 
 
 def train(config: RunConfig, out: Path, *, overwrite: bool = False,
@@ -306,33 +331,6 @@ def _setup_lines(config: RunConfig, splits: Splits, strategy) -> list:
                      f"every {shard[0]}{'nd' if shard[0] == 2 else 'th'} training image")
     elif strategy.num_replicas_in_sync > 1:
         lines.append(f"strategy: MirroredStrategy over {strategy.num_replicas_in_sync} devices")
-    return lines
-
-
-def balance_lines(splits: Splits, config: RunConfig) -> list:
-    """Images per class (train / validation), and what an imbalance changes, said.
-
-    Args:
-      splits: the loaded data.
-      config: the run's config (its --class-weight).
-
-    Returns:
-      Lines for the log: the counts, then a warning where the largest class has 3x the
-      images of the smallest or more.
-    """
-    balance = splits_balance(splits, config)
-    counts = ", ".join(f"{name} {t}/{v}" for name, t, v in zip(
-        splits.class_names, balance.train_counts, balance.val_counts))
-    lines = [f"data: images per class (train/val): {counts}"]
-    if balance.imbalanced:
-        rare = splits.class_names[int(np.argmin(balance.train_counts))]
-        common = splits.class_names[int(np.argmax(balance.train_counts))]
-        weighting = ("each class's loss weighted by n / (classes x its images)"
-                     if balance.class_weight else "no class weights (--class-weight none)")
-        line = (f"the classes are imbalanced: {common} has {balance.ratio:.1f}x the images of "
-                f"{rare}; {weighting}; balanced accuracy (mean per-class recall) picks each "
-                "phase's kept epoch and the phase kept")
-        lines.append(("WARNING: " if balance.ratio >= WARN_IMBALANCE else "data: ") + line)
     return lines
 
 

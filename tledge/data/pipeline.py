@@ -9,6 +9,7 @@ and everything is prefetched, so the accelerator never waits on Python.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -16,7 +17,13 @@ import tensorflow as tf
 
 from tledge.data.cache import DiskArray
 
-AUTOTUNE = tf.data.AUTOTUNE
+# Fixed parallelism and prefetch, tf.data's autotuning off: Keras makes a new iterator of a
+# dataset every epoch, and with autotuning on, destroying the old one blocked in a tf.data
+# thread for 12 to 18 s at each epoch boundary of a fine-tune on 9,000 images (py-spy: the
+# iterator's destructor; benchmarks/README.md, "tf.data"). With these values the gaps are gone
+# and the epochs as fast.
+PARALLEL = max(2, os.cpu_count() or 2)  # batches read (and augmented) at once
+PREFETCH = 4  # batches ready ahead of the step
 
 
 def augmenter(seed: int):
@@ -58,22 +65,32 @@ def batches(x, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
             shard: Optional[tuple[int, int]] = None, one_hot: int = 0) -> tf.data.Dataset:
     """(image float32 0..255, label int32) batches of ``x`` (an ndarray or a DiskArray).
 
+    ``x`` may also be a tuple of them (rows in the same order): a model of several inputs
+    (the fine-tune phase's top on the frozen bottom's activations) gets a tuple of batches.
+    Rows arrive as float32 (decoded images are uint8), but for the float16 activations of a
+    mixed-precision bottom.
     Shuffled anew every epoch when ``shuffle``. ``shard=(workers, index)``: this worker's part
     of the data only (multi-worker training); tf.distribute's own sharding is then turned off.
     ``one_hot``: labels as one-hot float32 rows of this depth (for label smoothing).
     """
     y = np.asarray(y, np.int32)
-    read = x.read if isinstance(x, DiskArray) else x.__getitem__
-    row_shape, dtype = tuple(x.shape[1:]), tf.as_dtype(np.dtype(x.dtype))
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    reads = [a.read if isinstance(a, DiskArray) else a.__getitem__ for a in xs]
+    shapes = [tuple(a.shape[1:]) for a in xs]
+    dtypes = [tf.as_dtype(np.dtype(a.dtype)) for a in xs]
 
     def load(ids: np.ndarray):
-        return read(ids), y[ids]
+        return (*(read(ids) for read in reads), y[ids])
 
     def load_batch(ids):
-        images, labels = tf.numpy_function(load, [ids], (dtype, tf.int32), stateful=False)
-        images.set_shape((None, *row_shape))
+        *rows, labels = tf.numpy_function(load, [ids], (*dtypes, tf.int32), stateful=False)
+        for part, shape in zip(rows, shapes):
+            part.set_shape((None, *shape))
+        rows = [part if dtype in (tf.float32, tf.float16, tf.bfloat16)
+                else tf.cast(part, tf.float32) for part, dtype in zip(rows, dtypes)]
         labels.set_shape((None,))
-        return images, (tf.one_hot(labels, one_hot) if one_hot else labels)
+        return (tuple(rows) if len(rows) > 1 else rows[0],
+                tf.one_hot(labels, one_hot) if one_hot else labels)
 
     ds = tf.data.Dataset.range(len(y))
     if shuffle:  # indices only: the buffer is 8 bytes an image
@@ -82,15 +99,13 @@ def batches(x, y: np.ndarray, batch_size: int, *, shuffle: bool = False,
         ds = ds.batch(batch_size)
     else:
         ds = _worker_share(ds, len(y), batch_size, *shard)
-    ds = ds.map(load_batch, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(load_batch, num_parallel_calls=PARALLEL)
     if augment:
         aug = augmenter(seed)
-        ds = ds.map(lambda a, b: (aug(tf.cast(a, tf.float32), training=True), b),
-                    num_parallel_calls=AUTOTUNE)
-    elif dtype != tf.float32:
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=PARALLEL)
     options = tf.data.Options()
+    options.autotune.enabled = False
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if shard is not None
         else tf.data.experimental.AutoShardPolicy.DATA)  # no files to shard by: say so
-    return ds.with_options(options).prefetch(AUTOTUNE)
+    return ds.with_options(options).prefetch(PREFETCH)
