@@ -158,8 +158,10 @@ def _agent(*args, stdin=b"", env=None):
 
 def test_the_agent_runs_on_python_3_6_syntax():
     import ast
-    tree = ast.parse(ssh.agent_source(), feature_version=(3, 6))
-    assert tree is not None
+
+    from tledge.device.pull import PULL_AGENT
+    for source in (ssh.agent_source(), PULL_AGENT.read_text()):
+        assert ast.parse(source, feature_version=(3, 6)) is not None
 
 
 def test_an_upload_that_breaks_off_leaves_nothing(tmp_path):
@@ -467,6 +469,44 @@ def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_de
     assert "Traceback" not in rest
     left = subprocess.run(["pgrep", "-f", "--", f"--serve {ports[0]}"], capture_output=True)
     assert left.returncode == 1, left.stdout  # the device's camera ended with it
+
+
+def test_collect_on_takes_pictures_there_and_pull_brings_them(fake_device, tmp_path):
+    import numpy as np
+    from PIL import Image
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((48, 64, 3), 60 * i, np.uint8)).save(frames / f"{i}.png")
+    ports = [_free_port(), _free_port()]
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "collect", "data/mine", "--on",
+                             "pi@fake-pi", "--source", str(frames), "--loop", "--labels",
+                             "mug,keys", "--serve", str(ports[0]), "--local-port",
+                             str(ports[1])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url, seen, deadline = None, [], time.monotonic() + 120
+    while time.monotonic() < deadline and url is None:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "collecting on pi@fake-pi into " in line:
+            url = line.split(": ", 1)[1].split()[0]
+    assert url == f"http://127.0.0.1:{ports[1]}/", "".join(seen)
+    request = urllib.request.Request(url + "capture", data=b"label=mug&count=2", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        saved = json.loads(answer.read())["saved"]
+    assert len(saved) == 2 and all(p.startswith("mug/") for p in saved)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in rest, rest
+    there = fake_device / "tledge" / "data" / "mine"
+    assert all((there / p).is_file() for p in saved)
+    pulled = _tledge("pull", "pi@fake-pi:~/tledge/data/mine", str(tmp_path / "mine"))
+    assert pulled.returncode == 0, pulled.stderr
+    for p in saved:
+        assert (tmp_path / "mine" / p).read_bytes() == (there / p).read_bytes()
+    assert (tmp_path / "mine" / "shots.fake-pi.jsonl").is_file()
+    again = _tledge("pull", "pi@fake-pi:~/tledge/data/mine", str(tmp_path / "mine"))
+    assert "0 new" in again.stdout and "pulled 0 file(s)" in again.stdout, again.stdout
 
 
 def _first_frame_stats(url: str, timeout: float = 60) -> dict:

@@ -13,7 +13,8 @@ import click
 from click_option_group import optgroup
 
 from tledge import __version__, fileio
-from tledge.cli_device import backend_option, bench, camera, deploy, doctor
+from tledge.cli_device import (backend_option, bench, camera, collect, deploy, doctor,
+                               pull)
 from tledge.config import (BACKBONES, BATCHNORM, CLASS_WEIGHTS, DATA_CACHES, SCHEDULES,
                            STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
@@ -395,7 +396,7 @@ def predict(model, images, top_k, qat, backend, threads):
                           f"{', '.join(failed[:3])}{'...' if len(failed) > 3 else ''}")
 
 
-for _command in (bench, camera, deploy, doctor):
+for _command in (bench, camera, collect, deploy, doctor, pull):
     main.add_command(_command)
 
 

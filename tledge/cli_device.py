@@ -149,12 +149,22 @@ def doctor(no_tensorflow, reprobe):
               "rate, or as fast as it decodes.  [default: its own rate when a window or --serve "
               "shows it, else flat out]")
 @click.option("--overwrite", is_flag=True, help="Replace existing --output / --record files.")
+@click.option("--save-uncertain", metavar="DATA", type=click.Path(file_okay=False),
+              help="Save frames the model is unsure of (and, with --compare, frames where the "
+              "models disagree) into DATA/unlabelled/ with a JSON sidecar, to label with "
+              "tledge collect DATA.")
+@click.option("--uncertain-below", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --save-uncertain: a top-1 score under which a frame is uncertain (0.5: "
+              "the other classes together outweigh the model's pick).")
+@click.option("--save-max-per-minute", type=click.IntRange(1, 600), default=12,
+              show_default=True, help="With --save-uncertain: frames saved in any minute at "
+              "most, so a steady scene cannot fill the disk.")
 @on_option("--source then names the device's camera, video file or stream")
 @click.option("--local-port", type=click.IntRange(1, 65535), help="With --on: the port on this "
               "machine the page is forwarded to.  [default: --serve's port]")
 def camera(model, source, compare, headless, output, record, max_frames, duration, threads,
            top_k, backend, capture_size, serve, serve_token, serve_fps, loop, realtime,
-           overwrite, on, local_port):
+           save_uncertain, uncertain_below, save_max_per_minute, overwrite, on, local_port):
     """Live classification from a camera, video, folder or stream, with an overlay and FPS."""
     from tledge.camera import CameraOptions, run_camera
 
@@ -166,7 +176,11 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
                             output=output, record=record, max_frames=max_frames,
                             duration=duration, threads=threads, top_k=top_k, backend=backend,
                             capture_size=capture_size, loop=loop, realtime=realtime,
-                            serve=serve, serve_token=serve_token, serve_fps=serve_fps)
+                            serve=serve, serve_token=serve_token, serve_fps=serve_fps,
+                            save_uncertain=save_uncertain, uncertain_below=uncertain_below,
+                            save_max_per_minute=save_max_per_minute)
+    if save_uncertain:
+        fileio.check_output_dir(Path(save_uncertain) / "unlabelled", "--save-uncertain")
     if serve:
         from tledge.camera.serve import parse_serve
         parse_serve(serve)  # a bad address fails now, before the models load
@@ -179,6 +193,77 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
         return camera_on(_target(on), options, local_port, echo=click.echo)
     summary = run_camera(options, echo=click.echo)
     click.echo(summary.format())
+
+
+@click.command(short_help="Take labelled pictures with a camera, from a web page.")
+@click.argument("data", type=click.Path(file_okay=False))
+@click.option("--source", default="0", show_default=True, help="Camera index, /dev/videoN, a "
+              "video file, a folder of images, an rtsp:// or http:// stream, or 'picamera'.")
+@click.option("--serve", metavar="[HOST:]PORT", default="8080", show_default=True,
+              help="The page: live picture, a button per label (click: a shot; hold: a "
+              "burst), counts, undo, unlabelled frames; bound to 127.0.0.1 unless HOST is given.")
+@click.option("--serve-token", metavar="SECRET", help="Every URL must carry ?token=SECRET (use "
+              "it when HOST is not 127.0.0.1).")
+@click.option("--labels", help="Labels to offer, comma-separated, besides DATA's subfolders "
+              "(more can be added on the page).")
+@click.option("--burst-fps", type=float, default=5.0, show_default=True,
+              help="Shots a second while a label's button is held.")
+@click.option("--duration", type=float, help="Stop after S seconds.  [default: Ctrl-C]")
+@click.option("--loop", is_flag=True, help="Play a video file or folder again when it ends.")
+@click.option("--headless", is_flag=True, help="No window (with one, keys 1-9 take a shot for "
+              "that label).")
+@on_option("DATA and --source then name the device's folder (relative: under DIR) and "
+           "camera; tledge pull brings the pictures back")
+@click.option("--local-port", type=click.IntRange(1, 65535), help="With --on: the port on this "
+              "machine the page is forwarded to.  [default: --serve's port]")
+def collect(data, source, serve, serve_token, labels, burst_fps, duration, loop, headless, on,
+            local_port):
+    """Take labelled pictures for tledge train --data DATA with the camera the model will run
+    on: one JPEG per shot in DATA/LABEL/, a line per shot in DATA/shots.jsonl (time, label,
+    source, burst). Frames tledge camera --save-uncertain DATA kept wait on the page for a
+    label. Scripts: POST /capture (label, count), GET /counts.json, POST /undo, POST /label.
+
+    \b
+    tledge collect data/mine --labels mug,keys,phone
+    tledge collect data/mine --source picamera --serve 0.0.0.0:8080 --serve-token SECRET
+    """
+    from tledge.camera.collect import parse_labels
+    from tledge.camera.collect_page import CollectOptions, run_collect
+
+    if serve_token and not serve:
+        raise TledgeError("--serve-token needs --serve [HOST:]PORT")
+    if local_port and not on:
+        raise TledgeError("--local-port is where --on forwards the device's page: it needs --on")
+    options = CollectOptions(data=data, source=source, serve=serve or None,
+                             serve_token=serve_token, labels=tuple(parse_labels(labels)),
+                             burst_fps=burst_fps, duration=duration, loop=loop,
+                             headless=headless)
+    if on:
+        from tledge.device.remote import collect_on
+        collect_on(_target(on), options, local_port, echo=click.echo)
+        return
+    fileio.check_output_dir(data, "DATA")
+    run_collect(options, echo=click.echo)
+    click.echo(f"next: tledge train --data {data}")
+
+
+@click.command(short_help="Bring the pictures collected on a device here, over SSH.")
+@click.argument("device", metavar="[USER@]HOST:DIR")
+@click.argument("local", type=click.Path(file_okay=False))
+def pull(device, local):
+    """Copy a device's data folder (tledge collect --on, tledge camera --save-uncertain) into
+    LOCAL: only the files LOCAL lacks (by SHA-256), each checked and written whole; run it
+    again to go on after an interruption. A local file with other content is never replaced.
+
+    \b
+    tledge pull pi@raspberrypi.local:~/tledge/data/mine data/mine
+    """
+    from tledge.device.pull import pull as run_pull
+
+    if ":" not in device.replace("[", "").split("]")[-1]:
+        raise TledgeError(f"name the device's data folder: {device}:DIR, e.g. "
+                          f"{device}:~/tledge/data/mine")
+    run_pull(_target(device), Path(local), echo=click.echo)
 
 
 @click.command(short_help="Send verified .tflite files and this tledge to a device over SSH.")

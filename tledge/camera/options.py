@@ -40,6 +40,10 @@ class CameraOptions:
         HOST defaults to 127.0.0.1.
       serve_token: a secret the page's URLs must carry (?token=...); None: none.
       serve_fps: JPEGs a second at most on the page's stream (0: every frame).
+      save_uncertain: a data folder: frames scored below ``uncertain_below`` (or, with
+        ``compare``, where the models disagree) go to its ``unlabelled/`` for ``tledge collect``.
+      uncertain_below: the top-1 score under which a frame is uncertain.
+      save_max_per_minute: uncertain frames saved in any 60 seconds at most.
     """
 
     model: str
@@ -60,12 +64,15 @@ class CameraOptions:
     serve: Optional[str] = None
     serve_token: Optional[str] = None
     serve_fps: float = 15.0
+    save_uncertain: Optional[str] = None
+    uncertain_below: float = 0.5  # tledge.camera.collect.UNCERTAIN_BELOW
+    save_max_per_minute: int = 12
 
     def __post_init__(self) -> None:
         from tledge.errors import TledgeError
 
         # NaN passes every range check (a NaN --duration never ended the camera)
-        for name in ("duration", "serve_fps"):
+        for name in ("duration", "serve_fps", "uncertain_below"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise TledgeError(f"--{name.replace('_', '-')} {value}: give a finite number")

@@ -81,6 +81,10 @@ def make_outputs(options: CameraOptions, echo: Callable[[str], None]) -> list:
     if options.serve:
         from tledge.camera.serve import ServeOutput
         outputs.append(ServeOutput(options.serve, options.serve_token, options.serve_fps))
+    if options.save_uncertain:
+        from tledge.camera.collect import UncertainFrames
+        outputs.append(UncertainFrames(options.save_uncertain, options.uncertain_below,
+                                       options.save_max_per_minute))
     return outputs
 
 

@@ -140,6 +140,9 @@ class FrameServer:
             def do_GET(self):  # noqa: N802 - http.server's naming
                 server.handle(self)
 
+            def do_POST(self):  # noqa: N802
+                server.handle_post(self)
+
         try:
             self.httpd = ThreadingHTTPServer((host, port), Handler)
         except OSError as e:
@@ -227,6 +230,11 @@ class FrameServer:
         if path == "/stream.mjpg":
             return self._stream(request)
         return self._send(request, 404, "text/plain", b"not found: try / or /stats.json\n")
+
+    def handle_post(self, request) -> None:
+        """The camera's page takes no POST (``tledge collect``'s does)."""
+        request.rfile.read(min(int(request.headers.get("Content-Length") or 0), 65536))
+        return self._send(request, 405, "text/plain", b"the camera page takes GET only\n")
 
     def _send(self, request, code: int, kind: str, body: bytes,
               headers: Optional[dict] = None) -> None:

@@ -43,7 +43,11 @@ def load(options: DataOptions, seed: int) -> Splits:
         test = None
     if options.test_source:
         test = load_test_folder(options, names, test)
-    train, val = stratified_split(pool, options.val_split, seed)
+    groups = burst_groups(Path(source), pool) if source not in BUILTIN else None
+    if groups is not None:
+        log.info("data: %d bursts and single shots (shots.jsonl): each stays on one side of "
+                 "the train/validation split", len(np.unique(groups)))
+    train, val = stratified_split(pool, options.val_split, seed, groups)
     return Splits(train=train, val=val, test=test, class_names=names, skipped=skipped)
 
 
@@ -79,8 +83,14 @@ def load_test_folder(options: DataOptions, names: list[str],
     return test
 
 
-def stratified_split(pool: ImageSet, val_split: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """Hold out ``val_split`` of every class (at least one image each), seeded."""
+def stratified_split(pool: ImageSet, val_split: float, seed: int,
+                     groups: Optional[np.ndarray] = None) -> tuple[ImageSet, ImageSet]:
+    """Hold out ``val_split`` of every class (at least one image each), seeded.
+
+    ``groups``: a group id per image (the burst of a hold-to-record, ``tledge collect``):
+    a group goes whole to one side, so near-duplicate frames never sit on both sides and
+    validation measures generalisation, not memory. Groups are drawn until the class's share
+    is reached; a class of one group keeps it for training but for one image."""
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for c in np.unique(pool.y):
@@ -90,9 +100,46 @@ def stratified_split(pool: ImageSet, val_split: float, seed: int) -> tuple[Image
                 f"class {c} has {len(idx)} image: each class needs at least 2 to split off a "
                 "validation image; add images")
         n_val = min(len(idx) - 1, max(1, int(round(val_split * len(idx)))))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
+        if groups is None:
+            val_idx.append(idx[:n_val])
+            train_idx.append(idx[n_val:])
+        else:
+            held = _whole_groups(idx, groups, n_val)
+            val_idx.append(held)
+            train_idx.append(idx[~np.isin(idx, held)])
     train_idx = rng.permutation(np.concatenate(train_idx))
     val_idx = np.sort(np.concatenate(val_idx))
-    return (ImageSet(take(pool.x, train_idx), pool.y[train_idx]),
-            ImageSet(take(pool.x, val_idx), pool.y[val_idx]))
+    return (_subset(pool, train_idx), _subset(pool, val_idx))
+
+
+def _whole_groups(idx: np.ndarray, groups: np.ndarray, n_val: int) -> np.ndarray:
+    """Indices of whole groups (in ``idx``'s shuffled order of first appearance) making up
+    about ``n_val`` images, never every image of the class."""
+    order = list(dict.fromkeys(groups[idx].tolist()))
+    held: list = []
+    for g in order[:-1] if len(order) > 1 else []:
+        members = idx[groups[idx] == g]
+        if held and len(held) + len(members) > n_val * 1.5:
+            continue
+        held.extend(members.tolist())
+        if len(held) >= n_val:
+            break
+    return np.asarray(held or idx[:1], dtype=idx.dtype)
+
+
+def _subset(pool: ImageSet, rows: np.ndarray) -> ImageSet:
+    names = tuple(pool.names[i] for i in rows) if pool.names is not None else None
+    return ImageSet(take(pool.x, rows), pool.y[rows], names)
+
+
+def burst_groups(root: Path, pool: ImageSet) -> Optional[np.ndarray]:
+    """A group id per image of a folder ``tledge collect`` wrote (its shots.jsonl's bursts;
+    a shot outside any burst is its own group), or None for another folder."""
+    from tledge.data.manifest import bursts_of
+
+    bursts = bursts_of(root)
+    if not bursts or pool.names is None:
+        return None
+    ids: dict = {}
+    return np.asarray([ids.setdefault(bursts.get(name, name), len(ids))
+                       for name in pool.names], dtype=np.int64)

@@ -50,7 +50,9 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
             "or a built-in name (shapes, cifar10, fashion_mnist)")
     if not root.is_dir():
         raise TledgeError(f"--data {root} is a file: pass a folder with one subfolder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # unlabelled/: frames tledge camera --save-uncertain kept, waiting for a label (collect)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and p.name != "unlabelled")
     for name in classes:
         check_class_name(root, name)
     if len(classes) < 2:

@@ -263,8 +263,62 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
     compare = _tflite_only([options.compare], "camera")[0] if options.compare else None
     device = Device(target)
     pushed = push(device, [model] + ([compare] if compare else []), echo)
-    remote = device.agent_command("supervise", *camera_argv(pushed, options, model, compare))
-    token = f"?token={quote(options.serve_token, safe='')}" if options.serve_token else ""
+    return serve_on(device, camera_argv(pushed, options, model, compare), port, local_port,
+                    options.serve_token, f"live view of {target.host}'s camera", echo,
+                    ready_timeout)
+
+
+def collect_on(target: Target, options, local_port: Optional[int] = None,
+               echo: Callable[[str], None] = print, ready_timeout: float = 300.0) -> int:
+    """``tledge collect`` on the device (deployed as ``camera --on`` is), its page forwarded
+    here; the pictures stay there until ``tledge pull``.
+
+    Args:
+      target: the device.
+      options: a :class:`tledge.camera.collect_page.CollectOptions`; ``data`` is the device's
+        folder (relative: under the device's tledge folder), ``source`` the device's camera.
+      local_port: the port here (default: the device's).
+      echo: the device's lines and the local URL.
+      ready_timeout: seconds to wait for the page.
+
+    Returns:
+      The device's exit code (0).
+    """
+    from tledge.camera.serve import parse_serve
+    from tledge.device.ssh import check_device_dir
+
+    if not options.serve:
+        raise TledgeError("collect --on needs --serve PORT: the page is how you take pictures")
+    data = check_device_dir(options.data)
+    device = Device(target)
+    pushed = push(device, [], echo)
+    if not data.startswith(("/", "~/")):
+        data = f"{pushed.dir}/{data}"
+    argv = [f"{pushed.dir}/venv/bin/tledge", "collect", data, "--source", options.source,
+            "--serve", options.serve, "--headless", "--burst-fps", str(options.burst_fps)]
+    for flag, value in (("--serve-token", options.serve_token),
+                        ("--labels", ",".join(options.labels) or None),
+                        ("--duration", options.duration)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if options.loop:
+        argv.append("--loop")
+    _, port = parse_serve(options.serve)
+    code = serve_on(device, argv, port, local_port or port, options.serve_token,
+                    f"collecting on {target.host} into {data}", echo, ready_timeout)
+    echo(f"next: tledge pull {target.host}:{data} {Path(options.data).name}")
+    return code
+
+
+def serve_on(device: Device, argv: list, port: int, local_port: Optional[int],
+             token: Optional[str], what: str, echo: Callable[[str], None],
+             ready_timeout: float) -> int:
+    """Run ``argv`` (a tledge command serving a page on the device's ``port``) under the
+    agent's supervision, the page forwarded to this machine's ``local_port``; returns its exit
+    code when it ends. Ctrl-C here ends it there."""
+    local_port = local_port or port
+    remote = device.agent_command("supervise", *argv)
+    query = f"?token={quote(token, safe='')}" if token else ""
     url = f"http://127.0.0.1:{local_port}/"
     proc = subprocess.Popen(device.command(remote, forward=(local_port, port)),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -273,10 +327,10 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
     reader = threading.Thread(target=read_lines, args=(proc.stdout, lines, echo), daemon=True)
     reader.start()
     try:
-        if _wait_for_page(proc, url + "stats.json" + token, ready_timeout):
-            echo(f"live view of {target.host}'s camera: {url}{token}  (Ctrl-C stops it)")
+        if _wait_for_page(proc, url + "healthz", ready_timeout):
+            echo(f"{what}: {url}{query}  (Ctrl-C stops it)")
         code = proc.wait()
-    except BaseException:  # Ctrl-C: closing stdin tells the agent to stop the camera
+    except BaseException:  # Ctrl-C: closing stdin tells the agent to stop the command
         _close_and_wait(proc)
         raise
     reader.join(5)
@@ -285,7 +339,7 @@ def camera_on(target: Target, options, local_port: Optional[int] = None,
         if "Address already in use" in text or "cannot listen to port" in text:
             raise TledgeError(f"port {local_port} is taken on this machine: pass --local-port "
                               "with a free one")
-        raise ssh_failure(target.host, code, text)
+        raise ssh_failure(device.target.host, code, text)
     return code
 
 

@@ -169,17 +169,19 @@ class Device:
                      "-L", f"127.0.0.1:{forward[0]}:127.0.0.1:{forward[1]}"]
         return argv + ["--", self.target.ssh_host, remote]
 
-    def agent_command(self, *args: str) -> str:
-        """The device's shell command running the agent with ``args``."""
-        return " ".join(shlex.quote(a) for a in (self.python, "-c", agent_source(), *args))
+    def agent_command(self, *args: str, source: Optional[str] = None) -> str:
+        """The device's shell command running the agent (or the agent ``source``) with
+        ``args``."""
+        return " ".join(shlex.quote(a) for a in (self.python, "-c", source or agent_source(),
+                                                 *args))
 
     def run(self, remote: str, data: Optional[bytes | Callable] = None,
             echo: Optional[Callable[[str], None]] = None, timeout: Optional[float] = None,
-            what: str = "the command") -> str:
-        """Run ``remote`` and return its stdout. ``data``: bytes, or a function writing to the
-        given binary file, fed to its stdin. ``echo``: shown each line of its stderr as it
-        comes (progress). The command's stdin stays open until it ends: an agent watching it
-        ends when this process does.
+            what: str = "the command", raw: bool = False) -> str | bytes:
+        """Run ``remote`` and return its stdout (``raw``: its bytes). ``data``: bytes, or a
+        function writing to the given binary file, fed to its stdin. ``echo``: shown each
+        line of its stderr as it comes (progress). The command's stdin stays open until it
+        ends: an agent watching it ends when this process does.
 
         The device is untrusted: its stdout is kept up to :data:`MAX_ANSWER` bytes, each
         stderr line up to :data:`MAX_LINE` (terminal escapes shown as ``?``), and past
@@ -228,7 +230,8 @@ class Device:
                               "nothing of it was used")
         if code != 0:
             raise ssh_failure(self.target.host, code, "\n".join(err_lines))
-        return b"".join(out.chunks).decode(errors="replace")
+        answer = b"".join(out.chunks)
+        return answer if raw else answer.decode(errors="replace")
 
     def _wait(self, proc: subprocess.Popen, timeout: Optional[float], what: str,
               heard: list) -> int:
@@ -256,15 +259,17 @@ class Device:
                                  f"{now - start:.0f} s{limit}\n")
                 sys.stderr.flush()
 
-    def agent(self, *args: str, data=None, echo=None, timeout: Optional[float] = None) -> dict:
-        """Run an agent command and return its JSON answer (an object).
+    def agent(self, *args: str, data=None, echo=None, timeout: Optional[float] = None,
+              source: Optional[str] = None) -> dict:
+        """Run an agent command (of the agent ``source``, by default the deploy agent's) and
+        return its JSON answer (an object).
 
         Raises:
           TledgeError: ssh or the agent failed, gave no answer in time, or an answer that is
             not a JSON object.
         """
         limit, what = AGENT_STEPS.get(args[0], (600.0, args[0]))
-        out = self.run(self.agent_command(*args), data=data, echo=echo,
+        out = self.run(self.agent_command(*args, source=source), data=data, echo=echo,
                        timeout=timeout or limit, what=what)
         lines = [line for line in out.splitlines() if line.startswith("{")]
         host = self.target.host
@@ -286,6 +291,7 @@ class Device:
 # What each agent command may take at most (seconds), and what it is, for the messages.
 AGENT_STEPS = {"facts": (120.0, "its facts (Python, architecture, free space, models)"),
                "receive": (600.0, "the upload"),
+               "listing": (600.0, "the data folder's listing (a hash of every picture)"),
                "install": (3600.0, "the venv's install (pip) and its tledge doctor"),
                "doctor": (300.0, "tledge doctor"),
                "service": (300.0, "the camera's systemd unit"),
