@@ -415,3 +415,109 @@ def test_train_keeps_each_burst_on_one_side(tmp_path):
     val = {bursts[n] for n in splits.val.names}
     assert val and not train & val
     assert len(splits.val) == 8  # one burst of four a class
+
+
+# ----------------------------------------------------------------------------------- faults
+
+def test_a_full_disk_mid_burst_keeps_what_was_saved_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    from tledge import fileio
+
+    real, written = fileio.write_bytes, []
+
+    def filling(path, data):
+        if len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return real(path, data)
+
+    with Collecting(tmp_path) as page:
+        monkeypatch.setattr(fileio, "write_bytes", filling)
+        status, answer = page.post("/capture", label="mug", count=5)
+        monkeypatch.setattr(fileio, "write_bytes", real)
+        assert status == 507, answer
+        assert "no space left" in answer["error"] and "2 shot(s)" in answer["error"]
+        assert "\n" not in answer["error"] and len(answer["saved"]) == 2
+        assert all(cv2.imread(str(page.data / p)) is not None for p in answer["saved"])
+        assert not list(page.data.rglob("*.tmp*"))
+        assert page.post("/capture", label="mug", count=1)[0] == 200  # space again: it goes on
+
+
+def test_two_pages_capturing_at_once_lose_nothing(tmp_path):
+    with Collecting(tmp_path) as page:
+        answers = {}
+
+        def capture(label):
+            answers[label] = page.post("/capture", label=label, count=6)
+
+        threads = [threading.Thread(target=capture, args=(label,)) for label in ("mug", "keys")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        saved = answers["mug"][1]["saved"] + answers["keys"][1]["saved"]
+        assert len(set(saved)) == 12 and all((page.data / p).is_file() for p in saved)
+        events = [json.loads(line) for line in (page.data / MANIFEST).read_text().splitlines()]
+        assert sorted(e["file"] for e in events) == sorted(saved)
+        assert len({e["burst"] for e in events}) == 2  # one burst each
+
+
+def test_a_source_that_ends_ends_the_collection(tmp_path):
+    from tledge.camera.collect_page import CollectOptions, run_collect
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(pictures / f"{i}.png"), _frame(i))
+    lines = []
+    run_collect(CollectOptions(data=str(tmp_path / "data"), source=str(pictures),
+                               serve=f"127.0.0.1:{free_port()}", labels=("mug",),
+                               headless=True), echo=lines.append)
+    assert "stopped (end of source): mug 0; 0 unlabelled" in lines[-1]
+
+
+def test_ctrl_c_keeps_every_finished_shot_and_a_whole_manifest(tmp_path):
+    import signal
+
+    from helpers import tledge
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for i in range(4):
+        cv2.imwrite(str(pictures / f"{i}.png"), _frame(i, (240, 320)))
+    port, data = free_port(), tmp_path / "data"
+    proc = tledge("collect", data, "--source", pictures, "--loop", "--labels", "mug",
+                  "--serve", port, "--headless", "--burst-fps", "20", background=True)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "healthz", timeout=5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    burst = threading.Thread(target=lambda: urllib.request.urlopen(urllib.request.Request(
+        url + "capture", data=b"label=mug&count=200", method="POST"), timeout=60).read(),
+        daemon=True)
+    burst.start()
+    while not (data / MANIFEST).is_file() or len((data / MANIFEST).read_text().splitlines()) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted: mug " in out
+    lines = (data / MANIFEST).read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # every line whole
+    assert len(events) >= 5 and all((data / e["file"]).is_file() for e in events)
+    assert len(list((data / "mug").glob("*.jpg"))) == len(events)
+    assert not list(data.rglob("*.tmp*"))
+
+
+def test_a_capture_before_the_first_frame_waits_for_one():
+    from tledge.camera.collect_page import LatestFrame
+
+    frames = LatestFrame()
+    assert frames.after(-1, 0.05) is None  # nothing yet: no empty picture
+    threading.Timer(0.1, frames.put, args=(_frame(),)).start()
+    seq, bgr = frames.after(-1, 5)
+    assert seq == 1 and bgr.shape == (120, 160, 3)

@@ -20,6 +20,7 @@ Form fields arrive URL-encoded (what a page's fetch and ``curl -d`` send), 64 Ki
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import threading
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs, urlparse
 from tledge.camera.collect import (MAX_COUNT, UNLABELLED, Collection, check_label,
                                    parse_labels)
 from tledge.camera.serve import FrameServer, parse_serve
-from tledge.errors import TledgeError
+from tledge.errors import TledgeError, path_error
 
 MAX_BODY = 64 * 1024
 FRAME_WAIT_S = 5.0  # a capture gives up when the camera sends no new frame for this long
@@ -100,9 +101,10 @@ class LatestFrame:
 
     def after(self, seq: int, timeout: float) -> Optional[tuple]:
         """(seq, frame) of a frame newer than ``seq``, or None after ``timeout``."""
-        with self.cond:
-            self.cond.wait_for(lambda: self.seq > seq or self.ended, timeout=timeout)
-            return (self.seq, self.bgr) if self.seq > seq else None
+        with self.cond:  # before the camera's first frame there is none to give
+            self.cond.wait_for(lambda: (self.seq > seq and self.bgr is not None) or self.ended,
+                               timeout=timeout)
+            return (self.seq, self.bgr) if self.seq > seq and self.bgr is not None else None
 
 
 class CollectServer(FrameServer):
@@ -156,6 +158,8 @@ class CollectServer(FrameServer):
                     form.get("label", ""))})
             return self._json(request, 404, {"error": "not found: POST /capture, /undo, "
                                                       "/label or /labels"})
+        except CaptureStopped as e:
+            return self._json(request, e.code, {"error": str(e), "saved": e.saved})
         except TledgeError as e:
             return self._json(request, 400, {"error": str(e)})
 
@@ -181,7 +185,14 @@ class CollectServer(FrameServer):
                 break
             seq, bgr = got
             due = time.monotonic() + 1.0 / self.burst_fps
-            saved.append(self.collection.save(label, bgr, burst))
+            try:
+                saved.append(self.collection.save(label, bgr, burst))
+            except OSError as e:  # a full disk mid-burst: the shots before it are kept, whole
+                full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+                raise CaptureStopped(
+                    f"{path_error(e) or f'cannot write the picture ({e})'}; "
+                    f"{len(saved)} shot(s) of this burst were saved", saved,
+                    507 if full else 500) from e
         return saved
 
     def _form(self, request) -> dict:
@@ -205,6 +216,14 @@ class CollectServer(FrameServer):
 
     def _json(self, request, code: int, obj) -> None:
         return self._send(request, code, "application/json", json.dumps(obj).encode())
+
+
+class CaptureStopped(TledgeError):
+    """A capture that stopped midway (the disk refused a picture): what it saved before."""
+
+    def __init__(self, message: str, saved: list, code: int):
+        super().__init__(message)
+        self.saved, self.code = saved, code
 
 
 def _count(text: str) -> int:
@@ -243,7 +262,11 @@ def run_collect(options: CollectOptions, echo: Callable[[str], None] = print,
                               "(a page to take pictures from)")
         echo(f"labels: {', '.join(collection.labels) or 'none yet (add them on the page)'}")
         frames = Frames(source, options.retries, options.loop, stop, echo)
-        _loop(frames, latest, server, collection, window, options, stop)
+        try:
+            _loop(frames, latest, server, collection, window, options, stop)
+        except KeyboardInterrupt:  # every shot taken is whole, and its manifest line too
+            echo(f"interrupted: {_summary(collection)}")
+            raise
         echo(f"stopped ({frames.ended or 'asked to'}): {_summary(collection)}")
     finally:
         latest.end()
