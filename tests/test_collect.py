@@ -521,3 +521,24 @@ def test_a_capture_before_the_first_frame_waits_for_one():
     threading.Timer(0.1, frames.put, args=(_frame(),)).start()
     seq, bgr = frames.after(-1, 5)
     assert seq == 1 and bgr.shape == (120, 160, 3)
+
+
+def test_camera_on_saves_uncertain_frames_in_the_devices_folder():
+    from pathlib import Path
+
+    from tledge.camera import CameraOptions
+    from tledge.device.deploy import Pushed
+    from tledge.device.remote import camera_argv
+
+    pushed = Pushed(dir="/home/pi/tledge")
+    for given, there in (("data/mine", "/home/pi/tledge/data/mine"),
+                         ("~/pictures", "~/pictures")):
+        options = CameraOptions(model="m.tflite", serve="8080", save_uncertain=given,
+                                uncertain_below=0.4, save_max_per_minute=6)
+        argv = camera_argv(pushed, options, Path("m.tflite"), None)
+        at = argv.index("--save-uncertain")
+        assert argv[at:at + 6] == ["--save-uncertain", there, "--uncertain-below", "0.4",
+                                   "--save-max-per-minute", "6"]
+    with pytest.raises(TledgeError):
+        camera_argv(pushed, CameraOptions(model="m.tflite", serve="8080",
+                                          save_uncertain="$(reboot)"), Path("m.tflite"), None)

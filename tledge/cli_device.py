@@ -152,7 +152,7 @@ def doctor(no_tensorflow, reprobe):
 @click.option("--save-uncertain", metavar="DATA", type=click.Path(file_okay=False),
               help="Save frames the model is unsure of (and, with --compare, frames where the "
               "models disagree) into DATA/unlabelled/ with a JSON sidecar, to label with "
-              "tledge collect DATA.")
+              "tledge collect DATA (with --on: the device's DATA, relative to its DIR).")
 @click.option("--uncertain-below", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --save-uncertain: a top-1 score under which a frame is uncertain (0.5: "
               "the other classes together outweigh the model's pick).")
@@ -179,7 +179,7 @@ def camera(model, source, compare, headless, output, record, max_frames, duratio
                             serve=serve, serve_token=serve_token, serve_fps=serve_fps,
                             save_uncertain=save_uncertain, uncertain_below=uncertain_below,
                             save_max_per_minute=save_max_per_minute)
-    if save_uncertain:
+    if save_uncertain and not on:  # with --on, the device's folder
         fileio.check_output_dir(Path(save_uncertain) / "unlabelled", "--save-uncertain")
     if serve:
         from tledge.camera.serve import parse_serve

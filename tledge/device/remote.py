@@ -220,6 +220,13 @@ def camera_argv(pushed: Pushed, options, model: Path, compare: Optional[Path]) -
                         ("--serve-token", options.serve_token)):
         if value is not None:
             argv += [flag, str(value)]
+    if options.save_uncertain:  # the device's data folder: relative is under its tledge folder
+        from tledge.device.ssh import check_device_dir
+        folder = check_device_dir(options.save_uncertain)
+        argv += ["--save-uncertain", folder if folder.startswith(("/", "~/"))
+                 else f"{pushed.dir}/{folder}", "--uncertain-below",
+                 str(options.uncertain_below), "--save-max-per-minute",
+                 str(options.save_max_per_minute)]
     if options.capture_size:
         argv += ["--capture-size", "{}x{}".format(*options.capture_size)]
     if options.loop:
