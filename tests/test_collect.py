@@ -542,3 +542,88 @@ def test_camera_on_saves_uncertain_frames_in_the_devices_folder():
     with pytest.raises(TledgeError):
         camera_argv(pushed, CameraOptions(model="m.tflite", serve="8080",
                                           save_uncertain="$(reboot)"), Path("m.tflite"), None)
+
+
+class _DevTools:
+    """Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe: JSON
+    messages ending in NUL on its fds 3 and 4), no websocket library needed."""
+
+    def __init__(self, browser, profile):
+        import os
+        import subprocess
+
+        self.to_chrome_r, self.to_chrome_w = os.pipe()
+        self.from_chrome_r, self.from_chrome_w = os.pipe()
+
+        def fds():
+            os.dup2(self.to_chrome_r, 3)
+            os.dup2(self.from_chrome_w, 4)
+
+        self.proc = subprocess.Popen(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", "--window-size=1100,700",
+             "about:blank"], pass_fds=(3, 4), preexec_fn=fds, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        self.buffer, self.next_id = b"", 0
+
+    def call(self, method, session=None, **params):
+        import os
+
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self.to_chrome_w, json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self.buffer:
+                import select
+                assert select.select([self.from_chrome_r], [], [], 30)[0], "no answer: " + method
+                chunk = os.read(self.from_chrome_r, 65536)
+                assert chunk, "the browser went away"
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\0", 1)
+            answer = json.loads(line)
+            if answer.get("id") == self.next_id:
+                assert "error" not in answer, answer
+                return answer["result"]
+
+    def close(self):
+        import os
+
+        self.proc.kill()
+        self.proc.wait()
+        for fd in (self.to_chrome_r, self.to_chrome_w, self.from_chrome_r, self.from_chrome_w):
+            os.close(fd)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless Chromium: apt-get install "
+                                               "chromium-headless-shell (.ci/run does)")
+def test_a_click_on_the_page_takes_a_shot(tmp_path):
+    """A real mouse click on a label's button in Chromium saves one shot of that label."""
+    with Collecting(tmp_path) as page:
+        chrome = _DevTools(_browser(), tmp_path / "profile")
+        try:
+            target = chrome.call("Target.createTarget", url=page.url("/"))["targetId"]
+            session = chrome.call("Target.attachToTarget", targetId=target,
+                                  flatten=True)["sessionId"]
+            rect = None
+            for _ in range(100):  # until the page has drawn its buttons from /state.json
+                found = chrome.call("Runtime.evaluate", session, returnByValue=True, expression=(
+                    "(() => { const b = document.querySelector('#labels button');"
+                    " return b ? JSON.stringify(b.getBoundingClientRect()) : null; })()"))
+                if found["result"].get("value"):
+                    rect = json.loads(found["result"]["value"])
+                    break
+                time.sleep(0.1)
+            assert rect and rect["width"] > 20, "no label button on the page"
+            x, y = rect["x"] + rect["width"] / 2, rect["y"] + rect["height"] / 2
+            for kind in ("mousePressed", "mouseReleased"):
+                chrome.call("Input.dispatchMouseEvent", session, type=kind, x=x, y=y,
+                            button="left", clickCount=1)
+            for _ in range(100):
+                if json.loads(page.get("/counts.json"))["labels"]["mug"]:
+                    break
+                time.sleep(0.1)
+        finally:
+            chrome.close()
+        assert json.loads(page.get("/counts.json"))["labels"] == {"mug": 1, "keys": 0}
