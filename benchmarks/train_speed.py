@@ -142,7 +142,13 @@ def write_table(results: dict) -> None:
                   f"Whole process (start-up, data, test evaluations included): "
                   f"{b['wall_seconds']:.0f} s before, {a['wall_seconds']:.0f} s after "
                   f"({a['wall_seconds'] / b['wall_seconds']:.2f}x).", ""]
-    (ROOT / "benchmarks" / "train_speed.md").write_text("\n".join(lines))
+    path = ROOT / "benchmarks" / "train_speed.md"
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""  # written by hand: kept
+    path.write_text("\n".join(lines) + ("\n" + notes if notes else ""))
+
+
+NOTES = "<!-- notes: kept when the tables are written again -->"
 
 
 if __name__ == "__main__":
