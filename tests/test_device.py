@@ -438,7 +438,10 @@ def test_bench_on_refuses_a_run_folder_and_compare_local_alone(fake_device, tmp_
     assert result.returncode == 1 and "needs --on" in result.stderr
 
 
-def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_device, tmp_path):
+def _on_device(tmp_path, *args, says: str):
+    """``tledge ARGS`` on the fake device over a folder of three frames (--source FRAMES),
+    serving on one free port there forwarded to another here; (process, local URL, device
+    port) once a line containing ``says`` names the URL."""
     import numpy as np
     from PIL import Image
     frames = tmp_path / "frames"
@@ -446,20 +449,24 @@ def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_de
     for i in range(3):
         Image.fromarray(np.full((48, 64, 3), 60 * i, np.uint8)).save(frames / f"{i}.png")
     ports = [_free_port(), _free_port()]
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "camera", "--on", "pi@fake-pi",
-                             "--model", str(INT8), "--source", str(frames), "--loop",
-                             "--realtime", "--serve", str(ports[0]), "--local-port",
-                             str(ports[1])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = None
-    deadline = time.monotonic() + 120
-    seen = []
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", *args, "--source", str(frames),
+                             "--loop", "--serve", str(ports[0]), "--local-port", str(ports[1])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, seen, deadline = None, [], time.monotonic() + 120
     while time.monotonic() < deadline and url is None:
         line = proc.stdout.readline()
         seen.append(line)
-        if "live view of pi@fake-pi's camera: " in line:
-            url = line.split("camera: ")[1].split()[0]
+        if says in line:
+            import re
+            url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
     assert url == f"http://127.0.0.1:{ports[1]}/", "".join(seen)
+    return proc, url, ports[0], frames
+
+
+def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_device, tmp_path):
+    proc, url, port, frames = _on_device(tmp_path, "camera", "--on", "pi@fake-pi", "--model",
+                                         str(INT8), "--realtime",
+                                         says="live view of pi@fake-pi's camera")
     stats = _first_frame_stats(url)
     assert "colour_int8" in stats["models"][0]["name"] and stats["frame"] >= 0
     assert str(frames) in stats["source"]
@@ -467,30 +474,13 @@ def test_camera_on_forwards_the_page_and_ctrl_c_stops_the_devices_camera(fake_de
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, rest
     assert "Traceback" not in rest
-    left = subprocess.run(["pgrep", "-f", "--", f"--serve {ports[0]}"], capture_output=True)
+    left = subprocess.run(["pgrep", "-f", "--", f"--serve {port}"], capture_output=True)
     assert left.returncode == 1, left.stdout  # the device's camera ended with it
 
 
 def test_collect_on_takes_pictures_there_and_pull_brings_them(fake_device, tmp_path):
-    import numpy as np
-    from PIL import Image
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(3):
-        Image.fromarray(np.full((48, 64, 3), 60 * i, np.uint8)).save(frames / f"{i}.png")
-    ports = [_free_port(), _free_port()]
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "collect", "data/mine", "--on",
-                             "pi@fake-pi", "--source", str(frames), "--loop", "--labels",
-                             "mug,keys", "--serve", str(ports[0]), "--local-port",
-                             str(ports[1])], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url, seen, deadline = None, [], time.monotonic() + 120
-    while time.monotonic() < deadline and url is None:
-        line = proc.stdout.readline()
-        seen.append(line)
-        if "collecting on pi@fake-pi into " in line:
-            url = line.split(": ", 1)[1].split()[0]
-    assert url == f"http://127.0.0.1:{ports[1]}/", "".join(seen)
+    proc, url, _, _ = _on_device(tmp_path, "collect", "data/mine", "--on", "pi@fake-pi",
+                                 "--labels", "mug,keys", says="collecting on pi@fake-pi into ")
     request = urllib.request.Request(url + "capture", data=b"label=mug&count=2", method="POST")
     with urllib.request.urlopen(request, timeout=30) as answer:
         saved = json.loads(answer.read())["saved"]
