@@ -164,15 +164,16 @@ def test_uncertain_frames_saved_with_sidecars_within_the_rate(tmp_path):
 class Collecting:
     """run_collect in a thread on a looping folder of pictures, serving on a free port."""
 
-    def __init__(self, tmp_path, token=None, labels=("mug", "keys")):
+    def __init__(self, tmp_path, token=None, labels=("mug", "keys"), source=None):
         from tledge.camera.collect_page import CollectOptions
 
-        pictures = tmp_path / "pictures"
-        pictures.mkdir()
-        for i in range(4):
-            cv2.imwrite(str(pictures / f"{i}.png"), _frame(i))
+        if source is None:
+            source = tmp_path / "pictures"
+            source.mkdir()
+            for i in range(4):
+                cv2.imwrite(str(source / f"{i}.png"), _frame(i))
         self.port, self.token, self.data = free_port(), token, tmp_path / "data"
-        self.options = CollectOptions(data=str(self.data), source=str(pictures),
+        self.options = CollectOptions(data=str(self.data), source=str(source),
                                       serve=f"127.0.0.1:{self.port}", serve_token=token,
                                       labels=labels, burst_fps=20, loop=True, headless=True,
                                       duration=120)
@@ -247,6 +248,20 @@ def test_scripts_drive_the_page(tmp_path):
             with pytest.raises(urllib.error.HTTPError):
                 page.get(f"/file?f={bad}")
         assert b"tledge collect" in page.get("/")
+
+
+def test_a_video_source_gives_its_frames_to_the_shots(tmp_path):
+    from helpers import write_video
+
+    video = write_video(tmp_path / "clip.mp4", frames=20)
+    with Collecting(tmp_path, source=video) as page:
+        status, answer = page.post("/capture", label="keys", count=4)
+        assert status == 200 and len(answer["saved"]) == 4
+        shots = [cv2.imread(str(page.data / p)) for p in answer["saved"]]
+        assert all(shot.shape == (240, 320, 3) for shot in shots)  # the video's frames
+        assert json.loads(page.get("/counts.json"))["labels"]["keys"] == 4
+    events = [json.loads(line) for line in (page.data / MANIFEST).read_text().splitlines()]
+    assert all(e["source"] == "video clip.mp4" for e in events)
 
 
 def test_the_token_guards_every_route(tmp_path):
