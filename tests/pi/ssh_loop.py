@@ -5,7 +5,8 @@ arm64 root (a user ``pi``, a key made for this check, a loopback port, a Raspber
 /proc/cpuinfo); this machine's own OpenSSH client reaches it through an ssh config file given
 to tledge by ``TLEDGE_SSH_COMMAND``. From here it runs, as a user would: ``tledge deploy`` onto
 a blank device folder, ``bench --on --compare-local``, ``camera --on --serve`` (the page fetched
-through the forwarded port, then Ctrl-C, then no camera left on the device), a second deploy
+through the forwarded port, then Ctrl-C, then no camera left on the device), ``collect --on``
+(three shots through the forwarded page, Ctrl-C) and ``pull`` twice, a second deploy
 that sends nothing, and the bad cases: a refused key, a closed port, ``--service`` where there
 is no systemd (a chroot has none: the unit's success path needs a real board).
 """
@@ -128,6 +129,50 @@ def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
     return problems
 
 
+def _collect_on(env: dict, clip: str, tmp: Path, log) -> list[str]:
+    """collect --on with the page forwarded; three shots through it; Ctrl-C; then pull them
+    back, and again (nothing new)."""
+    import re
+
+    device_port, local_port = _free_port(), _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "collect", "data/mine", "--on",
+                             HOST, "--source", clip, "--loop", "--labels", "mug,keys",
+                             "--serve", str(device_port), "--local-port", str(local_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url, seen, deadline = None, [], time.time() + 600
+    while url is None and time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if "collecting on" in line:
+            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
+            url = found.group(0) if found else None
+    if url != f"http://127.0.0.1:{local_port}/":
+        proc.kill()
+        return [f"no collect page line with the local port: {''.join(seen)[-2000:]}"]
+    request = urllib.request.Request(url + "capture", data=b"label=mug&count=3", method="POST")
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        saved = json.loads(answer.read())["saved"]
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    problems = [] if len(saved) == 3 else [f"3 shots asked, {saved} saved"]
+    if proc.returncode != 130 or "Traceback" in rest:
+        problems.append(f"Ctrl-C: exit {proc.returncode}, expected 130: {rest[-1500:]}")
+    pulled = [_tledge(env, "pull", f"{HOST}:~/tledge/data/mine", str(tmp / "mine"))
+              for _ in range(2)]
+    if any(p.returncode != 0 for p in pulled):
+        return problems + [f"pull: {pulled[0].stderr[-1500:]}{pulled[1].stderr[-1500:]}"]
+    here = sorted(str(p.relative_to(tmp / "mine")) for p in (tmp / "mine").rglob("*.jpg"))
+    if here != sorted(saved):
+        problems.append(f"pulled {here}, the page saved {saved}")
+    if "0 new" not in pulled[1].stdout:
+        problems.append(f"the second pull was not empty: {pulled[1].stdout[-500:]}")
+    log(f"       {len(saved)} shots through the forwarded page, pulled back: "
+        f"{pulled[0].stdout.strip().splitlines()[-1][:120]}")
+    return problems
+
+
 def check(root: Path, cpuinfo: Path, work_host: Path, guest_work: str, log) -> list[str]:
     """Run the loop; returns the failures."""
     failures: list[str] = []
@@ -187,6 +232,10 @@ def check(root: Path, cpuinfo: Path, work_host: Path, guest_work: str, log) -> l
         log(f"{'ok  ' if not camera else 'FAIL'} tledge camera --on --serve, page forwarded, "
             "Ctrl-C")
         failures += [f"camera --on: {p}" for p in camera]
+        collect = _collect_on(env, f"{guest_work}/clip.mp4", tmp, log)
+        log(f"{'ok  ' if not collect else 'FAIL'} tledge collect --on, shots through the "
+            "forwarded page, Ctrl-C, tledge pull twice")
+        failures += [f"collect --on / pull: {p}" for p in collect]
     finally:
         if sshd is not None:
             os.killpg(sshd.pid, signal.SIGTERM)
