@@ -84,11 +84,14 @@ def _tledge(env: dict, *args: str, timeout: float = 1800) -> subprocess.Complete
                           text=True, env=env, timeout=timeout)
 
 
-def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
-    """camera --on with the page forwarded; fetch it; Ctrl-C; the device's camera must end."""
+def _start_on(env: dict, says: str, *args: str):
+    """``tledge ARGS --serve P --local-port Q`` (a command run on the device with its page
+    forwarded here); (process, local URL, device port P, output so far) once a line containing
+    ``says`` names the URL, the URL None (the process killed) when none did in 600 s."""
+    import re
+
     device_port, local_port = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "camera", "--on", HOST,
-                             "--model", model, "--source", clip, "--loop", "--serve",
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", *args, "--serve",
                              str(device_port), "--local-port", str(local_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url, seen, deadline = None, [], time.time() + 600
@@ -97,12 +100,21 @@ def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
         if not line and proc.poll() is not None:
             break
         seen.append(line)
-        if "live view of" in line:
-            url = line.split(": ", 1)[1].split()[0]
-    problems = []
+        found = re.search(r"http://127\.0\.0\.1:\d+/", line) if says in line else None
+        url = found.group(0) if found else None
     if url != f"http://127.0.0.1:{local_port}/":
         proc.kill()
-        return [f"no live view line with the local port: {''.join(seen)[-2000:]}"]
+        url = None
+    return proc, url, device_port, "".join(seen)
+
+
+def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
+    """camera --on with the page forwarded; fetch it; Ctrl-C; the device's camera must end."""
+    proc, url, device_port, seen = _start_on(env, "live view of", "camera", "--on", HOST,
+                                             "--model", model, "--source", clip, "--loop")
+    problems = []
+    if url is None:
+        return [f"no live view line with the local port: {seen[-2000:]}"]
     with urllib.request.urlopen(url, timeout=30) as page:
         if b"tledge camera" not in page.read():
             problems.append("the forwarded page is not the camera's")
@@ -115,7 +127,7 @@ def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
         time.sleep(1)
     if "models" not in figures:
         return [f"no frame on the forwarded page in 300 s: {figures}"]
-    log(f"       page through 127.0.0.1:{local_port}: frame {figures['frame']}, "
+    log(f"       page through {url}: frame {figures['frame']}, "
         f"{figures['models'][0]['name']}")
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
@@ -132,25 +144,10 @@ def _camera_on(env: dict, model: str, clip: str, log) -> list[str]:
 def _collect_on(env: dict, clip: str, tmp: Path, log) -> list[str]:
     """collect --on with the page forwarded; three shots through it; Ctrl-C; then pull them
     back, and again (nothing new)."""
-    import re
-
-    device_port, local_port = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "collect", "data/mine", "--on",
-                             HOST, "--source", clip, "--loop", "--labels", "mug,keys",
-                             "--serve", str(device_port), "--local-port", str(local_port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url, seen, deadline = None, [], time.time() + 600
-    while url is None and time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if "collecting on" in line:
-            found = re.search(r"http://127\.0\.0\.1:\d+/", line)
-            url = found.group(0) if found else None
-    if url != f"http://127.0.0.1:{local_port}/":
-        proc.kill()
-        return [f"no collect page line with the local port: {''.join(seen)[-2000:]}"]
+    proc, url, _, seen = _start_on(env, "collecting on", "collect", "data/mine", "--on", HOST,
+                                   "--source", clip, "--loop", "--labels", "mug,keys")
+    if url is None:
+        return [f"no collect page line with the local port: {seen[-2000:]}"]
     request = urllib.request.Request(url + "capture", data=b"label=mug&count=3", method="POST")
     with urllib.request.urlopen(request, timeout=300) as answer:
         saved = json.loads(answer.read())["saved"]

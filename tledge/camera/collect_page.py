@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlparse
 
 from tledge.camera.collect import (MAX_COUNT, UNLABELLED, Collection, check_label,
                                    parse_labels)
-from tledge.camera.serve import FrameServer, parse_serve
+from tledge.camera.serve import FrameServer, parse_serve, stream_jpeg
 from tledge.errors import TledgeError, path_error
 
 MAX_BODY = 64 * 1024
@@ -296,9 +296,9 @@ def _loop(frames, latest: LatestFrame, server, collection: Collection, window: b
         now = time.monotonic()
         if server is not None and now - last_jpeg >= 1 / 15 and \
                 (server.clients or now - server.last_snapshot < 2.0 or server.jpeg is None):
-            ok, buf = cv2.imencode(".jpg", _small(bgr), [cv2.IMWRITE_JPEG_QUALITY, 75])
-            if ok:
-                server.publish(buf.tobytes(), {"status": "ok", "frame": latest.seq})
+            jpeg = stream_jpeg(bgr)
+            if jpeg is not None:
+                server.publish(jpeg, {"status": "ok", "frame": latest.seq})
                 last_jpeg = now
         if window:
             cv2.imshow("tledge collect (1-9: a shot for that label, q: quit)", bgr)
@@ -309,14 +309,6 @@ def _loop(frames, latest: LatestFrame, server, collection: Collection, window: b
                 collection.save(collection.labels[key - ord("1")], bgr)
         if pace:
             time.sleep(pace)
-
-
-def _small(bgr):
-    import cv2
-
-    h, w = bgr.shape[:2]
-    return cv2.resize(bgr, (640, h * 640 // w), interpolation=cv2.INTER_AREA) if w > 640 \
-        else bgr
 
 
 def _summary(collection: Collection) -> str:

@@ -292,6 +292,18 @@ class FrameServer:
             request.close_connection = True
 
 
+def stream_jpeg(bgr: np.ndarray) -> Optional[bytes]:
+    """A frame as the page's stream shows it: MAX_WIDTH wide at most, JPEG at JPEG_QUALITY;
+    None when OpenCV cannot encode it."""
+    import cv2
+
+    h, w = bgr.shape[:2]
+    if w > MAX_WIDTH:
+        bgr = cv2.resize(bgr, (MAX_WIDTH, h * MAX_WIDTH // w), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    return buf.tobytes() if ok else None
+
+
 class ServeOutput(Output):
     """The camera output that feeds a FrameServer: encodes the newest annotated frame to JPEG
     in a thread of its own, while anyone watches."""
@@ -326,7 +338,6 @@ class ServeOutput(Output):
         self.mailbox.put((packet, annotated))  # never blocks: a newer frame replaces it
 
     def _encode(self) -> None:
-        import cv2
 
         while not self.server.closing.is_set():
             item = self.mailbox.get(0.5)
@@ -347,15 +358,11 @@ class ServeOutput(Output):
             self.last_encode = time.monotonic()
             self.shown = packet
             t0 = time.perf_counter()
-            h, w = annotated.shape[:2]
-            if w > MAX_WIDTH:
-                annotated = cv2.resize(annotated, (MAX_WIDTH, h * MAX_WIDTH // w),
-                                       interpolation=cv2.INTER_AREA)
-            ok, buf = cv2.imencode(".jpg", annotated, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            jpeg = stream_jpeg(annotated)
             ms = 1000 * (time.perf_counter() - t0)
-            if ok:
+            if jpeg is not None:
                 self.run.timings["jpeg"].append(ms)
-                self.server.publish(buf.tobytes(), self._stats(packet))
+                self.server.publish(jpeg, self._stats(packet))
 
     def _stats(self, packet, shown=None) -> dict:
         """The page's figures: labels of ``shown`` (the frame on the viewers' screens) or of

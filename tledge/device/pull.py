@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from tledge import fileio
+from tledge.device.agent import sha256
 from tledge.device.ssh import Device, Target, answer_fields
 from tledge.errors import TledgeError
 
@@ -74,14 +75,6 @@ def checked_listing(answer: dict, host: str) -> list:
     return rows
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pull(target: Target, local: Path, echo: Callable[[str], None] = print) -> PullResult:
     """Bring ``target.dir``'s data folder to ``local`` (see the module's docstring)."""
     from tqdm import tqdm
@@ -94,7 +87,7 @@ def pull(target: Target, local: Path, echo: Callable[[str], None] = print) -> Pu
     result, wanted = PullResult(), []
     for rel, size, digest in rows:
         path = _local_path(local, rel, target)
-        if path.is_file() and _digest(path) == digest:
+        if path.is_file() and sha256(path) == digest:
             result.same += 1
         elif path.exists() and not rel.endswith(".jsonl"):
             result.kept.append(rel)
