@@ -22,7 +22,7 @@ LOCK_PI := tledge/locks/pi.txt
 UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.10 --quiet \
 	--custom-compile-command "make lock"
 
-.PHONY: help install install-pi test test-fast test-newest pi-check demo bench lint lock clean
+.PHONY: help install install-pi test test-e2e test-fast test-newest pi-check demo bench lint lock clean
 
 help:  ## this list: each target and what it does
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/' | expand -t 20
@@ -48,8 +48,15 @@ install-pi: .venv-pi/bin/tledge  ## what a Raspberry Pi installs (tledge[pi], no
 # The suite on every core (pytest-xdist). The fast tier imports no TensorFlow in the test
 # process (tests/conftest.py fails a test that does) and runs on the committed models in
 # tests/models; the whole suite adds the tests that train, convert and export.
-test: install install-pi  ## the whole suite but the emulated Pi, on every core (what CI runs)
-	$(BIN)/python -m pytest -q -m "not pi" -n auto --maxprocesses=4 --dist worksteal --durations=20
+test: install install-pi  ## the suite but the emulated Pi and the end-to-end checks, on every core
+	$(BIN)/python -m pytest -q -m "not pi and not e2e" -n auto --maxprocesses=4 --dist worksteal \
+		--durations=20
+
+# The three end-to-end checks of a minute or more each (a two-worker cluster, MirroredStrategy,
+# MobileNetV3 through the CLI's whole path): their own CI step, so `make test` stays within 7
+# minutes on a 2-core machine without VNNI. .ci/run runs both.
+test-e2e: install  ## the slow end-to-end checks: a cluster, MirroredStrategy, a whole CLI path
+	$(BIN)/python -m pytest -q -m "e2e and not pi" -n auto --maxprocesses=4 --dist worksteal
 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):
 # builds the root once (cached in ~/.cache/tledge), installs .[pi] there, checks every command.

@@ -123,7 +123,7 @@ def main(weights, work, bursts, test_bursts, frames, epochs, seeds):
 
 
 def write_table(rows: list, bursts: int, test_bursts: int, frames: int, epochs: str) -> None:
-    from tledge.bench import machine_info
+    from tledge.measure.bench import machine_info
 
     machine = machine_info()[0]["machine_id"]
     lines = ["# Bursts and the validation split", "",

@@ -43,8 +43,8 @@ def main(model, frames, runs, repeats, capture_sizes, results_dir):
 
     import cv2
 
-    from tledge import fileio
-    from tledge.bench import machine_info
+    from tledge.core import fileio
+    from tledge.measure.bench import machine_info
     from tledge.runtime.timing import latency_stats, time_ms
     from tledge.camera import CameraOptions, run_camera
     from tledge.data.shapes import CLASSES, draw_shape

@@ -23,7 +23,7 @@ import numpy as np
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--calls", default=300, show_default=True)
 def main(model: str, calls: int) -> None:
-    from tledge.bench import Capture, frames
+    from tledge.measure.bench import Capture, frames
     from tledge.runtime import Classifier
     from tledge.runtime.preprocess import resize_rgb
 

@@ -17,7 +17,7 @@ import time
 
 import click
 
-from tledge.quiet import quiet_tensorflow_logs
+from tledge.core.quiet import quiet_tensorflow_logs
 quiet_tensorflow_logs()
 
 
@@ -34,12 +34,12 @@ def main(data, image_size, limit, epochs, repeats, weights, out):
     import tf_keras as keras
 
     from tledge import data as data_mod
-    from tledge import fileio
-    from tledge.config import PhaseHParams, RunConfig
+    from tledge.core import fileio
+    from tledge.core.config import PhaseHParams, RunConfig
     from tledge.models import build_classifier
-    from tledge.distribution import resolve_strategy
-    from tledge.fitting import evaluate_accuracy
-    from tledge.train import frozen_phase
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.fitting import evaluate_accuracy
+    from tledge.training.train import frozen_phase
 
     config = RunConfig().override(
         data=dict(source=data, image_size=image_size, limit=limit, augment=False),

@@ -3,14 +3,16 @@
     python benchmarks/hard_swish_cost.py [--backbone mobilenet_v3_small] [--runs 300] [--qat]
 
 `make bench`'s MobileNetV3 files have random weights: their activations are tiny, and most of
-their hard-swish ops take the rewrite's one-MUL form (tledge/graph_rewrite.py, "linear") where
+their hard-swish ops take the rewrite's one-MUL form (tledge/quantize/graph_rewrite.py,
+"linear") where
 a trained network's take three ops (ADD+RELU6, MUL by 1/6, MUL). This builds the same backbone
 with each BatchNorm's statistics set from a batch of `shapes` images (momentum 0, one forward
 pass in training mode: every layer then sees unit-scale inputs, as in a trained network),
 converts it to fp32 and to tledge's post-training int8, and times, in one process, alternating
 bare invoke() calls at 1 thread: fp32, int8, and int8 with the MUL by 1/6 dropped (wrong
 numbers, right cost: what folding that constant into the next layers' weights could save).
-With --qat, also the int8 file of the QAT model made from it (tledge.qat: hard-swish as quantized
+With --qat, also the int8 file of the QAT model made from it (tledge.training.qat:
+hard-swish as quantized
 ADD and MUL layers, ranges calibrated on `shapes` images, no training): QAT's int8 file against
 the same fp32 file, in the same loop.
 """
@@ -22,7 +24,7 @@ import time
 import click
 import numpy as np
 
-from tledge.quiet import quiet_tensorflow_logs
+from tledge.core.quiet import quiet_tensorflow_logs
 quiet_tensorflow_logs()
 
 
@@ -52,13 +54,13 @@ def drop_sixth(model: bytes) -> bytes:
 @click.option("--runs", default=300, show_default=True)
 @click.option("--qat", is_flag=True, help="Also time the QAT model's int8 file.")
 def main(backbone: str, runs: int, qat: bool) -> None:
-    from tledge import graph_rewrite
-    from tledge.bench import machine_info
-    from tledge.config import RunConfig
-    from tledge.conversion import QuantizationConfig, convert
+    from tledge.quantize import graph_rewrite
+    from tledge.measure.bench import machine_info
+    from tledge.core.config import RunConfig
+    from tledge.quantize.conversion import QuantizationConfig, convert
     from tledge.data.shapes import generate
     from tledge.models import build_classifier
-    from tledge.quiet import import_tensorflow
+    from tledge.core.quiet import import_tensorflow
     from tledge.runtime import get_backend
 
     import_tensorflow()
@@ -81,7 +83,7 @@ def main(backbone: str, runs: int, qat: bool) -> None:
         files["int8 without the 1/6 MUL"] = drop_sixth(files["int8"])
     if qat:
         from tledge.data.pipeline import batches
-        from tledge.qat import calibrate_ranges, make_qat_model
+        from tledge.training.qat import calibrate_ranges, make_qat_model
 
         x, y = generate(6, 224, seed=1)[:2]
         qat_model = make_qat_model(model)

@@ -53,10 +53,10 @@ def features(data_set: str, limit, weights: str, work: Path) -> dict:
         return dict(np.load(cache))
     from recipe import digits_folders
     from tledge import data as data_mod
-    from tledge.config import DataOptions, ModelOptions
+    from tledge.core.config import DataOptions, ModelOptions
     from tledge.data.pipeline import batches
     from tledge.models import build_classifier
-    from tledge.features import head_on_features
+    from tledge.training.features import head_on_features
 
     if data_set == "fashion":
         options = DataOptions(source="fashion_mnist", image_size=96, limit=limit)
@@ -79,11 +79,11 @@ def features(data_set: str, limit, weights: str, work: Path) -> dict:
 def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
     import tf_keras as keras
 
-    from tledge.config import RunConfig
+    from tledge.core.config import RunConfig
     from tledge.models import build_classifier
-    from tledge.distribution import resolve_strategy
-    from tledge.features import head_on_features
-    from tledge.train import fit_head
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.features import head_on_features
+    from tledge.training.train import fit_head
 
     rate, schedule, norm, _ = VARIANTS[variant]
     config = RunConfig().override(
@@ -107,10 +107,10 @@ def fit(f: dict, epochs: int, variant: str, seed: int, weights: str) -> float:
 def main(weights, variants, sets, work):
     from recipe import write_between, write_results
 
-    from tledge.quiet import quiet_tensorflow_logs
+    from tledge.core.quiet import quiet_tensorflow_logs
     quiet_tensorflow_logs()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"rows": []}
-    from tledge.bench import machine_info
+    from tledge.measure.bench import machine_info
 
     results["machine"] = machine_info()[0]["machine_id"]
     for pair in sets.split(","):

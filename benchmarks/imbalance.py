@@ -104,7 +104,7 @@ def main(weights, work, common, epochs):
 
 
 def write_table(rows: dict, counts: dict, common: int, epochs: str) -> None:
-    from tledge.bench import machine_info
+    from tledge.measure.bench import machine_info
 
     machine = machine_info()[0]["machine_id"]
     a, n = rows["auto"], rows["none"]

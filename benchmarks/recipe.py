@@ -29,7 +29,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from tledge.quiet import quiet_tensorflow_logs
+from tledge.core.quiet import quiet_tensorflow_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- tables: benchmarks/recipe.py writes them -->", "<!-- end of tables -->"
@@ -165,7 +165,7 @@ def main(weights, runs, sets, work, again, render_only, results):
     results_path = Path(results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {"rows": []}
     if not render_only:
-        from tledge.bench import machine_info
+        from tledge.measure.bench import machine_info
 
         results["machine"] = machine_info()[0]["machine_id"]
         for pair in sets.split(","):
@@ -186,7 +186,7 @@ def main(weights, runs, sets, work, again, render_only, results):
 
 def write_results(path: Path, results: dict) -> None:
     """The results JSON, written atomically (a run interrupted mid-write keeps the old one)."""
-    from tledge import fileio
+    from tledge.core import fileio
 
     fileio.write_text(path, json.dumps(results, indent=1))
 
@@ -194,7 +194,7 @@ def write_results(path: Path, results: dict) -> None:
 def write_between(doc: Path, begin: str, end: str, text: str) -> None:
     """Replace what lies between the markers ``begin`` and ``end`` of ``doc`` with ``text``
     (a new doc holds just the markers), atomically."""
-    from tledge import fileio
+    from tledge.core import fileio
 
     current = doc.read_text() if doc.exists() else f"{begin}\n{end}\n"
     head, rest = current.split(begin, 1)

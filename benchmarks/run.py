@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from tledge.quiet import quiet_tensorflow_logs
+from tledge.core.quiet import quiet_tensorflow_logs
 quiet_tensorflow_logs()
 HERE = Path(__file__).resolve().parent
 MODELS = [("mobilenet_v2", 1.0, 224), ("mobilenet_v2", 1.0, 96), ("resnet50", 1.0, 224),
@@ -34,8 +34,8 @@ FORMATS = ("fp32", "fp16", "dynamic", "int8")
 
 def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> Path:
     """A run folder with model.keras and model_<format>.tflite files; skipped when complete."""
-    from tledge import fileio, rundir
-    from tledge.config import RunConfig
+    from tledge.core import fileio, rundir
+    from tledge.core.config import RunConfig
     from tledge.data.shapes import CLASSES, generate
     from tledge.export import QuantizationConfig, check_quantized, convert
     from tledge.models import build_classifier
@@ -45,7 +45,7 @@ def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> P
     if all((folder / f"model_{f}.tflite").is_file() for f in FORMATS) and \
             (folder / rundir.FLOAT_MODEL).is_file():
         return folder
-    from tledge.quiet import import_tensorflow
+    from tledge.core.quiet import import_tensorflow
 
     import_tensorflow()  # with the filter of native noise (the converter's debug print)
     import tf_keras as keras
@@ -84,8 +84,8 @@ def build(backbone: str, alpha: float, size: int, weights: str, root: Path) -> P
 @click.option("--results-dir", default=str(HERE / "results"), show_default=True)
 @click.option("--build-only", is_flag=True, help="Build the reference models, time nothing.")
 def main(weights, runs, warmup, threads, models_dir, results_dir, build_only):
-    from tledge import bench, benchreport
-    from tledge.errors import TledgeError
+    from tledge.measure import bench, benchreport
+    from tledge.core.errors import TledgeError
 
     try:
         folders = [build(b, a, s, weights, Path(models_dir)) for b, a, s in MODELS]

@@ -37,7 +37,7 @@ import click
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tledge.quiet import quiet_tensorflow_logs  # noqa: E402
+from tledge.core.quiet import quiet_tensorflow_logs  # noqa: E402
 
 PEAK = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
@@ -100,7 +100,7 @@ def main(render_only, images, image_size, folder, current, baseline, baseline_ma
         (ROOT / "benchmarks" / "scale.md").write_text(render(json.loads(
             Path(render_only).read_text())))
         return
-    from tledge.bench import machine_info
+    from tledge.measure.bench import machine_info
 
     folder = Path(folder) / f"shapes{image_size}"
     per_class_max = max(images) // 6

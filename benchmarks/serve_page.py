@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 def main(model, compare, frames, results_dir):
     import cv2
 
-    from tledge import fileio
-    from tledge.bench import machine_info
+    from tledge.core import fileio
+    from tledge.measure.bench import machine_info
     from tledge.camera import CameraOptions, run_camera
     from tledge.data.shapes import CLASSES, draw_shape
 

@@ -82,7 +82,7 @@ def main(before, after, weights, settings, runs, work):
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     weights = str(Path(weights).resolve())
-    from tledge.bench import machine_info
+    from tledge.measure.bench import machine_info
 
     results_path = ROOT / "benchmarks" / "results" / "train_speed.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}

@@ -24,9 +24,9 @@ import numpy as np
 def main(weights, image_size, steps):
     import tf_keras as keras
 
-    from tledge.config import ModelOptions
+    from tledge.core.config import ModelOptions
     from tledge.models import build_classifier, set_backbone_trainable
-    from tledge.qat import make_qat_model
+    from tledge.training.qat import make_qat_model
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (32, image_size, image_size, 3)).astype(np.float32)

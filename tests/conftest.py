@@ -55,6 +55,52 @@ def _no_tensorflow_in_the_fast_tier(request):
                     "mark it slow or use the committed models in tests/models", pytrace=False)
 
 
+# ------------------------------------------------------------------ the suite's CPU time
+# Wall time depends on the machine class and on what else it runs; the CPU seconds the tests
+# took (every test process and the processes they started and waited for) say what the suite
+# costs: on N idle cores it cannot take less than CPU / N.
+
+_cpu = {"workers": 0.0, "wall0": 0.0}
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def pytest_sessionstart(session):
+    import time
+
+    _cpu["wall0"] = time.monotonic()
+
+
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: its figure goes to the controller
+        workeroutput["cpu_s"] = _cpu_seconds()
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without xdist
+def pytest_testnodedown(node, error):
+    _cpu["workers"] += float(getattr(node, "workeroutput", {}).get("cpu_s", 0.0))
+
+
+def pytest_terminal_summary(terminalreporter):
+    import time
+
+    if hasattr(terminalreporter.config, "workeroutput"):
+        return
+    cpu = _cpu["workers"] + _cpu_seconds()
+    wall = time.monotonic() - _cpu["wall0"]
+    terminalreporter.write_line(
+        f"suite CPU time {cpu:.0f} s (test processes and their children) in {wall:.0f} s wall"
+        f" on {os.cpu_count()} cores: at least {cpu / (os.cpu_count() or 1) / 60:.1f} min on"
+        f" this many idle cores of this CPU class")
+
+
 # ------------------------------------------------------------------------------ data, models
 
 @pytest.fixture(scope="session")

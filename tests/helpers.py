@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge.config import (DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
-                           RunConfig, TrainOptions)
+from tledge.core.config import (DataOptions, FineTuneHParams, ModelOptions, PhaseHParams,
+                                QATHParams, RunConfig, TrainOptions)
 from tledge.data import ImageSet
 
 TESTS = Path(__file__).resolve().parent
@@ -206,9 +206,9 @@ def train_colour_run(run: Path):
     (splits, float model). Seeded: the same models each time on one machine."""
     import tf_keras as keras
 
-    from tledge import rundir
-    from tledge.fitting import save_model
-    from tledge.qat import make_qat_model
+    from tledge.core import rundir
+    from tledge.training.fitting import save_model
+    from tledge.training.qat import make_qat_model
 
     keras.utils.set_random_seed(0)
     splits = colour_splits()
@@ -227,7 +227,7 @@ def train_colour_run(run: Path):
 
 def _run_folder(folder: Path) -> None:
     """A run folder's config (SIZE px) and labels (the COLOURS)."""
-    from tledge import fileio, rundir
+    from tledge.core import fileio, rundir
 
     folder.mkdir(parents=True, exist_ok=True)
     fileio.write_text(folder / rundir.CONFIG,
@@ -237,7 +237,7 @@ def _run_folder(folder: Path) -> None:
 
 def export_colour_run(run: Path, splits, out: Path) -> dict:
     """tledge's own export of a colour run: the int8 file from QAT and the fp32 file."""
-    from tledge.config import ExportOptions
+    from tledge.core.config import ExportOptions
     from tledge.export import export
 
     export(run, ExportOptions(formats=("fp32", "int8")), out=out, splits=splits,
@@ -248,7 +248,7 @@ def export_colour_run(run: Path, splits, out: Path) -> dict:
 def stub_run(folder: Path) -> Path:
     """A run folder with the right files but no real model in them: enough for a ``[pi]``
     install to say, in one line, that a run needs TensorFlow (it stops before reading one)."""
-    from tledge import fileio, rundir
+    from tledge.core import fileio, rundir
 
     _run_folder(folder)
     for name in (rundir.FLOAT_MODEL, rundir.QAT_MODEL):

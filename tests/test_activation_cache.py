@@ -5,9 +5,9 @@ changes."""
 import numpy as np
 import pytest
 
-from tledge.config import QATHParams, RunConfig
-from tledge.errors import TledgeError
-from tledge.features import images_only
+from tledge.core.config import QATHParams, RunConfig
+from tledge.core.errors import TledgeError
+from tledge.training.features import images_only
 
 
 def test_where_the_cache_cannot_apply_says_why():
@@ -39,7 +39,7 @@ def test_the_cut_computes_what_the_model_computes(tiny_splits, unfreeze, inputs)
     """Top on bottom is the model: at a block boundary one tensor crosses the cut, inside a
     residual block the skip connection's crosses too."""
     from helpers import tiny_config
-    from tledge.features import split_at, top_layer_names
+    from tledge.training.features import split_at, top_layer_names
     from tledge.models import set_backbone_trainable
 
     config = tiny_config()
@@ -62,8 +62,8 @@ def test_cached_finetune_trains_the_weights_a_plain_fit_trains(tiny_splits):
     which Adam amplifies on a random tiny model's near-zero gradients: the cut is tested by
     what it computes above.)"""
     from helpers import tiny_config
-    from tledge.distribution import resolve_strategy
-    from tledge.train import finetune_phase
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.train import finetune_phase
 
     weights, results = [], []
     for cache in (True, False):
@@ -89,8 +89,8 @@ def test_qat_keeps_the_bottom_and_trains_the_top(tmp_path, augment):
     import tf_keras as keras
 
     from helpers import colour_splits, small_classifier, tiny_config
-    from tledge.distribution import resolve_strategy
-    from tledge.qat import qat_phase
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.qat import qat_phase
 
     keras.utils.set_random_seed(0)
     splits = colour_splits()

@@ -7,7 +7,7 @@ download ImageNet weights, so no accuracy is claimed here."""
 import numpy as np
 import pytest
 
-from tledge.config import BACKBONES, ModelOptions
+from tledge.core.config import BACKBONES, ModelOptions
 from tledge.models import (PREPROCESS, REGISTRY, backbone_layers, build_classifier,
                            unfreeze_start)
 
@@ -29,7 +29,7 @@ def test_backbone_is_flat_qat_able_and_fully_int8(backbone):
 
     from tledge.data.pipeline import batches
     from tledge.export import QuantizationConfig, check_quantized, convert
-    from tledge.qat import calibrate_ranges, make_qat_model
+    from tledge.training.qat import calibrate_ranges, make_qat_model
     from tledge.runtime import Classifier
     from tledge.runtime.delegation import delegation
 
@@ -77,6 +77,7 @@ def _interpreter(raw: bytes):
     return interpreter
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
     """The CLI path a user takes: train (frozen, fine-tune at the block boundary, QAT), then a
     verified full-integer export from the QAT model."""
@@ -111,14 +112,14 @@ def test_mobilenet_v3_through_all_three_phases_and_export(tmp_path):
     ("mobilenet_v3_large_minimalistic", 0.75, "choose one of 1"),
 ])
 def test_imagenet_alphas_are_checked(backbone, alpha, fragment):
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     with pytest.raises(TledgeError, match=fragment):
         ModelOptions(backbone=backbone, alpha=alpha, weights="imagenet")
 
 
 def test_efficientnet_lite0_has_no_downloadable_weights():
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     with pytest.raises(TledgeError, match="no ImageNet weights for efficientnet_lite0"):
         build_classifier(ModelOptions(backbone="efficientnet_lite0", weights="imagenet"), 3, 32)

@@ -46,8 +46,8 @@ def test_yaml_bombs_are_one_line_at_once(tmp_path, write, fragment):
     (run / "config.yaml").write_bytes(config.read_bytes())
     (run / "model.keras").write_bytes(b"")
     (run / "labels.txt").write_text("a\nb\n")
-    from tledge.config import RunConfig
-    from tledge.errors import TledgeError
+    from tledge.core.config import RunConfig
+    from tledge.core.errors import TledgeError
 
     with pytest.raises(TledgeError, match="config file|data.source"):
         RunConfig.from_yaml(run / "config.yaml")
@@ -153,8 +153,8 @@ def test_a_cluster_description_tf_would_hang_or_crash_on_is_one_line(monkeypatch
                                                                      fragment):
     import json
 
-    from tledge.errors import TledgeError
-    from tledge.distribution import worker_role
+    from tledge.core.errors import TledgeError
+    from tledge.training.distribution import worker_role
 
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
                                                 "task": {"type": "worker", "index": 0}}))
@@ -167,7 +167,7 @@ def test_a_cluster_description_tf_would_hang_or_crash_on_is_one_line(monkeypatch
     b"caf\xe9".decode("utf-8", "surrogateescape")])
 def test_a_class_name_that_cannot_round_trip_is_refused_before_work(tmp_path, name):
     from tledge.data.folder import scan_folder
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     root = tmp_path / "data"
     for label in (name, "ok"):

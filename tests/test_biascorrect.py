@@ -44,7 +44,7 @@ def _shifted_model():
 
 
 def test_bias_correction_keeps_post_training_int8_with_the_float_model(tmp_path):
-    from tledge.conversion import QuantizationConfig, convert
+    from tledge.quantize.conversion import QuantizationConfig, convert
     from tledge.runtime import Classifier
 
     model = _shifted_model()

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from tledge import data
-from tledge.config import DataOptions
+from tledge.core.config import DataOptions
 from tledge.data import cache, shapes
 from tledge.data.cache import DiskArray, decoded
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 
 @pytest.fixture(autouse=True)
@@ -280,7 +280,7 @@ def test_streamed_batches_match_in_memory_batches():
 def test_training_from_the_disk_cache_matches_memory(tmp_path):
     """The same run (feature cache included) from memory and from the disk cache."""
     from helpers import tiny_config
-    from tledge.train import train
+    from tledge.training.train import train
 
     results = {}
     for storage in ("memory", "disk"):

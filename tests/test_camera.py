@@ -7,7 +7,7 @@ import pytest
 
 from helpers import COLOURS, LABELS, one_line_error, tledge, write_video
 from tledge.camera import CameraOptions, run_camera
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 cv2 = pytest.importorskip("cv2")
 N_FRAMES = 24

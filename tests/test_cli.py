@@ -56,7 +56,7 @@ def test_verbose_shows_the_cause_under_the_one_line(tmp_path):
     # (it once did, and let TensorFlow's start-up noise into later runs of the same worker)
     import os
 
-    from tledge import quiet as quiet_module
+    from tledge.core import quiet as quiet_module
     assert "TLEDGE_RAW_STDERR" not in os.environ
     cli("train", "--config", tmp_path / "missing.yaml")
     assert not quiet_module.raw()

@@ -16,7 +16,7 @@ import pytest
 from helpers import COLOURS, cli, free_port, one_line_error
 from tledge.camera.collect import (MANIFEST, UNLABELLED, Collection, UncertainFrames,
                                    check_label, parse_labels, why_uncertain)
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 cv2 = pytest.importorskip("cv2")
 
@@ -412,7 +412,7 @@ def test_a_real_browser_shows_the_page(tmp_path):
 
 def test_train_keeps_each_burst_on_one_side(tmp_path):
     from tledge import data
-    from tledge.config import DataOptions
+    from tledge.core.config import DataOptions
     from tledge.data.manifest import bursts_of
 
     collection = Collection(tmp_path, ["a", "b"])
@@ -437,7 +437,7 @@ def test_train_keeps_each_burst_on_one_side(tmp_path):
 def test_a_full_disk_mid_burst_keeps_what_was_saved_and_says_so(tmp_path, monkeypatch):
     import errno
 
-    from tledge import fileio
+    from tledge.core import fileio
 
     real, written = fileio.write_bytes, []
 

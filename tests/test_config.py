@@ -1,7 +1,7 @@
 import pytest
 
-from tledge.config import DataOptions, RunConfig
-from tledge.errors import TledgeError
+from tledge.core.config import DataOptions, RunConfig
+from tledge.core.errors import TledgeError
 
 
 def test_yaml_round_trip(tmp_path):

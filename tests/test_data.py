@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from tledge import data
-from tledge.config import DataOptions
+from tledge.core.config import DataOptions
 from tledge.data import builtin, shapes
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 
 def _write(folder, name, image: Image.Image, fmt=None):

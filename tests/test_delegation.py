@@ -1,5 +1,6 @@
 """How much of a model XNNPACK takes (tledge.runtime.delegation), and the rewrite that lets it
-take a post-training int8 MobileNetV3 whole (tledge.graph_rewrite). No TensorFlow: the model is
+take a post-training int8 MobileNetV3 whole (tledge.quantize.graph_rewrite).
+No TensorFlow: the model is
 the committed tests/models/hard_swish_int8.tflite (made by tests/models/make_models.py)."""
 
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tledge.graph_rewrite import can_split, plan, split_int8_hard_swish
+from tledge.quantize.graph_rewrite import can_split, plan, split_int8_hard_swish
 from tledge.runtime import Classifier, all_tensors_interpreter, get_backend
 from tledge.runtime.delegation import Delegation, delegation, delegation_of_nodes
 
@@ -118,7 +119,7 @@ def test_bench_says_how_much_the_delegate_took(tmp_path):
     """In the table, the JSON, the CSV and the chart: partitions and the op types left."""
     import json
 
-    from tledge import bench, benchreport
+    from tledge.measure import bench, benchreport
 
     split = tmp_path / "model_int8.tflite"
     split.write_bytes(split_int8_hard_swish(HARD_SWISH.read_bytes())[0])

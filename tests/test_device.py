@@ -20,7 +20,7 @@ import pytest
 from helpers import MODELS
 from tledge.device import agent, deploy, ssh
 from tledge.device.ssh import Device, Target
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 FAKE_SSH = Path(__file__).parent / "fakes" / "ssh"
 INT8, FP32 = MODELS / "colour_int8.tflite", MODELS / "colour_fp32.tflite"

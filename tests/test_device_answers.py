@@ -12,7 +12,7 @@ import pytest
 
 from tledge.device import remote
 from tledge.device.ssh import Device, Target, answer_fields, printable
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 
 @pytest.fixture
@@ -128,6 +128,6 @@ def test_a_bench_report_is_rebuilt_from_what_tledge_reads():
     row = checked["results"][0]
     assert row["throughput_ips"] == pytest.approx(1000 / 2.2)  # computed here, not the device's
     json.dumps(checked, allow_nan=False)  # strict JSON out
-    from tledge import benchreport
+    from tledge.measure import benchreport
     assert "\x1b" not in benchreport.to_markdown({**checked, "results": [
         {**row, "name": "m.tflite"}]})

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tledge import rundir
-from tledge.config import ExportOptions, ModelOptions
+from tledge.core import rundir
+from tledge.core.config import ExportOptions, ModelOptions
 from tledge.data import ImageSet, Splits
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 from tledge.export import QuantizationConfig, check_quantized, convert, export
 from tledge.runtime.metadata import read_metadata
 from tledge.models import PREPROCESS, build_classifier
-from tledge.qat import load_qat_model, make_qat_model  # noqa: F401
+from tledge.training.qat import load_qat_model, make_qat_model  # noqa: F401
 from tledge.runtime import Classifier, read_embedded_labels
 
 from helpers import LABELS, SIZE
@@ -165,7 +165,7 @@ def test_range_calibration_makes_a_fresh_qat_model_match_the_float_one(colour_ru
     """Without it tfmot starts every activation range at [-6, 6] and the QAT model begins far
     from the float model it wraps (here: at chance)."""
     from tledge.data.pipeline import batches
-    from tledge.qat import calibrate_ranges
+    from tledge.training.qat import calibrate_ranges
 
     _, splits, model = colour_run
     x = splits.val.x.astype(np.float32)
@@ -188,8 +188,8 @@ def test_export_warns_and_records_when_the_delegate_does_not_take_the_graph(colo
     keeps the count."""
     import tf_keras as keras
 
-    from tledge import fileio
-    from tledge.config import RunConfig
+    from tledge.core import fileio
+    from tledge.core.config import RunConfig
 
     _, splits, _ = colour_run
     inputs = keras.Input((SIZE, SIZE, 3), name="image")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tledge import fileio, rundir
-from tledge.errors import TledgeError
+from tledge.core import fileio, rundir
+from tledge.core.errors import TledgeError
 
 from helpers import cli, one_line_error, stub_run, tledge
 
@@ -91,7 +91,7 @@ def test_two_trains_into_one_folder_never_mix(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_export_leaves_no_unverified_file(colour_run, tmp_path, monkeypatch):
     from tledge import export as ex
-    from tledge.config import ExportOptions
+    from tledge.core.config import ExportOptions
 
     run, splits, _ = colour_run
     out = tmp_path / "export"
@@ -147,7 +147,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(colour_run, tiny
 
 
 def test_disk_errors_from_h5py_and_keras_are_recognised():
-    from tledge.errors import disk_error
+    from tledge.core.errors import disk_error
 
     assert "no space left" in disk_error(OSError(28, "No space left on device", "/x/m.keras"))
     assert "no space left" in disk_error(OSError(
@@ -194,7 +194,7 @@ def test_read_only_mount_is_refused(tmp_path):
 
 
 def test_bench_keeps_its_measurements_when_one_output_fails(tmp_path, monkeypatch):
-    from tledge import bench, benchreport
+    from tledge.measure import bench, benchreport
 
     report = {"machine": {"machine_id": "m", "cpu": "c", "cores": 1, "arch": "x", "os": "o",
                           "python": "3"}, "warnings": [], "options": {"runs": 3, "warmup": 0},
@@ -314,7 +314,7 @@ def test_a_binary_config_file_is_one_line(tmp_path):
 def test_a_nan_loss_stops_the_phase_with_a_failed_status(tiny_splits, tmp_path, monkeypatch):
     import tf_keras as keras
 
-    from tledge import train as tr
+    from tledge.training import train as tr
     from helpers import tiny_config
 
     def poisoned(model, *args, **kwargs):
@@ -460,7 +460,7 @@ def test_predict_reports_every_file_then_fails(colour_tflite, tmp_path):
 # ---------------------------------------------------------------- 15. bench's messages
 
 def test_bench_names_are_whole_and_errors_not_doubled(colour_tflite, not_classifiers, tmp_path):
-    from tledge import bench, benchreport
+    from tledge.measure import bench, benchreport
 
     long = tmp_path / "model_dynamic_with_a_long_name.tflite"
     long.write_bytes(colour_tflite["int8"].read_bytes())
@@ -532,7 +532,7 @@ def test_a_path_the_file_system_cannot_take_is_one_line_before_any_work(colour_t
 def test_a_path_error_met_anywhere_is_one_line(code, fragment):
     """What the checks before the work cannot foresee (a path made during it): the CLI turns
     the OSError into one line naming the path, shortened."""
-    from tledge.errors import path_error
+    from tledge.core.errors import path_error
 
     text = path_error(OSError(code, os.strerror(code), "/tmp/" + "a" * 300 + "\x1b[2J"))
     assert fragment in text and "\x1b" not in text and len(text) < 250
@@ -583,7 +583,7 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
     """kill -9 during export left a .model_fp32.tflite.PID.0.verifying file for ever, one more
     per kill. The folder's holder removes those of dead processes, never a live one's, never
     another file."""
-    from tledge.fileio import remove_leftovers
+    from tledge.core.fileio import remove_leftovers
 
     dead = subprocess.Popen(["true"])
     dead.wait()

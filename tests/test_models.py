@@ -4,8 +4,8 @@ missing weights, unfreezing by count and by name."""
 import numpy as np
 import pytest
 
-from tledge.config import ModelOptions
-from tledge.errors import TledgeError
+from tledge.core.config import ModelOptions
+from tledge.core.errors import TledgeError
 from tledge.models import (PREPROCESS, backbone_layers, build_classifier, head_layers,
                            set_backbone_trainable)
 

@@ -12,7 +12,7 @@ import pytest
 
 import tledge.runtime as rt
 import tledge.runtime.backends as backends
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 from tledge.runtime import probe
 
 from helpers import LABELS, stub_run, tledge

@@ -5,8 +5,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tledge.fitting import PhaseResult  # noqa: E402
-from tledge.history import plot_curves  # noqa: E402
+from tledge.training.fitting import PhaseResult  # noqa: E402
+from tledge.training.history import plot_curves  # noqa: E402
 
 
 def _phases():

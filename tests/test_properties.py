@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tledge.cli import main
-from tledge.config import (DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
-                           RunConfig, TrainOptions)
-from tledge.errors import TledgeError
+from tledge.core.config import (DataOptions, FineTuneHParams, ModelOptions, PhaseHParams,
+                                QATHParams, RunConfig, TrainOptions)
+from tledge.core.errors import TledgeError
 
 FUZZ = settings(max_examples=int(os.environ.get("TLEDGE_FUZZ_EXAMPLES", 150)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -93,7 +93,7 @@ TRAIN_OPTIONS = ["--image-size", "--val-split", "--limit", "--batch-size", "--al
 @given(st.dictionaries(st.sampled_from(TRAIN_OPTIONS), numbers_as_text, max_size=5))
 def test_train_options_give_a_valid_config_or_one_line(monkeypatch, options):
     seen = []
-    monkeypatch.setattr("tledge.train.train",
+    monkeypatch.setattr("tledge.training.train.train",
                         lambda config, out, **kw: seen.append(config))
     # the config is the subject: TensorFlow's import (seconds, the slow tier's) is not
     monkeypatch.setattr("tledge.cli.require_training_stack", lambda what: None)
@@ -153,7 +153,7 @@ def test_defaults_are_valid_and_every_field_is_checked(cls):
     defaults, written to YAML and read back through the same checks, are the defaults again."""
     import yaml
 
-    from tledge.config import _build
+    from tledge.core.config import _build
 
     default = cls()
     for f in dataclasses.fields(cls):

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import LABELS, SIZE, colour_set
-from tledge import fileio, rundir
-from tledge.config import ExportOptions, RunConfig
+from tledge.core import fileio, rundir
+from tledge.core.config import ExportOptions, RunConfig
 from tledge.data import Splits, stratified_split
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_every_format_loads_in_older_runtimes_with_one_output_name(colour_run, t
 def test_rows_with_impossible_reference_values_are_flagged_not_ranked():
     """A ReLU6 output whose float reference reads 2.3e34 (seen on a real run) must not be
     named the worst layer."""
-    from tledge.quantdebug import LayerError, _reliable, first_new, worst_names
+    from tledge.quantize.quantdebug import LayerError, _reliable, first_new, worst_names
 
     def row(layer, rel, fmax, scale=6 / 255):
         values = {"float_min": 0.0, "float_max": fmax, "rel_rmse": rel, "scale": scale}
@@ -168,9 +168,9 @@ def test_the_report_of_a_qat_run_analyses_the_file_that_ships(colour_run, tmp_pa
     import csv
     import math
 
-    from tledge.conversion import QuantizationConfig, convert
-    from tledge.runmodel import load_keras_file
-    from tledge.graph_rewrite import strip_fake_quant
+    from tledge.quantize.conversion import QuantizationConfig, convert
+    from tledge.training.runmodel import load_keras_file
+    from tledge.quantize.graph_rewrite import strip_fake_quant
     from tledge.runtime import Classifier
 
     from helpers import assert_quiet, tledge

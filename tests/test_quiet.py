@@ -1,11 +1,11 @@
-"""tledge.quiet: native libraries' noise lines never reach the terminal, whole or in pieces."""
+"""tledge.core.quiet: native libraries' noise lines never reach the terminal, whole or in pieces."""
 
 import subprocess
 import sys
 
 SCRIPT = r"""
 import os, time
-from tledge import quiet
+from tledge.core import quiet
 quiet._filter = quiet._LiveFilter()
 # the converter's C++ print, reaching the pipe in two pieces, then a line of the user's
 os.write(2, b"fully_quan")
@@ -31,7 +31,7 @@ def test_noise_split_across_writes_is_still_filtered():
 def test_native_stderr_filtered_passes_on_everything_else(capfd):
     import os
 
-    from tledge.quiet import native_stderr_filtered
+    from tledge.core.quiet import native_stderr_filtered
 
     with native_stderr_filtered():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")

@@ -17,7 +17,7 @@ from helpers import COLOURS, LABELS, cli
 # ----------------------------------------------------------------- imbalance, in numbers
 
 def test_class_balance_weighs_rare_classes_and_picks_balanced_accuracy():
-    from tledge.fitting import class_balance
+    from tledge.training.fitting import class_balance
 
     train_y = np.repeat([0, 1, 2], [90, 30, 10])
     val_y = np.repeat([0, 1, 2], [9, 3, 1])
@@ -34,7 +34,7 @@ def test_class_balance_weighs_rare_classes_and_picks_balanced_accuracy():
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
-    from tledge.fitting import balanced_accuracy
+    from tledge.training.fitting import balanced_accuracy
 
     y = np.array([0] * 8 + [1] * 2)
     pred = np.zeros(10, int)  # always the common class: 80% accurate, 50% balanced
@@ -132,7 +132,7 @@ def test_evaluate_refuses_a_run_another_process_is_training(colour_folder, tmp_p
     import subprocess
 
     from helpers import one_line_error, stub_run
-    from tledge import rundir
+    from tledge.core import rundir
 
     run = stub_run(tmp_path / "run")
     trainer = subprocess.Popen(["sleep", "60"])
@@ -156,7 +156,7 @@ def test_evaluate_refuses_a_run_another_process_is_training(colour_folder, tmp_p
 ])
 def test_export_knows_a_run_whose_qat_did_not_finish(tmp_path, status, done, said):
     from helpers import stub_run
-    from tledge import fileio, rundir
+    from tledge.core import fileio, rundir
     from tledge.export import _qat_unfinished
 
     run = stub_run(tmp_path / "run")

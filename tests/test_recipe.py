@@ -6,13 +6,13 @@ import pytest
 from PIL import Image
 
 from tledge import data
-from tledge.config import DataOptions, FineTuneHParams, TrainOptions
-from tledge.errors import TledgeError
+from tledge.core.config import DataOptions, FineTuneHParams, TrainOptions
+from tledge.core.errors import TledgeError
 
 
 def test_defaults_are_the_measured_recipe():
     """benchmarks/recipe.md says why each of these is what it is."""
-    from tledge.config import RunConfig
+    from tledge.core.config import RunConfig
 
     config = RunConfig()
     assert config.data.augment is False
@@ -39,8 +39,8 @@ def test_bad_label_smoothing_is_refused():
 
 @pytest.mark.slow
 def test_phase_rate_warms_up_then_decays():
-    from tledge.config import PhaseHParams
-    from tledge.fitting import phase_rate
+    from tledge.core.config import PhaseHParams
+    from tledge.training.fitting import phase_rate
 
     constant = FineTuneHParams(learning_rate=1e-4, schedule="constant", warmup=0.0)
     assert phase_rate(constant, 100) == 1e-4
@@ -65,7 +65,7 @@ def test_feature_statistics_in_chunks_with_a_floor(tmp_path):
     """Mean and standard deviation per feature, the same from memory and from a disk file;
     a feature (nearly) constant on the training split is not divided by (nearly) zero."""
     from tledge.data.cache import DiskArray, RowWriter
-    from tledge.features import feature_statistics
+    from tledge.training.features import feature_statistics
 
     rng = np.random.default_rng(0)
     f = rng.normal(2.0, 3.0, (5000, 6)).astype(np.float32)
@@ -90,7 +90,7 @@ def test_standardised_head_is_a_reparametrisation_folded_back_exactly(head_units
     features is, after the block, the model's own function on raw images; no layer is added."""
     from helpers import tiny_config
     from tledge.models import build_classifier, head_layers
-    from tledge.features import feature_statistics, head_on_features, standardised_head
+    from tledge.training.features import feature_statistics, head_on_features, standardised_head
 
     config = tiny_config().override(model={"head_units": head_units})
     model = build_classifier(config.model, 3, 32)
@@ -118,8 +118,8 @@ def test_frozen_phase_on_images_uses_sampled_statistics(tiny_splits):
     the model it leaves has the same layers, and --no-feature-norm trains a different head."""
     from helpers import tiny_config
     from tledge.models import build_classifier
-    from tledge.distribution import resolve_strategy
-    from tledge.train import frozen_phase
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.train import frozen_phase
 
     heads = []
     for norm in (True, False):
@@ -138,7 +138,7 @@ def test_train_flags_for_phase_one(tmp_path, monkeypatch):
     import yaml
     from click.testing import CliRunner
 
-    from tledge import train as train_mod
+    from tledge.training import train as train_mod
     from tledge.cli import main
 
     seen = {}
@@ -163,9 +163,9 @@ def test_label_smoothing_is_keras_own_loss_on_one_hot_labels(tmp_path):
     the loss is Keras' own, and the saved model loads with a plain load_model."""
     import tf_keras as keras
 
-    from tledge.config import RunConfig
+    from tledge.core.config import RunConfig
     from tledge.data.pipeline import batches
-    from tledge.fitting import classification_loss, compile_model, label_depth
+    from tledge.training.fitting import classification_loss, compile_model, label_depth
 
     assert classification_loss(0.0) == "sparse_categorical_crossentropy"
     loss = classification_loss(0.1)
@@ -209,14 +209,15 @@ def test_test_folder_becomes_the_test_split(tmp_path):
 
 
 def test_qat_and_train_depend_one_way():
-    """train -> qat -> fitting: qat.py never imports tledge.train (at any depth of its code)."""
+    """train -> qat -> fitting: qat.py never imports tledge.training.train (at any depth of its
+    code)."""
     import ast
     from pathlib import Path
 
     import tledge
 
     def imported(module: str) -> set:
-        tree = ast.parse((Path(tledge.__file__).parent / f"{module}.py").read_text())
+        tree = ast.parse((Path(tledge.__file__).parent / "training" / f"{module}.py").read_text())
         names = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module:
@@ -225,9 +226,9 @@ def test_qat_and_train_depend_one_way():
                 names.update(a.name for a in node.names)
         return names
 
-    assert "tledge.train" not in imported("qat")
-    assert not {"tledge.train", "tledge.qat"} & imported("fitting")
-    assert "tledge.qat" in imported("train")
+    assert "tledge.training.train" not in imported("qat")
+    assert not {"tledge.training.train", "tledge.training.qat"} & imported("fitting")
+    assert "tledge.training.qat" in imported("train")
 
 
 @pytest.mark.slow
@@ -238,8 +239,8 @@ def test_batchnorm_train_updates_the_statistics_of_the_unfrozen_part(tmp_path, t
 
     from helpers import tiny_config
     from tledge.models import backbone_layers, build_classifier
-    from tledge.distribution import resolve_strategy
-    from tledge.train import finetune_phase
+    from tledge.training.distribution import resolve_strategy
+    from tledge.training.train import finetune_phase
 
     weights = tmp_path / "w.h5"
     keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False,

@@ -12,7 +12,7 @@ import pytest
 
 import tledge.runtime as rt
 import tledge.runtime.backends as backends
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 from helpers import COLOURS, LABELS, assert_quiet, stub_run
 
@@ -275,7 +275,7 @@ def test_pi_environment_without_tensorflow(colour_tflite, tmp_path):
 
 @pytest.mark.slow
 def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
-    from tledge import bench, benchreport
+    from tledge.measure import bench, benchreport
     report = bench.bench([str(colour_tflite["int8"]), str(colour_tflite["fp32"]),
                           str(colour_run[0])],
                          bench.BenchOptions(threads=(1, 2), runs=5, warmup=1, data=None),
@@ -303,7 +303,7 @@ def test_bench_json_has_every_field(colour_tflite, colour_run, tmp_path):
 def test_bench_peak_memory_is_the_workers_own(colour_tflite):
     """A worker's peak memory is its own, not its parent's: make bench's parent holds
     TensorFlow and the models it built (3.3 GB), which getrusage's ru_maxrss counted."""
-    from tledge import bench
+    from tledge.measure import bench
     ballast = np.ones(600 * 2**20, np.uint8)  # the parent's 600 MB, touched
     report = bench.bench([str(colour_tflite["int8"])],
                          bench.BenchOptions(threads=(1,), runs=3, warmup=0),
@@ -319,7 +319,7 @@ def test_bench_hands_over_frames_as_the_camera_does():
     thread, and that conversion is not part of the timed call."""
     import threading
 
-    from tledge import bench
+    from tledge.measure import bench
     stored = bench.frames(3)
     received = []
 
@@ -345,7 +345,7 @@ def test_bench_hands_over_frames_as_the_camera_does():
 
 
 def test_bench_accuracy_and_bad_paths(colour_tflite, tmp_path):
-    from tledge import bench
+    from tledge.measure import bench
     folder = tmp_path / "colours"
     from PIL import Image
     for label, rgb in zip(LABELS, ([220, 40, 40], [40, 200, 60], [50, 60, 220], [230, 210, 40])):

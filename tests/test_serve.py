@@ -15,7 +15,7 @@ import pytest
 
 from helpers import COLOURS, free_port, one_line_error, tledge, write_video
 from tledge.camera import CameraOptions, run_camera
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 from tledge.camera.serve import parse_serve
 
 cv2 = pytest.importorskip("cv2")

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path.insert(0, sys.argv[2])
     from helpers import tiny_config
-    from tledge.train import train
+    from tledge.training.train import train
     for augment in (False, True):  # feature-cache path and plain path
         config = tiny_config(strategy="mirrored").override(data={"augment": augment})
         if augment:  # the fine-tune phase under the strategy ran in the first run
@@ -30,6 +30,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     from pathlib import Path
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "run"),
@@ -42,6 +43,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert (tmp_path / "runFalse" / "model.keras").is_file()
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_two_workers_on_localhost_train_one_run_folder(tmp_path):
     """MultiWorkerMirroredStrategy: two processes on 127.0.0.1, as two hosts would run it.
     Only the chief writes the run folder; the other worker leaves nothing there."""
@@ -152,9 +154,9 @@ def test_a_restarted_phase_resumes_from_its_backup(tmp_path):
     import numpy as np
     import tf_keras as keras
 
-    from tledge.config import PhaseHParams
+    from tledge.core.config import PhaseHParams
     from tledge.data.pipeline import batches
-    from tledge.fitting import compile_model, fit_phase
+    from tledge.training.fitting import compile_model, fit_phase
 
     x = np.random.default_rng(0).integers(0, 255, (64, 4, 4, 3)).astype(np.uint8)
     y = (x.mean(axis=(1, 2, 3)) > 127).astype(np.int32)
@@ -201,8 +203,8 @@ def test_mixed_precision_model_trains_with_float32_output(caplog):
 
     from helpers import tiny_config
     from tledge.models import build_classifier
-    from tledge.fitting import compile_model
-    from tledge.distribution import precision_policy
+    from tledge.training.fitting import compile_model
+    from tledge.training.distribution import precision_policy
 
     with caplog.at_level(logging.WARNING), precision_policy(True) as on:
         assert on is False

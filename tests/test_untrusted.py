@@ -96,7 +96,7 @@ def test_sigterm_and_sighup_stop_bench_like_ctrl_c(tmp_path, sig):
     try:
         deadline = time.time() + 60
         while child is None and time.time() < deadline:
-            found = subprocess.run(["pgrep", "-f", f"tledge.bench .*{model}"],
+            found = subprocess.run(["pgrep", "-f", f"tledge.measure.bench .*{model}"],
                                    capture_output=True, text=True).stdout.split()
             child = int(found[0]) if found else None
             time.sleep(0.2)

@@ -3,7 +3,8 @@
 - ``hard_swish_int8.tflite``: a full-integer image classifier (uint8 in and out, 32x32) with two
   int8 HARD_SWISH ops, straight from the TFLite converter, as a post-training int8 MobileNetV3
   has them: XNNPACK leaves those ops to the reference kernels and the graph falls into three
-  delegated partitions. tledge's own conversion rewrites them (tledge.graph_rewrite); this file
+  delegated partitions. tledge's own conversion rewrites them (tledge.quantize.graph_rewrite);
+  this file
   is the converter's output *before* that rewrite, what the rewrite and the delegation report
   are tested on.
 
@@ -176,7 +177,7 @@ def all_models() -> dict[str, bytes]:
 
 
 def main() -> None:
-    from tledge import fileio
+    from tledge.core import fileio
 
     for stem, data in all_models().items():
         path = fileio.write_bytes(HERE / f"{stem}.tflite", data)

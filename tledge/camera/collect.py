@@ -28,10 +28,10 @@ from typing import Optional
 
 import numpy as np
 
-from tledge import fileio
+from tledge.core import fileio
 from tledge.camera.outputs import Output
 from tledge.data.manifest import MANIFEST, read_manifest
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 UNLABELLED = "unlabelled"
 JPEG_QUALITY = 92  # training pictures: near-lossless, about 60 KB at 640x480

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlparse
 from tledge.camera.collect import (MAX_COUNT, UNLABELLED, Collection, check_label,
                                    parse_labels)
 from tledge.camera.serve import FrameServer, parse_serve, stream_jpeg
-from tledge.errors import TledgeError, path_error
+from tledge.core.errors import TledgeError, path_error
 
 MAX_BODY = 64 * 1024
 FRAME_WAIT_S = 5.0  # a capture gives up when the camera sends no new frame for this long

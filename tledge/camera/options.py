@@ -69,7 +69,7 @@ class CameraOptions:
     save_max_per_minute: int = 12
 
     def __post_init__(self) -> None:
-        from tledge.errors import TledgeError
+        from tledge.core.errors import TledgeError
 
         # NaN passes every range check (a NaN --duration never ended the camera)
         for name in ("duration", "serve_fps", "uncertain_below"):
@@ -102,7 +102,7 @@ class FrameModel:
 def load_frame_model(path: str, backend: Optional[str], threads: Optional[int]) -> FrameModel:
     p = Path(path)
     if p.is_dir():
-        from tledge.evaluate import load_predictor
+        from tledge.measure.evaluate import load_predictor
         from tledge.runtime.preprocess import resize_rgb
 
         predictor = load_predictor(p)

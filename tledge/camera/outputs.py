@@ -19,9 +19,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge import fileio
+from tledge.core import fileio
 from tledge.camera.sources import Source
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 from tledge.runtime import Class
 
 

@@ -26,7 +26,7 @@ from tledge.camera.outputs import (FrameRate, JsonLinesOutput, Latest, OutputFai
                                    WindowOutput, display_available)
 from tledge.camera.overlay import draw_overlay
 from tledge.camera.sources import Frames, Source, capture_size_for, open_source
-from tledge.errors import TledgeError, first_line
+from tledge.core.errors import TledgeError, first_line
 from tledge.runtime import top_classes
 
 STAGES = ("capture", "preprocess", "inference", "compare", "overlay", "jpeg")

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, quote, urlparse
 import numpy as np
 
 from tledge.camera.outputs import Latest, Output
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 JPEG_QUALITY = 75
 MAX_WIDTH = 640  # the stream's width: enough to read the overlay, cheap to encode on a Pi

@@ -16,7 +16,7 @@ import numpy as np
 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # its V4L2 probing warnings are not ours
 
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -13,10 +13,10 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.config import DataOptions
+from tledge.core.config import DataOptions
 from tledge.data.cache import take
 from tledge.data.imageset import ImageSet, Splits, limit_per_class
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.errors import TledgeError, first_line
+from tledge.core.errors import TledgeError, first_line
 from tledge.runtime.preprocess import resize_rgb
 
 log = logging.getLogger(__name__)

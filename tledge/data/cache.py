@@ -40,9 +40,9 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from tledge.config import DATA_CACHES
-from tledge.errors import TledgeError
-from tledge.fileio import cache_root
+from tledge.core.config import DATA_CACHES
+from tledge.core.errors import TledgeError
+from tledge.core.fileio import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 from tledge.runtime.preprocess import is_regular_file, load_image
 
 if TYPE_CHECKING:

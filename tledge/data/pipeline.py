@@ -50,7 +50,7 @@ def _worker_share(indices: tf.data.Dataset, n: int, batch_size: int, workers: in
     (which the oneDNN convolutions reject). Keras would count steps from this dataset's
     batches, too few by the split: an unknown cardinality makes it run until the workers are
     exhausted, as with file-sharded data."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     share = n // workers
     if share < batch_size:

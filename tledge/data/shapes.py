@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tledge.config import DataOptions
+from tledge.core.config import DataOptions
 
 CLASSES = ["circle", "square", "triangle", "cross", "ring", "star"]
 TEST_PER_CLASS = 50

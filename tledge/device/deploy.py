@@ -30,7 +30,7 @@ from typing import Callable, Optional, Sequence
 from tledge import __version__
 from tledge.device.agent import CONSTRAINTS, VENV_MB, sha256
 from tledge.device.ssh import Device, Target, answer_fields
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 CARD, LABELS = "model_card.json", "labels.txt"
 # The exact versions tledge[pi] was tested with (``make lock``), Python 3.11 aarch64 included:

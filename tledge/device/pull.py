@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tledge import fileio
+from tledge.core import fileio
 from tledge.device.agent import sha256
 from tledge.device.ssh import Device, Target, answer_fields
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 PULL_AGENT = Path(__file__).with_name("pull_agent.py")  # what the device runs (stdlib only)
 BATCH_BYTES = 12 << 20  # one tar's files at most (Device.run keeps 16 MB of an answer)

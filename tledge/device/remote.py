@@ -20,7 +20,7 @@ from urllib.parse import quote
 from tledge.device.deploy import Pushed, push
 from tledge.device.ssh import (Device, Target, no_constant, close_quietly, printable,
                                quote_all, read_lines, ssh_failure)
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 
 def _tflite_only(models: Sequence[str], command: str) -> list[Path]:
@@ -48,7 +48,7 @@ def bench_on(target: Target, models: Sequence[str], options, threads_given: bool
     Args:
       target: the device.
       models: local .tflite files (sent when the device lacks them).
-      options: a :class:`tledge.bench.BenchOptions`; its thread counts are the device's own
+      options: a :class:`tledge.measure.bench.BenchOptions`; its thread counts are the device's own
         (1 and all its cores) unless ``threads_given``.
       threads_given: the user chose --threads.
       compare_local: also measure them here; each row then names its machine in ``on``.
@@ -89,7 +89,7 @@ def bench_on(target: Target, models: Sequence[str], options, threads_given: bool
                    on=report["machine"]["machine_id"])
     report["device"] = {"host": target.host, "dir": pushed.dir, "json": remote_json}
     if compare_local:
-        from tledge import bench
+        from tledge.measure import bench
 
         here = bench.bench([str(p) for p in paths], options if threads_given else
                            replace(options, threads=tuple(sorted({r["threads"] for r in

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from tledge.errors import TledgeError
-from tledge.fileio import NAME_MAX
+from tledge.core.errors import TledgeError
+from tledge.core.fileio import NAME_MAX
 
 SSH_COMMAND_ENV = "TLEDGE_SSH_COMMAND"
 DEFAULT_DIR = "~/tledge"

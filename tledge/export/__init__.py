@@ -6,7 +6,8 @@ run's validation split beside the float Keras model before it is accepted; a qua
 loses more than ``max_drop`` points is kept as ``model_<format>.REJECTED.tflite`` and the export
 fails, so a collapsed int8 model never passes for a good one.
 
-Rooms: ``tledge.conversion`` (converter set-up, QuantizationConfig), ``metadata`` (the TFLite
+Rooms: ``tledge.quantize.conversion`` (converter set-up, QuantizationConfig),
+``metadata`` (the TFLite
 metadata written into each file), ``verify`` (tensor types, the gate, the int8 layer report,
 --keep-float, publishing), ``card`` (the model card and the printed table); this module runs
 them in order.
@@ -21,14 +22,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge import fileio, rundir
-from tledge.config import ExportOptions, RunConfig
-from tledge.conversion import QuantizationConfig, convert
-from tledge.errors import TledgeError
+from tledge.core import fileio, rundir
+from tledge.core.config import ExportOptions, RunConfig
+from tledge.quantize.conversion import QuantizationConfig, convert
+from tledge.core.errors import TledgeError
 from tledge.export.card import format_table, model_card
 from tledge.export.verify import (FormatResult, LayerReport, Verifier, check_quantized,
                                   gate_advice, gate_note, keep_float_auto, publish)
-from tledge.runmodel import load_keras_file, load_run_model
+from tledge.training.runmodel import load_keras_file, load_run_model
 
 __all__ = ["CARD", "REPORT", "FormatResult", "QuantizationConfig", "check_quantized", "convert",
            "export"]

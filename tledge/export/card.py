@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tledge.config import RunConfig
+from tledge.core.config import RunConfig
 from tledge.export.verify import FormatResult
 
 

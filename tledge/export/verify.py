@@ -13,9 +13,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge import fileio, quantdebug
-from tledge.conversion import QuantizationConfig, convert
-from tledge.errors import TledgeError
+from tledge.core import fileio
+from tledge.quantize import quantdebug
+from tledge.quantize.conversion import QuantizationConfig, convert
+from tledge.core.errors import TledgeError
 from tledge.export.metadata import metadata_bytes, with_metadata
 from tledge.runtime import min_runtime_version
 from tledge.runtime.delegation import delegation
@@ -226,7 +227,7 @@ class LayerReport:
             self.source = ("a post-training int8 conversion of the float model, each op against "
                            "its float twin (QuantizationDebugger)")
         else:
-            from tledge.graph_rewrite import strip_fake_quant
+            from tledge.quantize.graph_rewrite import strip_fake_quant
 
             int8_file, qat_model = shipped
             twin, _ = strip_fake_quant(convert(qat_model, QuantizationConfig.for_float32()))

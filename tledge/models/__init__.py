@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tledge.config import ModelOptions
-from tledge.errors import TledgeError, first_line
+from tledge.core.config import ModelOptions
+from tledge.core.errors import TledgeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _mobilenet_v3(large: bool, minimalistic: bool):
         app = _keras().applications.MobileNetV3Large if large else \
             _keras().applications.MobileNetV3Small
         # tledge's own preprocess layer normalises (x / 127.5 - 1, what include_preprocessing
-        # would add); hard-swish's "+ 3" and "/ 6" are TFOpLambda layers, which tledge.qat
+        # would add); hard-swish's "+ 3" and "/ 6" are TFOpLambda layers, which tledge.training.qat
         # replaces with quantizable layers for QAT.
         return app(input_tensor=input_tensor, include_top=False, weights=weights, alpha=alpha,
                    minimalistic=minimalistic, include_preprocessing=False)

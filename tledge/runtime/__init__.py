@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tledge.errors import TledgeError, first_line
-from tledge.quiet import native_stderr_filtered
+from tledge.core.errors import TledgeError, first_line
+from tledge.core.quiet import native_stderr_filtered
 from tledge.runtime.backends import check_threads
 from tledge.runtime.labels import find_labels, read_embedded_labels, read_labels_file
 from tledge.runtime.metadata import min_runtime_version, normalization_of

@@ -10,8 +10,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tledge.config import BACKENDS
-from tledge.errors import TledgeError, first_line
+from tledge.core.config import BACKENDS
+from tledge.core.errors import TledgeError, first_line
 from tledge.runtime.probe import top_module
 
 # "module:attribute path" of each backend's Interpreter class. TensorFlow's is reached through

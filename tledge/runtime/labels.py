@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 from typing import Optional
 
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 # A model file and the labels.txt beside it are untrusted: bounded before they are expanded (a
 # zip appended as "labels" that unpacked to 1 GiB ended in a MemoryError at 3.8 GB).

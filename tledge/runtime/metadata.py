@@ -214,7 +214,7 @@ def input_normalization(path: str | os.PathLike) -> Optional[Normalization]:
 
 def normalization_in(raw: Optional[bytes], name: str) -> Optional[Normalization]:
     """:func:`input_normalization` of metadata bytes (``name``: the model's, for messages)."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     if raw is None:
         return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 # Images larger than this many pixels are refused as unreadable (a PNG header can claim
 # 20000x20000 in a few bytes: decoding it would take gigabytes). TLEDGE_MAX_IMAGE_PIXELS

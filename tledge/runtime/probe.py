@@ -86,7 +86,7 @@ def cache_path() -> Path:
     Returns:
       The JSON file in tledge's cache folder.
     """
-    from tledge import fileio
+    from tledge.core import fileio
 
     return fileio.cache_root() / CACHE_FILE
 
@@ -140,7 +140,7 @@ def _read_cache() -> dict:
 
 
 def _write_cache(key: str, result: ProbeResult) -> None:
-    from tledge import fileio
+    from tledge.core import fileio
 
     data = _read_cache()
     data[key] = {"ok": result.ok, "detail": result.detail}
@@ -244,7 +244,7 @@ def check_model(module: str, version: str, path: Path) -> ProbeResult:
     Returns:
       The ProbeResult of loading and running that file in a child process, cached by content.
     """
-    from tledge import fileio
+    from tledge.core import fileio
 
     if os.environ.get("TLEDGE_NO_PROBE") == "1":
         return ProbeResult(True, "not checked (TLEDGE_NO_PROBE=1)")

@@ -1,7 +1,8 @@
 """What every phase of the recipe shares: the loss, the optimizer, fitting with the best epoch
 kept (and backed up across workers), evaluation and saving.
 
-``tledge.train`` (phases 1 and 2, the run) and ``tledge.qat`` (phase 3) both build on this
+``tledge.training.train`` (phases 1 and 2, the run) and ``tledge.training.qat`` (phase 3) both
+build on this
 module; it imports neither, so the dependency runs one way: train -> qat -> fitting.
 """
 
@@ -15,10 +16,10 @@ from typing import Optional
 
 import numpy as np
 
-from tledge import fileio
-from tledge.config import PhaseHParams, RunConfig
+from tledge.core import fileio
+from tledge.core.config import PhaseHParams, RunConfig
 from tledge.data import ImageSet
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 log = logging.getLogger(__name__)
 

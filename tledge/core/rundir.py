@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from tledge.config import RunConfig
-from tledge.errors import TledgeError
+from tledge.core.config import RunConfig
+from tledge.core.errors import TledgeError
 
 CONFIG = "config.yaml"
 LABELS = "labels.txt"
@@ -40,7 +40,7 @@ LOCK = ".tledge.lock"
 
 def prepare(out: Path, overwrite: bool) -> Path:
     """Make sure ``out`` can take a new run: refuse an existing run unless ``overwrite``."""
-    from tledge import fileio
+    from tledge.core import fileio
 
     out = Path(out)
     fileio.check_output_dir(out, "--out")
@@ -76,7 +76,7 @@ def _in_use(folder: Path, holder: dict) -> TledgeError:
 def read_lock(folder: Path) -> dict | None:
     """The lock's holder ({pid, host, command, started}) if a live process holds ``folder``;
     None if it is free or its lock is stale (the process is gone)."""
-    from tledge import fileio
+    from tledge.core import fileio
 
     path = Path(folder) / LOCK
     try:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tledge import rundir
-from tledge.config import RunConfig
+from tledge.core import rundir
+from tledge.core.config import RunConfig
 from tledge.data import Splits
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def replace_tf_op_layers(model):
     constant moves from the node's call arguments into the layer."""
     import tf_keras as keras
 
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     config = model.get_config()
     changed = False
@@ -228,8 +228,8 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
     weights and, after calibration, their quantization ranges: without augmentation their
     fake-quantized activations are computed once and the top trains on them; with it the top
     trains on them computed every step (the same model, at the bottom's cost)."""
-    from tledge.features import split_at, top_layer_names
-    from tledge.fitting import (evaluate_accuracy, fit_phase, image_batches, is_pretrained,
+    from tledge.training.features import split_at, top_layer_names
+    from tledge.training.fitting import (evaluate_accuracy, fit_phase, image_batches, is_pretrained,
                                 save_model, splits_balance)
     from tledge.models import set_backbone_trainable
 
@@ -274,8 +274,8 @@ def _qat_fit_model(qat_model, bottom, top, splits: Splits, config: RunConfig, st
     ``bottom`` is None: the whole QAT model trains."""
     import tf_keras as keras
 
-    from tledge.fitting import compile_model, phase_rate, steps_of
-    from tledge.features import activation_batches, images_only
+    from tledge.training.fitting import compile_model, phase_rate, steps_of
+    from tledge.training.features import activation_batches, images_only
 
     hp, data = config.train.qat, config.data
     rate = phase_rate(hp, steps_of(len(splits.train), data.batch_size, hp.epochs))

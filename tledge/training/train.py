@@ -1,5 +1,5 @@
 """The recipe: a new head on a frozen backbone, then the top of the backbone fine-tuned at a much
-lower learning rate, then quantization-aware training (``tledge.qat``).
+lower learning rate, then quantization-aware training (``tledge.training.qat``).
 
 Each phase keeps its best epoch on the validation split, and the run folder is brought up to
 date as soon as a phase ends, so an interrupted run keeps every phase it finished.
@@ -15,20 +15,20 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
-from tledge import fileio, rundir
-from tledge.config import RunConfig
+from tledge.core import fileio, rundir
+from tledge.core.config import RunConfig
 from tledge.data import Splits
-from tledge.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
-from tledge.errors import Interrupted, TledgeError, first_line
-from tledge.fitting import (PhaseResult, balance_lines, class_balance, compile_model,
+from tledge.training.distribution import backup_dir, precision_policy, resolve_strategy, worker_role
+from tledge.core.errors import Interrupted, TledgeError, first_line
+from tledge.training.fitting import (PhaseResult, balance_lines, class_balance, compile_model,
                             evaluate_accuracy, fit_phase, image_batches, is_pretrained,
                             label_depth, phase_rate, save_model, splits_balance, steps_of,
                             worker_shard)
-from tledge.features import (feature_statistics, features_of, head_of, head_on_features,
+from tledge.training.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, split_at, standardised_head,
                              top_layer_names, images_only, activation_batches)
-from tledge.history import finished_phases, phase_line, write_reports
-from tledge.runmodel import load_initial_model
+from tledge.training.history import finished_phases, phase_line, write_reports
+from tledge.training.runmodel import load_initial_model
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
         return run_float
 
     def run_qat(result):
-        from tledge.qat import qat_phase
+        from tledge.training.qat import qat_phase
 
         if not run.saved:  # no float phase ran (--init-from, 0 epochs): the model as is
             run.save_float(result.model)

@@ -37,10 +37,10 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from tledge import fileio
-from tledge.conversion import (QuantizationConfig, convert, make_converter,
+from tledge.core import fileio
+from tledge.quantize.conversion import (QuantizationConfig, convert, make_converter,
                                representative_dataset)
-from tledge.errors import TledgeError, first_line
+from tledge.core.errors import TledgeError, first_line
 
 CSV_NAME = "quant_debug.csv"
 PNG_NAME = "quant_debug.png"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from tledge import fileio
-from tledge.config import BACKENDS
-from tledge.errors import TledgeError
+from tledge.core import fileio
+from tledge.core.config import BACKENDS
+from tledge.core.errors import TledgeError
 
 backend_option = click.option("--backend", type=click.Choice(BACKENDS),
                               help="TFLite interpreter.  [default: the first installed]")
@@ -79,7 +79,7 @@ def _size(ctx, param, value):
 def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_path, md_path,
           chart_path, on, compare_local):
     """Latency, size, memory (and accuracy) of .tflite files and run folders, side by side."""
-    from tledge import bench as b, benchreport
+    from tledge.measure import bench as b, benchreport
 
     for path, flag in ((json_path, "--json"), (csv_path, "--csv"), (md_path, "--markdown"),
                        (chart_path, "--chart")):
@@ -107,7 +107,7 @@ def bench(models, threads, runs, warmup, data, limit, backend, json_path, csv_pa
 def doctor(no_tensorflow, reprobe):
     """Check this machine: Python, runtimes (each probed in a child process), numpy conflicts,
     OpenCV, cameras, GPUs."""
-    from tledge.doctor import format_checks, run_checks
+    from tledge.cli.doctor import format_checks, run_checks
 
     checks, usable = run_checks(check_tensorflow=not no_tensorflow, reprobe=reprobe)
     click.echo(format_checks(checks))

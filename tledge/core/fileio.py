@@ -86,7 +86,7 @@ def _jsonable(obj: Any) -> Any:
 
 def read_labels(path: str | os.PathLike) -> list[str]:
     """One label per line; a missing or unreadable file is one line naming it."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -120,7 +120,7 @@ def _check_names(path: Path, what: str, last_too: bool) -> None:
     """Refuse a path the file system cannot take, before any work: a name over NAME_MAX bytes,
     a path over PATH_MAX, or a symbolic link on the way that loops or leads nowhere (``last_too``:
     the path itself as well, for a folder that will be made)."""
-    from tledge.errors import TledgeError, shorten
+    from tledge.core.errors import TledgeError, shorten
 
     raw = os.fsencode(str(path))
     longest = max(raw.split(b"/"), key=len)
@@ -142,7 +142,7 @@ def _check_writable_from(start: Path, what: str, path: Path) -> None:
 
     A file is created and removed there: the only test that a read-only mount, /proc, a full
     disk or missing permissions all fail the same way as the real write will."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     folder = _nearest_existing(start)
     if not folder.is_dir():
@@ -160,7 +160,7 @@ def _check_writable_from(start: Path, what: str, path: Path) -> None:
 def check_output_file(path: str | os.PathLike | None, what: str) -> None:
     """Refuse, before any work starts, a file path that cannot be written: under a regular
     file, in a read-only or virtual folder, or naming a folder."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     if path is None:
         return
@@ -173,7 +173,7 @@ def check_output_file(path: str | os.PathLike | None, what: str) -> None:
 
 def check_output_dir(path: str | os.PathLike, what: str) -> None:
     """The same for a folder that will be created if needed."""
-    from tledge.errors import TledgeError
+    from tledge.core.errors import TledgeError
 
     path = Path(path)
     _check_names(path, what, last_too=True)

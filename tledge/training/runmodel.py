@@ -1,13 +1,13 @@
 """A run folder's Keras models, loaded with one clear line for each way they can be broken
-(beside ``tledge.rundir``, which knows the folder's layout; TensorFlow is imported on use)."""
+(beside ``tledge.core.rundir``, which knows the folder's layout; TensorFlow is imported on use)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tledge import fileio, rundir
+from tledge.core import fileio, rundir
 from tledge.data.imageset import Splits
-from tledge.errors import TledgeError, first_line
+from tledge.core.errors import TledgeError, first_line
 
 
 def load_run_model(run: Path, qat: bool = False):
@@ -29,7 +29,7 @@ def load_keras_file(path: Path, qat: bool = False):
         raise TledgeError(f"{path} is missing: train the run again")
     try:
         if qat:
-            from tledge.qat import load_qat_model
+            from tledge.training.qat import load_qat_model
             return load_qat_model(path)
         import tf_keras as keras
         return keras.models.load_model(path, compile=False)

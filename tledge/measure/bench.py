@@ -27,9 +27,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tledge import fileio
-from tledge.errors import TledgeError
-from tledge.quiet import quiet_tensorflow_logs
+from tledge.core import fileio
+from tledge.core.errors import TledgeError
+from tledge.core.quiet import quiet_tensorflow_logs
 from tledge.runtime.timing import latency_stats
 
 FRAME_SHAPE = (480, 640, 3)
@@ -154,7 +154,7 @@ def _time_paired(bare: Callable[[int], None], full: Callable[[np.ndarray], None]
 
 def measure_tflite(path: str, threads: int, options: BenchOptions) -> dict:
     """One TFLite model at one thread count, in this process."""
-    from tledge.evaluate import tflite_predictor
+    from tledge.measure.evaluate import tflite_predictor
     from tledge.runtime import Classifier, check_model_file
     from tledge.runtime.delegation import delegation
 
@@ -196,8 +196,8 @@ def measure_keras(run: str, options: BenchOptions) -> dict:
     import tensorflow as tf
     import tf_keras as keras
 
-    from tledge import rundir
-    from tledge.evaluate import keras_predictor
+    from tledge.core import rundir
+    from tledge.measure.evaluate import keras_predictor
     from tledge.runtime import top_classes
     from tledge.runtime.preprocess import resize_rgb
 
@@ -238,7 +238,7 @@ def _accuracy(options: BenchOptions, make_predictor) -> Optional[float]:
     """Accuracy on --data with the model already loaded for timing (not loaded again)."""
     if not options.data:
         return None
-    from tledge.evaluate import evaluate, evaluation_images
+    from tledge.measure.evaluate import evaluate, evaluation_images
 
     predictor = make_predictor()
     x, y, _ = evaluation_images(options.data, predictor, options.limit)
@@ -248,8 +248,8 @@ def _accuracy(options: BenchOptions, make_predictor) -> Optional[float]:
 def describe_model(model: str) -> dict:
     path = Path(model)
     if path.is_dir():
-        from tledge import rundir
-        from tledge.errors import require_training_stack
+        from tledge.core import rundir
+        from tledge.core.errors import require_training_stack
         rundir.require_run(path)
         require_training_stack(f"timing the run folder {path} (its float Keras model)",
                                ("tensorflow", "tf_keras"))
@@ -328,9 +328,9 @@ def machine_id(info: dict) -> str:
 
 
 def run_worker(spec: dict) -> dict:
-    """Measure in a fresh process: ``python -m tledge.bench '<json spec>'``."""
+    """Measure in a fresh process: ``python -m tledge.measure.bench '<json spec>'``."""
     env = quiet_tensorflow_logs(dict(os.environ))
-    proc = subprocess.Popen([sys.executable, "-m", "tledge.bench", json.dumps(spec)],
+    proc = subprocess.Popen([sys.executable, "-m", "tledge.measure.bench", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         stdout, stderr = proc.communicate()

@@ -1,7 +1,7 @@
 """Where training runs: the distribution strategy (one device, mirrored over GPUs or CPUs, a
 multi-worker cluster from TF_CONFIG), this process's role in a cluster, the wait for the
 cluster with its watchdog, the backup folder a restarted cluster resumes from, and the
-mixed-precision policy. The recipe itself (``tledge.train``) does not depend on which."""
+mixed-precision policy. The recipe itself (``tledge.training.train``) does not depend on which."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tledge import fileio
-from tledge.config import RunConfig
-from tledge.errors import TledgeError, first_line
+from tledge.core import fileio
+from tledge.core.config import RunConfig
+from tledge.core.errors import TledgeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def _wait_for_cluster(role: WorkerRole, timeout: float, echo: Callable[[str], No
     message = (f"the other workers of the cluster did not all start within {timeout:g} s: "
                "start the same command on every host in TF_CONFIG (each with its own index), "
                "or wait longer with --cluster-timeout")
-    from tledge.quiet import original_stderr
+    from tledge.core.quiet import original_stderr
 
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
                                  str(timeout),

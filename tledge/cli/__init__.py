@@ -12,14 +12,15 @@ from pathlib import Path
 import click
 from click_option_group import optgroup
 
-from tledge import __version__, fileio
-from tledge.cli_device import (backend_option, bench, camera, collect, deploy, doctor,
+from tledge import __version__
+from tledge.core import fileio
+from tledge.cli.device import (backend_option, bench, camera, collect, deploy, doctor,
                                pull)
-from tledge.config import (BACKBONES, BATCHNORM, CLASS_WEIGHTS, DATA_CACHES, SCHEDULES,
+from tledge.core.config import (BACKBONES, BATCHNORM, CLASS_WEIGHTS, DATA_CACHES, SCHEDULES,
                            STRATEGIES,
                            DataOptions, FineTuneHParams, ModelOptions, PhaseHParams, QATHParams,
                            RunConfig, TrainOptions)
-from tledge.errors import (Interrupted, TledgeError, causes, first_line, path_error,
+from tledge.core.errors import (Interrupted, TledgeError, causes, first_line, path_error,
                            missing_training_stack, require_training_stack)
 
 
@@ -96,9 +97,9 @@ def main(verbose: bool) -> None:
     tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
     """
     interrupt_on_termination()
-    # -v: native code's own log lines too (tledge.quiet filters them otherwise); set on every
+    # -v: native code's own log lines too (tledge.core.quiet filters them otherwise); set on every
     # invocation, never in the environment, which child processes would inherit
-    from tledge import quiet
+    from tledge.core import quiet
     quiet.set_verbose(verbose)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s: %(message)s")
@@ -226,7 +227,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
           backup_dir, cluster_timeout, mixed_precision, feature_cache, init_from, out,
           overwrite, resume):
     """Train a transfer classifier: frozen head, then fine-tune, then QAT."""
-    from tledge import rundir
+    from tledge.core import rundir
 
     if resume:
         if config_file or out or overwrite:
@@ -255,7 +256,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
                    label_smoothing=label_smoothing,
                    mixed_precision=mixed_precision, feature_cache=feature_cache,
                    feature_norm=feature_norm, init_from=init_from))
-    from tledge.distribution import worker_role
+    from tledge.training.distribution import worker_role
 
     # a bad TF_CONFIG, --out or existing run is said before TensorFlow loads (seconds)
     role = worker_role(config.train.strategy)
@@ -266,11 +267,11 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
     if not role and not resume:  # a cluster's workers may resume into their folder
         rundir.prepare(out_dir, overwrite)
     require_training_stack("tledge train")
-    from tledge.train import train as run_training
+    from tledge.training.train import train as run_training
 
     # train() checks --out again under the folder's lock, before minutes of data loading
     if resume:
-        from tledge.history import finished_phases
+        from tledge.training.history import finished_phases
         finished_phases(out_dir)  # a finished run: said before data loading, not after
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo, resume=bool(resume))
 
@@ -307,7 +308,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
 def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_correction,
            eval_limit, debug, keep_float, out, overwrite):
     """Convert a run to TFLite and verify every file against the float model."""
-    from tledge.config import ExportOptions
+    from tledge.core.config import ExportOptions
 
     formats = tuple(f for f, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic),
                                     ("int8", int8)) if on) or ("fp32",)
@@ -315,7 +316,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
     options = ExportOptions(formats=formats, calibration=calibration, ptq=ptq,
                             max_drop=max_drop, eval_limit=eval_limit, debug=debug,
                             keep_float=keep, bias_correction=bias_correction)
-    from tledge import rundir
+    from tledge.core import rundir
 
     rundir.require_run(Path(run_dir))  # these, and the options, are said before TF loads
     fileio.check_output_dir(Path(out) if out else Path(run_dir) / "export", "--out")
@@ -340,7 +341,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
 @click.option("--overwrite", is_flag=True, help="Replace an existing report.")
 def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
     """Accuracy, per-class precision and recall, and a confusion matrix for MODEL."""
-    from tledge import evaluate as ev
+    from tledge.measure import evaluate as ev
 
     out_dir = Path(out) if out else ev.default_eval_dir(Path(model), data)
     report_path = out_dir / "evaluation.json"
@@ -375,7 +376,7 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
               help="Interpreter threads.  [default: all cores]")
 def predict(model, images, top_k, qat, backend, threads):
     """Top-k labels and scores for each IMAGE (a .tflite MODEL needs no TensorFlow)."""
-    from tledge.evaluate import load_predictor
+    from tledge.measure.evaluate import load_predictor
     from tledge.runtime import load_rgb, top_classes
     from tledge.runtime.preprocess import resize_rgb
 
@@ -398,7 +399,3 @@ def predict(model, images, top_k, qat, backend, threads):
 
 for _command in (bench, camera, collect, deploy, doctor, pull):
     main.add_command(_command)
-
-
-if __name__ == "__main__":  # python -m tledge.cli
-    main()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tledge import fileio, rundir
+from tledge.core import fileio, rundir
 from tledge.data import Splits
-from tledge.errors import TledgeError
-from tledge.fitting import PhaseResult
+from tledge.core.errors import TledgeError
+from tledge.training.fitting import PhaseResult
 
 
 def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tledge.errors import TledgeError
+from tledge.core.errors import TledgeError
 
 # Where a field lives in config.yaml, and the flag that sets it (for error messages).
 _SECTIONS = {"DataOptions": "data", "ModelOptions": "model", "PhaseHParams": "train.frozen",

@@ -10,9 +10,9 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.config import RunConfig
+from tledge.core.config import RunConfig
 from tledge.data import ImageSet, Splits
-from tledge.fitting import progress_verbosity
+from tledge.training.fitting import progress_verbosity
 
 
 STATS_SAMPLE = 2048  # images whose features standardise the head when phase 1 runs on images
@@ -166,7 +166,7 @@ def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.
     from tqdm import tqdm
 
     from tledge.data.cache import DiskArray, RowWriter, choose_storage
-    from tledge.fileio import cache_root
+    from tledge.core.fileio import cache_root
     from tledge.data.pipeline import batches
 
     shapes = [tuple(s[1:]) for s in _output_shapes(extractor)]
@@ -270,7 +270,7 @@ def top_layer_names(model, unfreeze: str, backbone: str) -> list:
 
 def images_only(config: RunConfig, strategy) -> Optional[str]:
     """Why a phase must run the frozen layers on every image every epoch, or None."""
-    from tledge.fitting import worker_shard
+    from tledge.training.fitting import worker_shard
 
     if config.data.augment:
         return "--augment: every epoch sees other pixels"
@@ -286,7 +286,7 @@ def activation_batches(bottom, splits: Splits, config: RunConfig,
     """(training, validation) batches of the frozen bottom's activations, computed once: the
     same order, shuffling and labels as ``image_batches`` gives of the images."""
     from tledge.data.pipeline import batches
-    from tledge.fitting import label_depth
+    from tledge.training.fitting import label_depth
 
     bs, depth = config.data.batch_size, label_depth(config, len(splits.class_names))
     train = features_of(bottom, splits.train, bs, stack, "train", config.data.cache)

@@ -43,7 +43,7 @@ def require_training_stack(what: str, modules: tuple = TRAINING_MODULES) -> None
     if missing:
         raise TledgeError(f"{what} needs TensorFlow ({', '.join(missing)} not installed here): "
                           f"{TRAIN_EXTRA}; a [pi] install runs .tflite files only")
-    from tledge.quiet import import_tensorflow
+    from tledge.core.quiet import import_tensorflow
 
     import_tensorflow()  # now, without its start-up noise, before anything else imports it
 

@@ -127,7 +127,7 @@ def _tensorflow_checks(check_tensorflow: bool) -> list[Check]:
                       fix='pip install "tledge[train]" to train and export')]
     if not check_tensorflow:
         return [Check("tensorflow", f"{tf_version} installed, not checked (--no-tensorflow)")]
-    from tledge.quiet import import_tensorflow
+    from tledge.core.quiet import import_tensorflow
 
     tf = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from tledge.errors import TledgeError, first_line
-from tledge.fieldcheck import check_choice, check_range, check_types
+from tledge.core.errors import TledgeError, first_line
+from tledge.core.fieldcheck import check_choice, check_range, check_types
 
 BACKBONES = ("mobilenet_v2", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
              "mobilenet_v3_small_minimalistic", "mobilenet_v3_large_minimalistic",
@@ -257,7 +257,7 @@ class TrainOptions:
         up before giving up with an error (TensorFlow's own default is to wait for ever).
       class_weight: ``balanced`` weighs each class's loss by n / (classes x its images), in
         every phase; ``none`` does not; ``auto`` is balanced when the training split's largest
-        class has 1.5x the images of its smallest or more (tledge.fitting.class_balance).
+        class has 1.5x the images of its smallest or more (tledge.training.fitting.class_balance).
     """
 
     frozen: PhaseHParams = field(default_factory=PhaseHParams)
@@ -410,7 +410,7 @@ class ExportOptions:
       keep_float: layers (names from the report) that stay float in the int8 file, or
         ("auto",): add the worst layers one at a time until the gate passes.
       bias_correction: post-training int8 only: correct each layer's bias for the mean error
-        of its rounded weights (tledge.biascorrect).
+        of its rounded weights (tledge.quantize.biascorrect).
     """
 
     formats: tuple = ("fp32",)

@@ -11,7 +11,7 @@ take, with ranges known from the formula itself rather than calibrated:
     y = MUL(x, h)                        y keeps HARD_SWISH's own output tensor and range
 
 (QAT files never have HARD_SWISH: tledge's QAT model writes hard-swish as quantized ADD and MUL
-layers, tledge.qat.ConstantOp.) The error this adds is at most half a step of h, |x| / 510,
+layers, tledge.training.qat.ConstantOp.) The error this adds is at most half a step of h, |x| / 510,
 below half a step of y.
 
 Where x's whole int8 range is tiny (|x| under about 0.005, as in an untrained network) XNNPACK

@@ -3,8 +3,10 @@
 Conversion returns bytes; writing them is the caller's step (tledge.export, atomically). A
 full-integer int8 file made after training (post-training quantization) is calibrated on
 images, then its biases are corrected for the mean error of its rounded weights
-(tledge.biascorrect); every int8 file has its int8 HARD_SWISH ops written as ops XNNPACK runs
-(tledge.graph_rewrite), so MobileNetV3 stays one delegated partition, and its uint8 input takes
+(tledge.quantize.biascorrect);
+every int8 file has its int8 HARD_SWISH ops written as ops XNNPACK runs
+(tledge.quantize.graph_rewrite),
+so MobileNetV3 stays one delegated partition, and its uint8 input takes
 raw pixels as they are (scale 1, zero point 0), so no client quantizes a frame.
 """
 
@@ -17,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.errors import TledgeError, first_line
+from tledge.core.errors import TledgeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,8 @@ class QuantizationConfig:
         ranges of what QAT left float (the in-model normalisation's multiply and add, which the
         converter otherwise leaves as float ops between a DEQUANTIZE and a QUANTIZE). After training
         (from the float model), ``bias_correction`` takes the mean error of the rounded weights out
-        of each layer's bias (tledge.biascorrect); QAT trained with that error, so it is not
+        of each layer's bias (tledge.quantize.biascorrect);
+        QAT trained with that error, so it is not
         applied there.
 
         Args:
@@ -279,7 +282,7 @@ def post_training_int8(model, qconfig: QuantizationConfig, keep_float: tuple = (
     Returns:
       The int8 flatbuffer's bytes.
     """
-    from tledge.biascorrect import correct_bias
+    from tledge.quantize.biascorrect import correct_bias
 
     calibrated = calibrate(model, qconfig)
     quantized = quantize_calibrated(calibrated, keep_float)
@@ -300,12 +303,12 @@ def convert(model, qconfig: QuantizationConfig, keep_float: tuple = ()) -> bytes
 
     Returns:
       The flatbuffer, with one signature ("image" in, "predictions" out). int8 files have
-      their HARD_SWISH ops split (tledge.graph_rewrite).
+      their HARD_SWISH ops split (tledge.quantize.graph_rewrite).
 
     Raises:
       TledgeError: the converter failed (its first line, not its MLIR dump).
     """
-    from tledge.graph_rewrite import name_signature, pin_uint8_input, split_int8_hard_swish
+    from tledge.quantize.graph_rewrite import name_signature, pin_uint8_input, split_int8_hard_swish
 
     try:
         if qconfig.full_integer and qconfig.source == "float" and \

@@ -12,8 +12,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from tledge import fileio, rundir
-from tledge.errors import TledgeError
+from tledge.core import fileio, rundir
+from tledge.core.errors import TledgeError
 
 
 @dataclass
@@ -61,14 +61,14 @@ def keras_predictor(model, name: str, labels: list, kind: str = "keras") -> Pred
 
 
 def _keras_predictor(run: Path, qat: bool) -> Predictor:
-    from tledge.errors import require_training_stack
+    from tledge.core.errors import require_training_stack
 
     rundir.require_run(run)
     rundir.prepare_read(run)  # a run still training: refused, nothing written into it
     require_training_stack(f"the run folder {run} (a Keras model)",
                            ("tensorflow", "tf_keras") + (("tensorflow_model_optimization",)
                                                          if qat else ()))
-    from tledge.runmodel import load_run_model
+    from tledge.training.runmodel import load_run_model
 
     if qat and not (run / rundir.QAT_MODEL).is_file():
         raise TledgeError(f"{run} has no QAT model ({rundir.QAT_MODEL}): train with --qat "

@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from tledge import fileio
-from tledge.errors import TledgeError
+from tledge.core import fileio
+from tledge.core.errors import TledgeError
 
 STAT_FIELDS = ("p50", "p90", "p99", "mean", "std")
 
