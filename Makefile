@@ -52,10 +52,11 @@ test: install install-pi  ## the suite but the emulated Pi and the end-to-end ch
 	$(BIN)/python -m pytest -q -m "not pi and not e2e" -n auto --maxprocesses=4 --dist worksteal \
 		--durations=20
 
-# The three end-to-end checks of a minute or more each (a two-worker cluster, MirroredStrategy,
-# MobileNetV3 through the CLI's whole path): their own CI step, so `make test` stays within 7
-# minutes on a 2-core machine without VNNI. .ci/run runs both.
-test-e2e: install  ## the slow end-to-end checks: a cluster, MirroredStrategy, a whole CLI path
+# The end-to-end checks (whole training runs: clusters, mirrored and mixed precision, resume,
+# --init-from, the same seed twice, the disk cache against memory; every backbone through QAT and
+# int8 conversion; MobileNetV3 through the CLI's whole path): their own CI step, so `make test`
+# stays within 7 minutes on a 2-core machine without VNNI. .ci/run runs both (tests/README.md).
+test-e2e: install  ## the end-to-end checks: whole training runs, clusters, every backbone's QAT
 	$(BIN)/python -m pytest -q -m "e2e and not pi" -n auto --maxprocesses=4 --dist worksteal
 
 # The README's Pi commands on an emulated Raspberry Pi OS (Debian 12 arm64, Python 3.11, qemu):

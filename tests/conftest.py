@@ -11,6 +11,11 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# pytest-xdist already runs a worker per core: TensorFlow in each (and in the commands a test
+# starts) computes on one thread, instead of every worker's thread pool spinning for every core
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1) > 1:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
 # Backend probe results go to a cache of the test session's own (tledge.runtime.probe).
 os.environ["TLEDGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="tledge-test-cache-")
 
@@ -60,15 +65,20 @@ def _no_tensorflow_in_the_fast_tier(request):
 # took (every test process and the processes they started and waited for) say what the suite
 # costs: on N idle cores it cannot take less than CPU / N.
 
-_cpu = {"workers": 0.0, "wall0": 0.0}
+_cpu = {"workers": 0.0, "nodes": 0, "wall0": 0.0}
 
 
-def _cpu_seconds() -> float:
+def _cpu_seconds(children: bool = True) -> float:
+    """This process's CPU seconds, and those of the children it waited for (which include
+    theirs): a worker's tests and the commands they ran."""
     import resource
 
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    total = used.ru_utime + used.ru_stime
+    if children:
+        waited = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total += waited.ru_utime + waited.ru_stime
+    return total
 
 
 def pytest_sessionstart(session):
@@ -86,6 +96,7 @@ def pytest_sessionfinish(session):
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: absent without xdist
 def pytest_testnodedown(node, error):
     _cpu["workers"] += float(getattr(node, "workeroutput", {}).get("cpu_s", 0.0))
+    _cpu["nodes"] += 1
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -93,7 +104,8 @@ def pytest_terminal_summary(terminalreporter):
 
     if hasattr(terminalreporter.config, "workeroutput"):
         return
-    cpu = _cpu["workers"] + _cpu_seconds()
+    # with xdist the workers' own figures (the controller's children would count them twice)
+    cpu = _cpu["workers"] + _cpu_seconds(children=not _cpu["nodes"])
     wall = time.monotonic() - _cpu["wall0"]
     terminalreporter.write_line(
         f"suite CPU time {cpu:.0f} s (test processes and their children) in {wall:.0f} s wall"

@@ -22,6 +22,7 @@ def test_registry_and_config_agree():
         assert spec.unfreeze_from and spec.description, name
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 # mobilenet_v3_small goes the whole CLI path below (three phases, QAT, verified int8 export)
 @pytest.mark.parametrize("backbone", [b for b in NEW if b != "mobilenet_v3_small"])
 def test_backbone_is_flat_qat_able_and_fully_int8(backbone):

@@ -71,7 +71,7 @@ def test_pipes_and_broken_links_are_skipped_and_counted(folder_with_traps, tmp_p
     from tledge.data.folder import scan_folder
 
     paths, labels, classes, others = scan_folder(folder_with_traps)
-    assert len(paths) == 4 and others == 3 and classes == ["a", "b"]
+    assert len(paths) == 4 and len(others) == 3 and classes == ["a", "b"]
 
     predict = tledge("predict", MODEL, folder_with_traps / "a" / "pipe.png",
                      folder_with_traps / "b" / "dangling.png", folder_with_traps / "a" / "0.png",

@@ -276,6 +276,7 @@ def test_streamed_batches_match_in_memory_batches():
         batches(disk.train.x, disk.train.y, 32, shard=(2, 0))
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 @pytest.mark.slow
 def test_training_from_the_disk_cache_matches_memory(tmp_path):
     """The same run (feature cache included) from memory and from the disk cache."""

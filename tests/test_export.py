@@ -37,6 +37,7 @@ def assert_qat_wrapped(qat) -> None:
     assert "quant_predictions" in names
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 # MobileNetV2's QAT twin is checked where a real QAT phase makes it (test_train's
 # test_init_from_a_run_skips_to_qat), the six other backbones in test_backbones.py
 def test_qat_wraps_resnet50():

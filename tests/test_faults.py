@@ -84,6 +84,13 @@ def test_two_trains_into_one_folder_never_mix(tmp_path):
     import re
     epoch_lines = [line for line in out.splitlines() if re.match(r"\d+/\d+ - .*val_accuracy", line)]
     assert len(epoch_lines) == 3 + 1, out
+    # issue 41's first hour: each phase opens with a header, a one-epoch phase says "Epoch 1/1",
+    # no unlabelled Keras line ("7/7 - 2s - 2s/epoch - 223ms/step"), no "INFO:" prefix
+    assert "== phase 1/3 frozen: a new head on the frozen backbone, 3 epochs ==" in out, out
+    assert "== phase 2/3 finetune: the backbone's top at a lower learning rate, 1 epoch ==" in out
+    assert "Epoch 1/1" in out and "Epoch 1/3" in out
+    assert not [line for line in out.splitlines() if re.match(r"\d+/\d+ - \S+ - \S+/epoch", line)]
+    assert not [line for line in (out + err).splitlines() if line.startswith("INFO:")], err
 
 
 # ---------------------------------------------------------------- 2. export: verify, then publish

@@ -192,6 +192,7 @@ def test_a_restarted_phase_resumes_from_its_backup(tmp_path):
     assert not (tmp_path / "frozen.log").exists()
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_mixed_precision_model_trains_with_float32_output(caplog):
     """The mixed_float16 code path on a CPU (float16 compute is slow there, but it runs): the
     model computes in float16 and keeps its softmax in float32; the run's own switch refuses it

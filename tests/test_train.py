@@ -222,15 +222,15 @@ def test_a_worker_gone_mid_phase_is_one_line_and_a_failed_status(tiny_splits, tm
     assert metrics["phases_completed"] == ["frozen"]
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_same_seed_same_run(tiny_splits, tmp_path):
-    """Seeded augmentation, shuffling and initial weights: one phase proves them (the frozen
-    phase adds nothing random that fine-tune lacks)."""
-    config = tiny_config().override(data={"augment": True}, train={"frozen": {"epochs": 0}})
+    config = tiny_config().override(data={"augment": True})
     runs = [train(config, tmp_path / f"r{i}", splits=tiny_splits, echo=lambda s: None)
             for i in range(2)]
     assert runs[0].phases[-1].history == runs[1].phases[-1].history
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypatch):
     import shutil
 
@@ -321,6 +321,7 @@ def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits,
     assert (out / rundir.CURVES).stat().st_size > 0
 
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 def test_a_run_interrupted_mid_finetune_resumes_from_its_last_epoch(tiny_splits, tmp_path,
                                                                     monkeypatch):
     """Issue 36: Ctrl-C (SIGTERM is made one) after fine-tune's 2nd of 3 epochs; --resume keeps
@@ -375,3 +376,40 @@ def test_a_run_interrupted_mid_finetune_resumes_from_its_last_epoch(tiny_splits,
     assert np.allclose(history["finetune"]["loss"], expected["finetune"]["loss"], rtol=0.2)
     with pytest.raises(TledgeError, match="finished.*nothing to resume"):
         train(config, out, splits=tiny_splits, echo=lambda s: None, resume=True)
+
+
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
+def test_resume_gives_a_finished_phase_more_epochs(tiny_splits, tiny_run, tmp_path):
+    """Issue 36: --resume with more epochs for the last float phase goes on from its kept
+    weights, its epochs of before kept in the history; an earlier phase cannot (its weights
+    are gone), and a finished run given nothing more is refused."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    before = json.loads((out / rundir.HISTORY).read_text())
+    finetune = tiny_config().train.finetune.__class__
+    with pytest.raises(TledgeError, match="nothing to resume; give a phase more epochs"):
+        train(tiny_config(), out, splits=tiny_splits, echo=lambda s: None, resume=True)
+    with pytest.raises(TledgeError, match="phase frozen of this run cannot be given more"):
+        train(tiny_config(frozen=PhaseHParams(epochs=2, learning_rate=1e-2)), out,
+              splits=tiny_splits, echo=lambda s: None, resume=True)
+    lines = []
+    longer = tiny_config(finetune=finetune(epochs=3, learning_rate=1e-3, unfreeze="10"))
+    result = train(longer, out, splits=tiny_splits, echo=lines.append, resume=True)
+    assert any("phase finetune: 1 epoch(s) finished, 3 asked: 2 more from its kept epoch (1)"
+               in line for line in lines), lines
+    assert any("== phase 2/3 finetune" in line and "2 epochs ==" in line for line in lines)
+    history = json.loads((out / rundir.HISTORY).read_text())
+    assert history["frozen"] == before["frozen"]  # kept as it was, not trained again
+    assert history["finetune"]["epochs"] == 3 and len(history["finetune"]["loss"]) == 3
+    assert history["finetune"]["loss"][0] == before["finetune"]["loss"][0]
+    assert [p.name for p in result.phases] == ["frozen", "finetune"]
+    assert json.loads((out / rundir.METRICS).read_text())["status"] == "complete"
+    assert yaml.safe_load((out / rundir.CONFIG).read_text())["train"]["finetune"]["epochs"] == 3
+    x = tiny_splits.val.x[:4].astype(np.float32)
+    saved = keras.models.load_model(out / rundir.FLOAT_MODEL, compile=False).predict(x, verbose=0)
+    if history["finetune"]["best_epoch"] == 1:  # no new epoch beat it: the model it had
+        np.testing.assert_allclose(saved, tiny_run[1].model.predict(x, verbose=0), atol=1e-6)
+    else:  # a new epoch did: its weights, not the first's
+        assert not np.allclose(saved, tiny_run[1].model.predict(x, verbose=0), atol=1e-6)

@@ -101,11 +101,20 @@ def main(verbose: bool) -> None:
     # invocation, never in the environment, which child processes would inherit
     from tledge.core import quiet
     quiet.set_verbose(verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Plain())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("tensorflow", "absl", "h5py", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     quiet.quiet_tensorflow_logs()
+
+
+class _Plain(logging.Formatter):
+    """Progress as plain lines; a warning or an error says what it is ("WARNING: ...")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        return message if record.levelno == logging.INFO else f"{record.levelname}: {message}"
 
 
 D, M, T = DataOptions, ModelOptions, TrainOptions
@@ -217,7 +226,9 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @optgroup.option("--resume", type=click.Path(file_okay=False), metavar="RUN_DIR",
                  help="Finish an interrupted or failed run: its own config.yaml (flags given "
                  "change it, e.g. more epochs for the phases to come), its finished phases "
-                 "kept, the phase that stopped going on from its last finished epoch.")
+                 "kept, the phase that stopped going on from its last finished epoch. More "
+                 "epochs for the last finished phase (e.g. --epochs-finetune 8) extend it from "
+                 "its kept weights, finished run or not; the phases after it run again.")
 def train(config_file, data, image_size, val_split, limit, augment, batch_size, data_cache,
           backbone, alpha, weights, head_units, dropout, epochs_frozen, lr, lr_schedule_frozen,
           feature_norm, epochs_finetune, lr_finetune, unfreeze, lr_schedule, warmup, batchnorm,
@@ -272,7 +283,7 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
     # train() checks --out again under the folder's lock, before minutes of data loading
     if resume:
         from tledge.training.history import finished_phases
-        finished_phases(out_dir)  # a finished run: said before data loading, not after
+        finished_phases(out_dir, config)  # a finished run: said before data loading
     run_training(config, out_dir, overwrite=overwrite, echo=click.echo, resume=bool(resume))
 
 
@@ -371,29 +382,40 @@ def evaluate(model, data, qat, limit, backend, threads, out, overwrite):
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
               help="Classes per image.")
 @click.option("--qat", is_flag=True, help="With a run folder: use its QAT model.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per image (image, top_k: label and score; or error).")
 @backend_option
 @click.option("--threads", type=click.IntRange(min=1),
               help="Interpreter threads.  [default: all cores]")
-def predict(model, images, top_k, qat, backend, threads):
-    """Top-k labels and scores for each IMAGE (a .tflite MODEL needs no TensorFlow)."""
+def predict(model, images, top_k, qat, as_json, backend, threads):
+    """Top-k labels and scores for each IMAGE, or each image in a folder given (a .tflite
+    MODEL needs no TensorFlow; a run folder uses its Keras model)."""
+    import json
+
     from tledge.measure.evaluate import load_predictor
     from tledge.runtime import load_rgb, top_classes
-    from tledge.runtime.preprocess import resize_rgb
+    from tledge.runtime.preprocess import image_files, resize_rgb
 
+    files = image_files(images)
     predictor = load_predictor(model, qat=qat, backend=backend, threads=threads)
     failed = []
-    for image in images:  # every file gets its line; a bad one does not stop the others
+    for image in files:  # every file gets its line; a bad one does not stop the others
         try:
             pixels = resize_rgb(load_rgb(image), predictor.image_size)
         except TledgeError as e:
-            failed.append(image)
+            failed.append(str(image))
+            if as_json:
+                click.echo(json.dumps({"image": str(image), "error": str(e)}))
             click.secho(f"{image}: error: {e}", fg="red", err=True)
             continue
-        scores = predictor.predict(pixels[None])[0]
-        ranked = top_classes(scores, predictor.labels, top_k)
-        click.echo(f"{image}: " + ", ".join(f"{c.label} ({c.score:.3f})" for c in ranked))
+        ranked = top_classes(predictor.predict(pixels[None])[0], predictor.labels, top_k)
+        if as_json:
+            click.echo(json.dumps({"image": str(image), "top_k": [
+                {"label": c.label, "score": round(float(c.score), 6)} for c in ranked]}))
+        else:
+            click.echo(f"{image}: " + ", ".join(f"{c.label} ({c.score:.3f})" for c in ranked))
     if failed:
-        raise TledgeError(f"{len(failed)} of {len(images)} image(s) could not be read: "
+        raise TledgeError(f"{len(failed)} of {len(files)} image(s) could not be read: "
                           f"{', '.join(failed[:3])}{'...' if len(failed) > 3 else ''}")
 
 

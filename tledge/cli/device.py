@@ -293,6 +293,9 @@ def deploy(sources, device, python, system_site, service, port, source, remove):
     """
     from tledge.device.deploy import DeployOptions, deploy as run_deploy
 
+    if not sources and not remove and Path(device).exists():
+        raise TledgeError(f"no device given: {device} is here, on this machine; name the device "
+                          f"after it: tledge deploy {device} pi@raspberrypi.local")
     if not sources and not remove:
         raise TledgeError("nothing to deploy: give a run folder or .tflite files before the "
                           "device, e.g. tledge deploy models/flowers pi@raspberrypi.local")

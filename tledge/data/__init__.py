@@ -25,8 +25,9 @@ __all__ = ["BUILTIN", "ImageSet", "Splits", "limit_per_class", "load", "load_tes
            "load_test_split", "stratified_split"]
 
 
-def load(options: DataOptions, seed: int) -> Splits:
-    """Load ``options.source`` at ``options.image_size`` and split it."""
+def load(options: DataOptions, seed: int, again: bool = False) -> Splits:
+    """Load ``options.source`` at ``options.image_size`` and split it (``again``: a run's data
+    read again, as export does: what training warned of is said in plain lines)."""
     source = options.source
     if source == "shapes":
         from tledge.data.shapes import load_shapes
@@ -39,7 +40,7 @@ def load(options: DataOptions, seed: int) -> Splits:
     else:
         from tledge.data.folder import load_folder
         pool, names, skipped = load_folder(Path(source), options.image_size, options.limit, seed,
-                                           options.cache)
+                                           options.cache, again=again)
         test = None
     if options.test_source:
         test = load_test_folder(options, names, test)

@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from tledge.core.errors import TledgeError
-from tledge.runtime.preprocess import is_regular_file, load_image
+from tledge.runtime.preprocess import IMAGE_EXTENSIONS, is_regular_file, load_image
 
 if TYPE_CHECKING:
     from tledge.data.imageset import ImageSet
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def check_class_name(root: Path, name: str) -> None:
@@ -42,8 +41,8 @@ def check_class_name(root: Path, name: str) -> None:
                           "read back the same from labels.txt: rename the folder")
 
 
-def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
-    """List image files per class folder: (paths, labels, class names, non-image files)."""
+def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], list[Path]]:
+    """List image files per class folder: (paths, labels, class names, the other files)."""
     if not root.exists():
         raise TledgeError(
             f"data folder {root} does not exist: pass a folder with one subfolder per class, "
@@ -59,7 +58,7 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
         raise TledgeError(
             f"{root} has {len(classes)} class folder(s): a classifier needs at least 2 "
             "subfolders, one per class, each holding that class's images")
-    paths, labels, others = [], [], 0
+    paths, labels, others = [], [], []
     for label, name in enumerate(classes):
         n_before = len(paths)
         for dirpath, dirnames, filenames in os.walk(root / name):
@@ -73,7 +72,7 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
                     paths.append(Path(dirpath) / filename)
                     labels.append(label)
                 else:
-                    others += 1
+                    others.append(Path(dirpath) / filename)
         if len(paths) == n_before:
             raise TledgeError(
                 f"class folder {root / name} has no images (jpg, png, bmp, webp): add some or "
@@ -81,11 +80,24 @@ def scan_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str], int]:
     return paths, np.asarray(labels, dtype=np.int32), classes, others
 
 
+def skipped_line(root: Path, bad: list, others: list, again: bool = False) -> str:
+    """One line for the files a folder's reading skipped, naming the first five."""
+    named = [f"{p.relative_to(root)} (unreadable)" for p in bad[:5]]
+    named += [str(p.relative_to(root)) for p in others[:5 - len(named)]]
+    more = len(bad) + len(others) - len(named)
+    return (f"{'data: as in training, ' if again else ''}skipped {len(bad) + len(others)} "
+            f"file(s) in {root} that are not readable images: {', '.join(named)}"
+            + (f" and {more} more" if more else "") + ("" if again else
+            " (remove them or convert them to jpg/png/bmp/webp)"))
+
+
 def load_folder(root: Path, image_size: int, limit: Optional[int], seed: int,
-                storage: str = "auto") -> tuple["ImageSet", list[str], int]:
+                storage: str = "auto", again: bool = False) -> tuple["ImageSet", list[str], int]:
     """Decode a class-per-folder tree (into the disk cache when it is large, see
-    ``tledge.data.cache``). Unreadable and non-image files are counted, reported once, and
-    skipped; a class left with no readable image is an error."""
+    ``tledge.data.cache``). Unreadable and non-image files are counted, reported in one
+    warning naming the first few, and skipped (``again``: the folder is read again, as export
+    reads the run's data: one plain line, the warning was training's); a class left with no
+    readable image is an error."""
     from tledge.data.imageset import ImageSet, limit_per_class
     from tledge.data.cache import decoded, fingerprint, take
 
@@ -107,13 +119,10 @@ def load_folder(root: Path, image_size: int, limit: Optional[int], seed: int,
             {"source": str(root.resolve())}, {"files": fingerprint(paths)}, len(paths),
             image_size, lambda positions: list(pool.map(decode, [paths[i] for i in positions])),
             storage, desc="decoding images")
-    bad = int((~ok).sum())
-    skipped = bad + others
+    bad = [p for p, good in zip(paths, ok) if not good]
+    skipped = len(bad) + len(others)
     if skipped:
-        example = next((str(p) for p, good in zip(paths, ok) if not good), None)
-        log.warning("skipped %d file(s) in %s that are not readable images (%d unreadable, %d "
-                    "other files)%s", skipped, root, bad, others,
-                    f", e.g. {example}" if example else "")
+        log.log(logging.INFO if again else logging.WARNING, skipped_line(root, bad, others, again))
     for label, name in enumerate(classes):
         if not np.any(ok & (labels == label)):
             raise TledgeError(

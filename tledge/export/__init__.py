@@ -42,7 +42,7 @@ def _eval_images(config: RunConfig, options: ExportOptions, splits=None):
     from tledge import data as data_mod
 
     if splits is None:  # the run's own data and split, from its config.yaml
-        splits = data_mod.load(config.data, config.train.seed)
+        splits = data_mod.load(config.data, config.train.seed, again=True)
     val = splits.val
     if options.eval_limit is not None and options.eval_limit < len(val):
         idx = np.random.default_rng(0).permutation(len(val))[:options.eval_limit]

@@ -58,7 +58,8 @@ def model_card(run_dir: Path, config: RunConfig, labels: list[str], results: lis
 
 
 def format_table(float_acc: float, results: list[FormatResult]) -> str:
-    """The table export prints: each file against the float Keras model.
+    """The table export prints: each file against the float Keras model, and what the columns
+    mean.
 
     Args:
       float_acc: the float model's accuracy.
@@ -67,11 +68,14 @@ def format_table(float_acc: float, results: list[FormatResult]) -> str:
     Returns:
       The table's lines, joined.
     """
-    rows = [f"{'format':<8} {'source':<6} {'size':>9} {'accuracy':>9} {'drop':>7} "
-            f"{'agree':>7} {'max|dp|':>8}  gate",
-            f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>7} {'':>7} {'':>8}"]
+    rows = [f"{'format':<8} {'source':<6} {'size':>9} {'accuracy':>9} {'vs float':>9} "
+            f"{'agree':>7} {'max p diff':>10}  gate",
+            f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>9} {'':>7} {'':>10}"]
     for r in results:
         rows.append(f"{r.format:<8} {r.source:<6} {r.size_bytes / 1e6:>8.2f}M {r.accuracy:>9.4f} "
-                    f"{r.drop_points:>+7.2f} {r.agreement:>7.4f} {r.max_prob_diff:>8.4f}  "
+                    f"{-r.drop_points:>+9.2f} {r.agreement:>7.4f} {r.max_prob_diff:>10.4f}  "
                     f"{'ok' if r.passed else 'FAILED'}")
+    rows.append("vs float: accuracy points against the float model (negative: the file is "
+                "worse)\nagree: the share of images whose top-1 is the float model's; max p "
+                "diff: the largest difference\nof one class's probability")
     return "\n".join(rows)

@@ -63,14 +63,33 @@ def table_rows(report: dict) -> list[list[str]]:
     return out
 
 
+# The terminal's table: the columns that choose a model, within 100 characters; the rest
+# (load, first inference, p99, img/s, overhead, minimum runtime) in --markdown, --csv, --json.
+TERMINAL = {"on": "on", "model": "model", "format": "format", "thr": "thr", "size MB": "MB",
+            "invoke p50": "invoke", "classify p50": "classify", "p90": "p90", "mem MB": "mem MB",
+            "acc": "acc", "XNNPACK": "XNNPACK"}
+
+
 def format_table(report: dict) -> str:
-    rows = table_rows(report)
-    # each column as wide as its widest cell: a model's name is never cut
-    heads = columns(report)
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, (h, _) in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for (h, _), w in zip(heads, widths))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    """The table bench prints: each column as wide as its widest cell (a model's name is never
+    cut), then a line per model the delegate split, naming the op types it left."""
+    heads = [h for h, _ in columns(report)]
+    keep = [i for i, h in enumerate(heads) if h in TERMINAL]
+    rows = [[row[i] for i in keep] for row in table_rows(report)]
+    heads = [TERMINAL[heads[i]] for i in keep]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append("MB: file size. Latency in ms: p50 of invoke() alone and of the classify path "
+                 "(resize +\nquantize + invoke + top-k), p90 of the classify path. mem: peak RSS."
+                 " XNNPACK: the partitions it made\n(1: the whole graph). --markdown, --csv and "
+                 "--json add load time, first inference, p99, img/s,\noverhead and the minimum "
+                 "runtime.")
+    for r in report["results"]:
+        partitions, left = delegation_cells(r)
+        if partitions not in ("-", "1"):
+            lines.append(f"{r['name']} ({r['format']}): {partitions} XNNPACK partitions; left "
+                         f"to the reference kernels: {left}")
     return "\n".join(lines)
 
 
@@ -123,6 +142,8 @@ def to_csv(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    """Latency per model (bar: p50, whisker: p90) and, where bench had --data, accuracy beside
+    it on the same rows."""
     plt = fileio.pyplot()
 
     rows = report["results"]
@@ -133,21 +154,37 @@ def plot(report: dict, path: Path) -> None:
     split = sorted({f"{r['name']} {r['format']}: {delegation_cells(r)[1]}" for r in rows
                     if delegation_cells(r)[0] not in ("-", "1")})
     p50 = [r["classify"]["p50"] for r in rows]
-    err = [[r["classify"]["p50"] - r["classify"]["p50"] for r in rows],
-           [r["classify"]["p90"] - r["classify"]["p50"] for r in rows]]
-    colours = {"fp32": "C0", "fp16": "C1", "dynamic": "C2", "int8": "C3", "keras-float": "C7"}
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5), layout="constrained")
+    err = [[0.0] * len(rows), [r["classify"]["p90"] - r["classify"]["p50"] for r in rows]]
+    colours = [{"fp32": "C0", "fp16": "C1", "dynamic": "C2", "int8": "C3",
+                "keras-float": "C7"}.get(r["format"], "C4") for r in rows]
+    accuracy = [r.get("accuracy") for r in rows]
+    with_accuracy = any(a is not None for a in accuracy)
+    fig, axes = plt.subplots(1, 2 if with_accuracy else 1, sharey=True, squeeze=False,
+                             figsize=(12 if with_accuracy else 9, 0.45 * len(rows) + 1.5),
+                             layout="constrained", width_ratios=[3, 2] if with_accuracy else None)
+    ax = axes[0][0]
     y = np.arange(len(rows))
-    ax.barh(y, p50, xerr=err, color=[colours.get(r["format"], "C4") for r in rows],
-            capsize=3)
+    ax.barh(y, p50, xerr=err, color=colours, capsize=3)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("classify latency, ms (bar: p50, whisker: p90)")
-    ax.set_title(f"tledge bench on {report['machine']['machine_id']}", fontsize=9)
+    fig.suptitle(f"tledge bench on {report['machine']['machine_id']}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     if split:  # why a bar is long: the delegate did not take the whole graph
         ax.set_xlabel(ax.get_xlabel() + "\nnot fully delegated to XNNPACK, left to the "
                       "reference kernels:\n" + "\n".join(split), fontsize=8)
+    if with_accuracy:
+        acc_ax = axes[0][1]
+        known = [100.0 * a if a is not None else 0.0 for a in accuracy]
+        acc_ax.barh(y, known, color=colours)
+        low = max(0.0, min(100.0 * a for a in accuracy if a is not None) - 10.0)
+        for yi, a in zip(y, accuracy):  # the figure inside its bar's end ("-": not measured)
+            acc_ax.text(low if a is None else 100.0 * a, yi, " -" if a is None else
+                        f"{100.0 * a:.2f}% ", ha="left" if a is None else "right",
+                        va="center", fontsize=7, color="black" if a is None else "white")
+        acc_ax.set_xlim(low, 100.0)
+        acc_ax.set_xlabel("accuracy on --data, %")
+        acc_ax.grid(axis="x", alpha=0.3)
     fileio.save_png(fig, path)
 
 

@@ -40,6 +40,9 @@ def load_predictor(model: str | os.PathLike, qat: bool = False, backend: Optiona
     path = Path(model)
     if path.is_dir():
         return _keras_predictor(path, qat)
+    if path.suffix.lower() in (".keras", ".h5") and path.is_file():
+        raise TledgeError(f"{path} is a Keras model file: pass its run folder ({path.parent}; "
+                          "--qat for its QAT model), or a .tflite file of its export/")
     if qat:
         raise TledgeError("--qat applies to a run folder, not a .tflite file: drop --qat")
     from tledge.runtime import Classifier

@@ -47,6 +47,34 @@ def max_image_pixels() -> int:
     return value
 
 
+# the image files tledge reads: in a class folder, a folder given to predict, a camera's folder
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_files(arguments) -> list:
+    """The files named, each folder among them standing for the image files in it (any depth,
+    sorted, hidden ones left out).
+
+    Raises:
+      TledgeError: a folder holds no image file.
+    """
+    from pathlib import Path
+
+    files = []
+    for argument in arguments:
+        path = Path(argument)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not found:
+            raise TledgeError(f"{path} holds no image file ({', '.join(IMAGE_EXTENSIONS)}): "
+                              "pass image files or a folder of them")
+        files += found
+    return files
+
+
 def is_regular_file(path) -> bool:
     """A regular file (a symlink to one counts): not a pipe, socket, device or folder, whose
     opening could block or never end, and not a dangling symlink or a symlink loop.

@@ -174,8 +174,10 @@ def features_of(extractor, images: ImageSet, batch_size: int, stack: contextlib.
     row_bytes = sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes))
     if not isinstance(images.x, DiskArray) and \
             choose_storage(storage, len(images), row_bytes) == "memory":
+        # a bar on a terminal; in a log, no unlabelled "7/7 - 2s - 223ms/step" line (the
+        # phase logs what was computed and in how long)
         out = extractor.predict(batches(images.x, images.y, batch_size),
-                                verbose=progress_verbosity())
+                                verbose=1 if progress_verbosity() == 1 else 0)
         return tuple(out) if isinstance(out, list) else out
     cache_root().mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=".features-", dir=cache_root()))

@@ -60,6 +60,13 @@ class PhaseResult:
     test_balanced_accuracy: Optional[float] = None
     kept: bool = True
 
+    def epoch_logs(self) -> list:
+        """Each epoch's logs and seconds, as KeepBest keeps them."""
+        n = len(self.history.get("loss", []))
+        seconds = list(self.epoch_seconds) + [0.0] * (n - len(self.epoch_seconds))
+        return [{**{k: float(v[i]) for k, v in self.history.items() if i < len(v)},
+                 "seconds": seconds[i]} for i in range(n)]
+
     @property
     def score(self) -> float:
         """The validation figure phases are compared by (``monitor``'s)."""
@@ -195,6 +202,19 @@ def progress_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+def _log_start(state: Optional[Path], prior: Optional[PhaseResult]) -> tuple:
+    """KeepBest's (best, best epoch, epochs, whether the starting weights are the best) when a
+    phase begins: resumed from its saved log, extended from its finished phase, or new."""
+    import json
+
+    if state is not None and (state / "log.json").is_file():
+        saved = json.loads((state / "log.json").read_text())
+        return saved["best"], saved["best_epoch"], saved["epochs"], False
+    if prior is not None:  # a finished phase given more epochs: its epochs, its best
+        return float(prior.score), prior.best_epoch, prior.epoch_logs(), True
+    return -np.inf, 0, [], False
+
+
 class KeepBest:
     """Keras callback factory: each epoch's logs and seconds (the phase's history), and the
     weights of the best validation epoch, restored when the phase ends (EarlyStopping restores
@@ -202,25 +222,29 @@ class KeepBest:
 
     With ``state`` (a folder), all of it is also written there after every epoch, and read
     back when the phase resumes from its BackupAndRestore checkpoint (``tledge train
-    --resume``): the resumed phase keeps the epochs and the best weights of before."""
+    --resume``): the resumed phase keeps the epochs and the best weights of before. ``prior``
+    (a finished phase given more epochs): its epochs come first, and its kept weights (the
+    model's when the fit begins) stay the best until an epoch beats them."""
 
-    def __new__(cls, monitor: str = "val_accuracy", state: Optional[Path] = None):
-        import json
+    def __new__(cls, monitor: str = "val_accuracy", state: Optional[Path] = None,
+                prior: Optional[PhaseResult] = None):
 
         import tf_keras as keras
 
         class _KeepBest(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.best = -np.inf
-                self.best_epoch = 0
-                self.best_weights = None
-                self.epochs: list[dict] = []
-                self._started = 0.0
-                if state is not None and (state / "log.json").is_file():
-                    saved = json.loads((state / "log.json").read_text())
-                    self.best, self.best_epoch = saved["best"], saved["best_epoch"]
-                    self.epochs = saved["epochs"]
+                self.best_weights, self._started = None, 0.0
+                self.best, self.best_epoch, self.epochs, self.seed_weights = _log_start(state,
+                                                                                        prior)
+
+            def on_train_begin(self, logs=None):
+                if self.seed_weights:  # the kept weights the extension starts from
+                    self.best_weights = self.model.get_weights()
+                    if state is not None:
+                        state.mkdir(parents=True, exist_ok=True)
+                        with fileio.atomic_path(state / "best.npz") as tmp:
+                            np.savez(tmp, *self.best_weights)
 
             def on_epoch_begin(self, epoch, logs=None):
                 self._started = time.perf_counter()
@@ -343,19 +367,41 @@ def image_batches(splits, config: RunConfig, strategy, seed: int):
     return train, batches(splits.val.x, splits.val.y, data.batch_size, one_hot=depth)
 
 
+def _callbacks(keep, val_ds, monitor: str, backup: Optional[Path], early_stop: Optional[int],
+               one_epoch: bool) -> list:
+    """A phase's callbacks around KeepBest: balanced accuracy where it picks the kept epoch (an
+    extra pass over the validation split), BackupAndRestore, NaN, early stopping."""
+    import tf_keras as keras
+
+    callbacks = ([BalancedAccuracyLog(val_ds)] if monitor == "balanced_accuracy" else []) + [
+        keep, keras.callbacks.TerminateOnNaN()]
+    if backup is not None:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup)))
+    if one_epoch and progress_verbosity():  # Keras says "Epoch i/n" only when n > 1
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs=None: print("Epoch 1/1", flush=True)))
+    if early_stop:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=f"val_{monitor}", mode="max", patience=early_stop))
+    return callbacks
+
+
 def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: Optional[int],
               name: str, backup: Optional[Path] = None,
-              balance: Optional[Balance] = None) -> PhaseResult:
+              balance: Optional[Balance] = None,
+              prior: Optional[PhaseResult] = None) -> PhaseResult:
     """Fit ``fit_model`` (the model itself, or a head sharing its layers) and keep its best.
 
     ``backup``: a folder for Keras' BackupAndRestore: the state is saved every epoch, a
     restarted cluster or ``tledge train --resume`` resumes the phase at its last finished
     epoch (KeepBest's log and best weights beside it), and both are deleted when the phase
     ends. ``balance``: its class weights weigh the loss, and its monitor (balanced accuracy
-    where the classes are imbalanced) picks the kept epoch."""
+    where the classes are imbalanced) picks the kept epoch. ``prior``: this phase as it
+    finished before (``--resume`` with more epochs): ``hp.epochs`` more epochs are numbered on
+    from its, on a learning-rate schedule of their own, and its kept epoch stays kept unless a
+    new one beats it."""
     import shutil
 
-    import tf_keras as keras
 
     monitor = balance.monitor if balance else "accuracy"
     # the chief's alone (workers of a cluster share one backup folder on a host)
@@ -363,17 +409,13 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
     state = backup / f"{name}.log" if backup is not None and chief else None
     if state is not None and not resumable(backup, name):
         shutil.rmtree(state, ignore_errors=True)  # an older attempt's, with no checkpoint
-    keep = KeepBest(f"val_{monitor}", state)
-    # balanced accuracy where it picks the kept epoch: an extra pass over the validation split
-    callbacks = ([BalancedAccuracyLog(val_ds)] if monitor == "balanced_accuracy" else []) + [
-        keep, keras.callbacks.TerminateOnNaN()]
-    if backup is not None:
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(str(backup / name)))
-    if early_stop:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=f"val_{monitor}", mode="max", patience=early_stop))
+    keep = KeepBest(f"val_{monitor}", state, prior)
+    done = len(prior.history.get("loss", [])) if prior is not None else 0
+    callbacks = _callbacks(keep, val_ds, monitor, backup and backup / name, early_stop,
+                           one_epoch=hp.epochs == 1 and not done)
     start = time.perf_counter()
-    hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=hp.epochs,
+    hist = fit_model.fit(train_ds, validation_data=val_ds, epochs=done + hp.epochs,
+                         initial_epoch=done,
                          callbacks=callbacks, verbose=progress_verbosity(),
                          class_weight=balance.class_weight if balance else None)
     seconds = time.perf_counter() - start

@@ -117,11 +117,28 @@ def plot_curves(phases: list[PhaseResult], path: Path) -> None:
     fileio.save_png(fig, path)
 
 
-def finished_phases(out: Path) -> list:
+def asked_epochs(config) -> dict:
+    """{phase: the epochs ``config`` asks of it} (QAT off: 0)."""
+    t = config.train
+    return {"frozen": t.frozen.epochs, "finetune": t.finetune.epochs,
+            "qat": t.qat.epochs if t.qat.enabled else 0}
+
+
+def _longer(phases: list, config) -> list:
+    asked = asked_epochs(config)
+    return [p for p in phases if asked[p.name] > len(p.history.get("loss", []))]
+
+
+def finished_phases(out: Path, config=None) -> list:
     """The PhaseResults of the phases a run folder's reports say finished (for --resume).
 
+    Args:
+      out: the run folder.
+      config: the config the run resumes with: a finished run may go on when it asks a
+        finished phase for more epochs (``resume_plan``).
+
     Raises:
-      TledgeError: a folder that holds no unfinished run.
+      TledgeError: a folder that holds no unfinished run, and no phase given more epochs.
     """
     import json
 
@@ -133,9 +150,6 @@ def finished_phases(out: Path) -> list:
     except (OSError, ValueError) as e:
         raise TledgeError(f"{out}'s metrics.json or history.json cannot be read ({e}): it "
                           "cannot be resumed; train it again with --overwrite") from e
-    if metrics.get("status") == "complete":
-        raise TledgeError(f"{out} finished (metrics.json: complete): nothing to resume; to "
-                          f"train it further, tledge train --init-from {out} --out NEW_RUN")
     phases = []
     for name in metrics.get("phases_completed", []):
         h, m = dict(history.get(name, {})), metrics.get("phases", {}).get(name, {})
@@ -150,7 +164,58 @@ def finished_phases(out: Path) -> list:
             seconds=meta["seconds"] or 0.0, epoch_seconds=meta["epoch_seconds"] or [],
             feature_cache=bool(meta["feature_cache"]), monitor=meta["monitor"] or "accuracy",
             kept=meta["kept"] is not False))
+    if metrics.get("status") == "complete" and (config is None or not _longer(phases, config)):
+        raise TledgeError(f"{out} finished (metrics.json: complete): nothing to resume; give a "
+                          "phase more epochs to extend it (tledge train --resume RUN "
+                          "--epochs-finetune N), or tledge train --init-from RUN --out NEW_RUN")
     return phases
+
+
+def resume_plan(phases: list, config, echo) -> tuple[list, dict]:
+    """What ``--resume`` keeps of a run's finished phases, and which it extends.
+
+    A finished phase that ``config`` asks for more epochs goes on from its kept weights (its
+    epochs kept, the new ones numbered on, on a learning-rate schedule of their own), and the
+    phases after it run again. Only the last float phase can: an earlier one's weights are gone
+    (the next phase trained on from them). QAT given more epochs runs again in whole, from the
+    float model (its wrapping, ranges and optimizer are not kept between runs).
+
+    Returns:
+      (the phases kept as they are, {phase name: its PhaseResult, to extend}).
+
+    Raises:
+      TledgeError: a phase that cannot be extended.
+    """
+    longer = _longer(phases, config)
+    if not longer:
+        return phases, {}
+    first, asked = longer[0], asked_epochs(config)
+    done = len(first.history.get("loss", []))
+    if first.name == "qat":
+        echo(f"phase qat: {done} epoch(s) finished, {asked['qat']} asked: QAT runs again in "
+             "whole from the float model")
+        return phases[:phases.index(first)], {}
+    floats = [p for p in phases if p.name != "qat"]
+    if first is not floats[-1] or not first.kept:
+        why = (f"phase {floats[-1].name} trained on from its model" if first is not floats[-1]
+               else "it ended below the model it started from and was not kept")
+        raise TledgeError(f"phase {first.name} of this run cannot be given more epochs: {why}, "
+                          "so its weights are gone; train again with --overwrite (or another "
+                          "--out) and more epochs")
+    echo(f"phase {first.name}: {done} epoch(s) finished, {asked[first.name]} asked: "
+         f"{asked[first.name] - done} more from its kept epoch ({first.best_epoch}), "
+         "on a learning-rate schedule of their own; the phases after it run again")
+    return phases[:phases.index(first)], {first.name: first}
+
+
+PHASE_TITLES = {"frozen": "1/3 frozen: a new head on the frozen backbone",
+                "finetune": "2/3 finetune: the backbone's top at a lower learning rate",
+                "qat": "3/3 qat: quantization-aware training"}
+
+
+def phase_header(name: str, epochs: int) -> str:
+    """The line that opens a phase in the log, before its first epoch (or QAT's wrapping)."""
+    return f"== phase {PHASE_TITLES[name]}, {epochs} epoch{'s' if epochs != 1 else ''} =="
 
 
 def phase_line(phase: PhaseResult) -> str:

@@ -27,7 +27,8 @@ from tledge.training.fitting import (PhaseResult, balance_lines, class_balance, 
 from tledge.training.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, split_at, standardised_head,
                              top_layer_names, images_only, activation_batches)
-from tledge.training.history import finished_phases, phase_line, write_reports
+from tledge.training.history import (asked_epochs, finished_phases, phase_header, phase_line,
+                                     resume_plan, write_reports)
 from tledge.training.runmodel import load_initial_model
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class TrainResult:
 
 
 def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
-                 backup: Optional[Path] = None) -> PhaseResult:
+                 backup: Optional[Path] = None, prior=None) -> PhaseResult:
     """Phase 1: the backbone frozen, the head trained.
 
     On standardised features (``--feature-norm``, folded into the head afterwards). Without
@@ -65,6 +66,8 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
       config: the run's config (``train.frozen`` is the phase's).
       strategy: a tf.distribute strategy.
       backup: a folder for BackupAndRestore (multi-worker), or None.
+      prior: the phase as it finished before, extended by ``train.frozen.epochs`` more
+        (``fitting.fit_phase``), or None.
 
     Returns:
       The phase's PhaseResult (history, best epoch, its validation accuracy, seconds).
@@ -73,7 +76,7 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
 
     set_backbone_trainable(model, None)
     if images_only(config, strategy):
-        return _frozen_on_images(model, splits, config, strategy, backup)
+        return _frozen_on_images(model, splits, config, strategy, backup, prior)
     log.info("phase frozen: computing backbone features once (no augmentation)")
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -82,13 +85,13 @@ def frozen_phase(model, splits: Splits, config: RunConfig, strategy,
         train = (features_of(extractor, splits.train, bs, stack, "train", config.data.cache),
                  splits.train.y)
         val = features_of(extractor, splits.val, bs, stack, "val", config.data.cache), splits.val.y
-        result = fit_head(model, train, val, config, strategy, backup)
+        result = fit_head(model, train, val, config, strategy, backup, prior)
     result.seconds = time.perf_counter() - start  # feature extraction included
     return result
 
 
 def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
-             backup: Optional[Path] = None) -> PhaseResult:
+             backup: Optional[Path] = None, prior=None) -> PhaseResult:
     """Phase 1 on backbone features computed already.
 
     ``model``'s head trains (on standardised features with ``--feature-norm``).
@@ -120,14 +123,14 @@ def fit_head(model, train: tuple, val: tuple, config: RunConfig, strategy,
         result = fit_phase(model, head,
                            batches(*train, bs, shuffle=True, seed=seed, one_hot=depth),
                            batches(*val, bs, one_hot=depth),
-                           hp, config.train.early_stop, "frozen", backup, balance)
+                           hp, config.train.early_stop, "frozen", backup, balance, prior)
     result.feature_cache = True
     result.trainable_weights = len(head.trainable_weights)
     return result
 
 
 def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
-                      backup: Optional[Path] = None) -> PhaseResult:
+                      backup: Optional[Path] = None, prior=None) -> PhaseResult:
     """Phase 1 through the frozen backbone every step (augmentation, several workers), the
     features standardised with the statistics of a sample of the training images."""
     import tf_keras as keras
@@ -147,11 +150,11 @@ def _frozen_on_images(model, splits: Splits, config: RunConfig, strategy,
             compile_model(fit_model, rate, config.train.label_smoothing)
         train_ds, val_ds = image_batches(splits, config, strategy, seed)
         return fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                         "frozen", backup, splits_balance(splits, config))
+                         "frozen", backup, splits_balance(splits, config), prior)
 
 
 def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
-                   backup: Optional[Path] = None) -> PhaseResult:
+                   backup: Optional[Path] = None, prior=None) -> PhaseResult:
     """Phase 2: the top of the backbone unfrozen, trained with the head at a low learning rate.
 
     Without augmentation the frozen bottom (everything below the unfreeze point, its BatchNorm
@@ -167,6 +170,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
         point, BatchNorm mode).
       strategy: a tf.distribute strategy.
       backup: a folder for BackupAndRestore, or None.
+      prior: the phase as it finished before, extended (``fitting.fit_phase``), or None.
 
     Returns:
       The phase's PhaseResult (``feature_cache``: trained on the cached activations).
@@ -199,7 +203,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
         with strategy.scope():
             compile_model(fit_model, phase_rate(hp, steps), config.train.label_smoothing)
         result = fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
-                           "finetune", backup, splits_balance(splits, config))
+                           "finetune", backup, splits_balance(splits, config), prior)
     result.seconds = time.perf_counter() - start  # the activations' computation included
     result.feature_cache = not why_not
     return result
@@ -280,13 +284,16 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
         splits = data_mod.load(config.data, config.train.seed)
     for line in _setup_lines(config, splits, strategy):
         echo(line)
-    result = TrainResult(out=out, phases=finished_phases(out) if resume else [])
+    result, extend = TrainResult(out=out, phases=[]), {}
+    if resume:
+        result.phases, extend = resume_plan(finished_phases(out, config), config, echo)
     done = {p.name for p in result.phases}
     with precision_policy(config.train.mixed_precision):
-        if done & {"frozen", "finetune"}:  # the float model they left
+        if done & {"frozen", "finetune"} or extend:  # the float model they left
             with strategy.scope():
                 result.model = load_initial_model(out, splits, config.data.image_size)
-            echo(f"resuming after phase(s) {', '.join(p.name for p in result.phases)}")
+            if result.phases:
+                echo(f"resuming after phase(s) {', '.join(p.name for p in result.phases)}")
         else:  # before the run folder is written: a bad option leaves nothing behind
             result.model = _initial_model(config, splits, strategy)
         run = _RunWriter(out, config, splits.class_names, replacing=overwrite and any(
@@ -294,7 +301,8 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
         run.saved = bool(done & {"frozen", "finetune"})
         current = None
         try:
-            for name, epochs, run_phase in _phases(config, out, run, splits, strategy, backup):
+            for name, epochs, run_phase in _phases(config, out, run, splits, strategy, backup,
+                                                   extend):
                 if name in done:
                     continue
                 if epochs == 0:
@@ -302,6 +310,7 @@ def _train(config: RunConfig, out: Path, *, overwrite: bool, splits: Optional[Sp
                         echo(f"phase {name}: skipped (0 epochs)")
                     continue
                 current = name
+                echo(phase_header(name, epochs))
                 echo(phase_line(run_phase(result)))
             current = "qat"
             if not run.saved:  # no phase ran (--init-from, or 0 epochs): the model as is
@@ -352,16 +361,23 @@ def _initial_model(config: RunConfig, splits: Splits, strategy):
 
 
 def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, strategy,
-            backup: Optional[Path]) -> list:
+            backup: Optional[Path], extend: Optional[dict] = None) -> list:
     """(name, epochs, run) for each phase of the recipe, in order. ``run(result)`` trains
     ``result.model``, appends the phase's PhaseResult to ``result.phases`` and returns it; a
     float phase saves the float model and the reports after it, the QAT phase its own model
-    (after saving the float model as it is when no float phase ran)."""
-    def float_phase(train_phase):
+    (after saving the float model as it is when no float phase ran). ``extend``: {phase:
+    its PhaseResult} for a finished phase given more epochs (``history.resume_plan``)."""
+    extend, asked = extend or {}, asked_epochs(config)
+    extra = {name: asked[name] - len(p.history.get("loss", [])) for name, p in extend.items()}
+
+    def float_phase(name, train_phase):
         def run_float(result):
             before = next((p for p in reversed(result.phases) if p.kept), None)
             start_weights = result.model.get_weights() if before is not None else None
-            phase = train_phase(result.model, splits, config, strategy, backup=backup)
+            more = {"prior": extend[name]} if name in extend else {}
+            phase = train_phase(result.model, splits, config.override(
+                train={name: {"epochs": extra.get(name, asked[name])}}), strategy,
+                backup=backup, **more)
             if splits.test is not None:
                 phase.test_accuracy, phase.test_balanced_accuracy = evaluate_accuracy(
                     result.model, splits.test, config.data.batch_size)
@@ -384,10 +400,11 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
         result.phases.append(phase)
         return phase
 
-    train = config.train
-    return [("frozen", train.frozen.epochs, float_phase(frozen_phase)),
-            ("finetune", train.finetune.epochs, float_phase(finetune_phase)),
-            ("qat", train.qat.epochs if train.qat.enabled else 0, run_qat)]
+    return [("frozen", extra.get("frozen", asked["frozen"]),
+             float_phase("frozen", frozen_phase)),
+            ("finetune", extra.get("finetune", asked["finetune"]),
+             float_phase("finetune", finetune_phase)),
+            ("qat", asked["qat"], run_qat)]
 
 
 def _interrupted(cause: KeyboardInterrupt, current: str, run: "_RunWriter",
