@@ -554,3 +554,38 @@ def test_service_without_systemd_is_refused_before_anything_is_sent(fake_device,
         "nothing was sent" in result.stderr
     assert [c["command"] for c in _calls(home)] == ["python3"]  # facts only
     assert not (home / "tledge").exists() and not (home / ".config").exists()
+
+
+def test_tune_times_every_candidate_on_the_device_in_one_session(fake_device, tmp_path):
+    """Issue 40: tune --on sends the candidates' int8 files in one upload and times them in
+    one bench there, at the threads asked; a device gone mid-tune keeps what was found."""
+    import shutil
+
+    from test_tune import Fakes
+    from tledge.tune.search import TuneOptions, tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text("candidates:\n  - backbone: mobilenet_v2\n    alpha: 0.35\n"
+                     "    image_size: [96, 128]\n")
+    out = tmp_path / "tune"
+    for name in ("mobilenet_v2-a0.35-96px", "mobilenet_v2-a0.35-128px"):  # built already:
+        (out / "candidates").mkdir(parents=True, exist_ok=True)  # no TensorFlow here
+        shutil.copyfile(INT8, out / "candidates" / f"{name}.tflite")
+    options = TuneOptions(data="shapes", max_latency_ms=1000.0, out=out, on="pi@fake-pi",
+                          space=space, runs=3, warmup=0)
+    reports = fake_device / "tledge" / "bench"
+    before = set(reports.glob("bench-*.json")) if reports.is_dir() else set()
+    state = tune(options, echo=lambda s: None, train_one=Fakes().train)
+    new = set(reports.glob("bench-*.json")) - before
+    assert len(new) == 1  # one bench session there, every candidate in it, at 1 thread
+    rows = json.loads(new.pop().read_text())["results"]
+    assert len(rows) == 2 and {r["threads"] for r in rows} == {1}
+    assert all(c["latency_ms"] > 0 and c["machine"] for c in state["candidates"].values())
+    assert state["best"] in state["candidates"]
+    # the device goes away: one line, the tune's figures kept, and the way on
+    (out / "tune.json").unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TLEDGE_SSH_COMMAND", str(tmp_path / "no-ssh-here"))
+        with pytest.raises(TledgeError, match="run the same command again"):
+            tune(options, echo=lambda s: None, train_one=Fakes().train)
+    assert json.loads((out / "tune.json").read_text())["status"].startswith("stopped")

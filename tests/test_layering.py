@@ -20,6 +20,7 @@ FLOORS = [
     ("bench and evaluate", ["tledge.measure"]),
     ("camera", ["tledge.camera"]),
     ("device", ["tledge.device"]),
+    ("tune", ["tledge.tune"]),
     ("commands", ["tledge.cli"]),
 ]
 

@@ -14,6 +14,7 @@ from click_option_group import optgroup
 
 from tledge import __version__
 from tledge.core import fileio
+from tledge.cli.tune import tune
 from tledge.cli.device import (backend_option, bench, camera, collect, deploy, doctor,
                                pull)
 from tledge.core.config import (BACKBONES, BATCHNORM, CLASS_WEIGHTS, DATA_CACHES, SCHEDULES,
@@ -95,6 +96,7 @@ def main(verbose: bool) -> None:
     tledge export  RUN_DIR --int8    TFLite files verified against the float model
     tledge evaluate MODEL --data D   accuracy, per-class precision/recall, confusion matrix
     tledge predict MODEL IMAGE...    top-k labels (a .tflite needs no TensorFlow)
+    tledge tune --data D --max-latency-ms X   the most accurate model within a latency budget
     """
     interrupt_on_termination()
     # -v: native code's own log lines too (tledge.core.quiet filters them otherwise); set on every
@@ -419,5 +421,5 @@ def predict(model, images, top_k, qat, as_json, backend, threads):
                           f"{', '.join(failed[:3])}{'...' if len(failed) > 3 else ''}")
 
 
-for _command in (bench, camera, collect, deploy, doctor, pull):
+for _command in (bench, camera, collect, deploy, doctor, pull, tune):
     main.add_command(_command)
