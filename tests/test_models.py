@@ -128,3 +128,20 @@ def test_unfreeze_by_count_name_and_all_keeps_batchnorm_frozen(keras):
                    for layer in layers)
     with pytest.raises(TledgeError, match="neither a number"):
         set_backbone_trainable(model, "no_such_layer")
+
+
+def test_a_weights_file_of_another_backbone_is_refused_not_ignored(keras, tmp_path):
+    """EfficientNet-Lite0 loads a file by layer name: a MobileNetV2 file would fill none of its
+    layers and leave it random without a word (tledge tune's candidates met exactly that)."""
+    other = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                           include_top=False, weights=None)
+    path = tmp_path / "mobilenet_v2_0.35_no_top.h5"
+    other.save_weights(path)
+    with pytest.raises(TledgeError, match="does not fit efficientnet_lite0: it holds weights "
+                                          "for 0 of its"):
+        build_classifier(ModelOptions(backbone="efficientnet_lite0", weights=str(path)), 3, 32)
+    from tledge.models.efficientnet_lite import efficientnet_lite0
+
+    mine = tmp_path / "efficientnet_lite0_no_top.h5"  # its own file fits
+    efficientnet_lite0(keras.Input((32, 32, 3))).save_weights(mine)
+    build_classifier(ModelOptions(backbone="efficientnet_lite0", weights=str(mine)), 3, 32)

@@ -101,7 +101,29 @@ def _efficientnet_lite0(input_tensor, weights, alpha):
     model = efficientnet_lite0(input_tensor)
     if weights:
         model.load_weights(weights, by_name=True, skip_mismatch=False)
+        check_weights_cover(model, weights, "efficientnet_lite0")
     return model
+
+
+def check_weights_cover(model, path: str, backbone: str) -> None:
+    """A weights file loaded by layer name fills only the layers whose names it holds, and says
+    nothing of the others: a file of another backbone would leave the model random, silently.
+
+    Raises:
+      TledgeError: the file holds weights for fewer than 90% of the model's weighted layers.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = {n.decode() if isinstance(n, bytes) else str(n)
+                 for n in group.attrs.get("layer_names", [])} or set(group.keys())
+    weighted = [layer.name for layer in model.layers if layer.weights]
+    covered = sum(name in names for name in weighted)
+    if covered < 0.9 * len(weighted):
+        raise TledgeError(f"weights file {path} does not fit {backbone}: it holds weights for "
+                          f"{covered} of its {len(weighted)} layers with weights (a file of "
+                          "another backbone?): pass this backbone's own .h5, or --weights none")
 
 
 REGISTRY: dict[str, BackboneSpec] = {
