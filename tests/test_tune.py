@@ -158,6 +158,26 @@ def test_the_time_budget_stops_the_search_and_keeps_what_it_found(tmp_path):
     assert "not trained: the time budget ran out" in (tmp_path / "tune" / "tune.md").read_text()
 
 
+def test_a_candidate_whose_int8_file_fails_is_never_picked(tmp_path):
+    """What ships decides: the best float model that does not convert to int8 is dropped,
+    saying why, and the next one wins."""
+    fakes = Fakes()
+    real = fakes.train
+
+    def train(c, epochs, options):
+        result = real(c, epochs, options)
+        if c.name == "mobilenet_v3_small-a1-96px":  # the stand-ins' best
+            result["int8_error"] = "TFLite conversion to int8 failed (XNNPACK: failed to prepare)"
+        return result
+
+    lines = []
+    state = tune(_options(tmp_path), echo=lines.append, measure=fakes.measure, train_one=train)
+    assert state["best"] == "mobilenet_v2-a1-96px"
+    assert state["candidates"]["mobilenet_v3_small-a1-96px"]["dropped"].startswith(
+        "int8 conversion failed: TFLite conversion")
+    assert any("int8 conversion failed" in line for line in lines)
+
+
 def test_no_candidate_within_the_budget_names_the_fastest(tmp_path):
     fakes = Fakes()
     with pytest.raises(TledgeError) as e:
@@ -235,3 +255,7 @@ def test_a_small_tune_runs_end_to_end(tmp_path):
     assert all(c["latency_ms"] > 0 and c["rounds"] for c in state["candidates"].values())
     assert RunConfig.from_yaml(out / "best.yaml").model.backbone == "mobilenet_v2"
     assert "next: tledge train --config" in proc.stdout
+    # one line per candidate and round, not the training's own log
+    out = proc.stdout + proc.stderr
+    assert "Epoch 1/1" not in out and "phase frozen:" not in out and "INFO" not in out, out
+    assert sum("validation accuracy" in line for line in proc.stdout.splitlines()) == 2

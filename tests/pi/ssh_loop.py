@@ -4,7 +4,9 @@ Part of ``make pi-check`` (tests/pi/pi_check.py). OpenSSH's server runs inside t
 arm64 root (a user ``pi``, a key made for this check, a loopback port, a Raspberry Pi 4's
 /proc/cpuinfo); this machine's own OpenSSH client reaches it through an ssh config file given
 to tledge by ``TLEDGE_SSH_COMMAND``. From here it runs, as a user would: ``tledge deploy`` onto
-a blank device folder, ``bench --on --compare-local``, ``camera --on --serve`` (the page fetched
+a blank device folder, ``bench --on --compare-local``, ``tune --on`` (two tiny candidates timed
+there in one session, trained here; latencies under emulation are never reported as a Pi's),
+``camera --on --serve`` (the page fetched
 through the forwarded port, then Ctrl-C, then no camera left on the device), ``collect --on``
 (three shots through the forwarded page, Ctrl-C) and ``pull`` twice, a second deploy
 that sends nothing, and the bad cases: a refused key, a closed port, ``--service`` where there
@@ -186,6 +188,9 @@ def check(root: Path, cpuinfo: Path, work_host: Path, guest_work: str, log) -> l
         env = dict(os.environ, TLEDGE_SSH_COMMAND=f"ssh -F {_ssh_config(tmp, port, tmp / 'key')}",
                    TF_CPP_MIN_LOG_LEVEL="2")
         export, model = work_host / "export", str(work_host / "export/model_int8.tflite")
+        space = tmp / "space.yaml"  # two tiny candidates: a tune end to end, not a search
+        space.write_text("candidates:\n  - backbone: mobilenet_v2\n    alpha: 0.35\n"
+                         "    image_size: [32, 48]\n")
         steps = [
             ("tledge deploy (blank device: venv, wheel, doctor)", ["deploy", str(export), HOST],
              0, ["installed now", "backend litert", "(aarch64)"]),
@@ -195,6 +200,12 @@ def check(root: Path, cpuinfo: Path, work_host: Path, guest_work: str, log) -> l
              ["bench", model, "--on", HOST, "--compare-local", "--runs", "3", "--warmup", "1",
               "--threads", "1", "--json", str(tmp / "pi.json"), "--chart", str(tmp / "pi.png")],
              0, ["wrote", "model_int8"]),
+            ("tledge tune --on (two candidates timed there, trained here)",
+             ["tune", "--data", "shapes", "--limit", "8", "--max-latency-ms", "100000", "--on",
+              HOST, "--space", str(space), "--weights", "none", "--runs", "3",
+              "--time-budget", "30m", "--out", str(tmp / "tune")],
+             0, ["2 of 2 candidate(s) within", "best: mobilenet_v2-a0.35-",
+                 "next: tledge train --config"]),
             ("a key the device refuses", ["deploy", model, "refused-key"], 1,
              ["refused the login"]),
             ("a port nobody listens on", ["deploy", model, "closed-port"], 1,

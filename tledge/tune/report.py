@@ -25,7 +25,7 @@ def rows(state: dict, best: str) -> list[dict]:
                     "score": None if last is None else last["score"],
                     "monitor": None if last is None else last["monitor"],
                     "epochs": None if last is None else last["epochs"],
-                    "weights": None if last is None else last.get("weights"),
+                    "weights": None if last is None else Path(str(last.get("weights"))).name,
                     "train_s": c.get("trained_seconds"), "status": status})
     return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0),
                                       r["latency_ms"] if r["latency_ms"] is not None else 1e9))
@@ -67,8 +67,10 @@ def to_markdown(state: dict, table: list[dict], options) -> str:
              f"- latency: the int8 classify path's p50 on {machine} "
              f"({options.on or 'this machine'}), {options.threads} thread(s), random weights",
              f"- validation: tledge's recipe, QAT off, {options.epochs} epoch(s) per phase in "
-             "the first round, doubled each round (successive halving); balanced accuracy "
-             "where the classes are imbalanced", "- *: on the Pareto front", "",
+             "the first round, doubled each round (successive halving), then exported: the "
+             "int8 file's accuracy (the float model's balanced accuracy where the classes are "
+             "imbalanced); a model that does not convert is never picked",
+             "- *: on the Pareto front", "",
              "| candidate | ms p50 | MB | validation | epochs | weights | train s | status |",
              "|---|---:|---:|---:|---:|---|---:|---|"]
     for r in table:

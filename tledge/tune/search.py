@@ -229,10 +229,15 @@ def _halving(state: State, fitting: list, options: TuneOptions, train_one, deadl
             result = train_one(c, epochs, options)
             entry["rounds"].append({"round": round_, "epochs": epochs, **result})
             entry["trained_seconds"] = round(sum(r["seconds"] for r in entry["rounds"]), 1)
+            if result.get("int8_error"):
+                entry["dropped"] = f"int8 conversion failed: {result['int8_error']}"
             state.save(status=f"training: round {round_}")
             echo(f"  {c.name}: validation {result['monitor'].replace('_', ' ')} "
-                 f"{result['score']:.4f} in {result['seconds']:.0f} s")
-        done = [c for c in survivors if _score(state, c, round_) is not None]
+                 f"{result['score']:.4f}" + (" (int8)" if "int8_accuracy" in result else "")
+                 + f" in {result['seconds']:.0f} s"
+                 + (f"; {entry['dropped']}" if result.get("int8_error") else ""))
+        done = [c for c in survivors if _score(state, c, round_) is not None
+                and not state[c]["rounds"][-1].get("int8_error")]
         if len(done) <= 1 or stopped:
             break
         ranked = sorted(done, key=lambda c: (-_score(state, c, round_), state[c]["latency_ms"]))
@@ -240,11 +245,18 @@ def _halving(state: State, fitting: list, options: TuneOptions, train_one, deadl
         for c in ranked[len(keep):]:
             state[c]["dropped"] = f"halved after round {round_} (the better half went on)"
         state.save()
+        if len(keep) == 1:  # decided: the last one left needs no longer training to win
+            break
         survivors, round_ = keep, round_ + 1
-    trained = [c for c in fitting if state[c]["rounds"]]
+    trained = [c for c in fitting if state[c]["rounds"]
+               and not state[c]["rounds"][-1].get("int8_error")]
     if not trained:
-        raise TledgeError("the time budget ran out before any candidate trained: give "
-                          "--time-budget more time (the latencies are kept in tune.json)")
+        failed = [c for c in fitting if state[c]["rounds"]]
+        raise TledgeError(
+            f"none of the {len(failed)} candidate(s) trained converted to int8 (see "
+            f"{STATE}): {state[failed[0]]['dropped']}" if failed else
+            "the time budget ran out before any candidate trained: give --time-budget more "
+            "time (the latencies are kept in tune.json)")
     best = max(trained, key=lambda c: (max(r["round"] for r in state[c]["rounds"]),
                                        state[c]["rounds"][-1]["score"],
                                        -state[c]["latency_ms"]))
@@ -338,12 +350,51 @@ def train_candidate(candidate: Candidate, epochs: int, options: TuneOptions) -> 
                            finetune=FineTuneHParams(epochs=epochs),
                            qat=QATHParams(enabled=False), seed=options.seed))
     start = time.monotonic()
-    result = train(config, Path(options.out) / "runs" / candidate.name, overwrite=True,
-                   echo=lambda line: None)
-    kept = next(p for p in reversed(result.phases) if p.kept)
-    return {"score": round(float(kept.score), 6), "accuracy": round(float(kept.val_accuracy), 6),
-            "monitor": kept.monitor, "seconds": round(time.monotonic() - start, 1),
-            "weights": "random" if weights == "none" else weights}
+    run = Path(options.out) / "runs" / candidate.name
+    with _quiet():  # tune says one line per candidate; the run's own log is for train
+        result = train(config, run, overwrite=True, echo=lambda line: None)
+        kept = next(p for p in reversed(result.phases) if p.kept)
+        figures = {"score": round(float(kept.score), 6),
+                   "accuracy": round(float(kept.val_accuracy), 6), "monitor": kept.monitor,
+                   "weights": "random" if weights == "none" else weights}
+        figures.update(_int8_figures(run, kept.monitor))
+    return {**figures, "seconds": round(time.monotonic() - start, 1)}
+
+
+def _quiet():
+    """Keras' epoch lines (stdout) and tledge's progress (INFO) held back while a candidate
+    trains and exports; warnings and errors still reach the terminal."""
+    import contextlib
+    import io
+    import logging
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    logger = logging.getLogger("tledge")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    stack.callback(logger.setLevel, level)
+    return stack
+
+
+def _int8_figures(run: Path, monitor: str) -> dict:
+    """What ships: the run exported as int8 (post-training, bias-corrected, verified on the
+    validation split). Where the monitor is plain accuracy the int8 file's is the score; a
+    model that does not convert is said, and never picked."""
+    import json
+
+    from tledge.core.config import ExportOptions
+    from tledge.export import CARD, export
+
+    try:
+        export(run, ExportOptions(formats=("int8",), max_drop=100.0), overwrite=True,
+               echo=lambda line: None)
+    except TledgeError as e:
+        return {"int8_error": str(e).splitlines()[0][:300]}
+    card = json.loads((run / "export" / CARD).read_text())
+    accuracy = float(card["files"]["model_int8.tflite"]["accuracy"])
+    return {"int8_accuracy": round(accuracy, 6),
+            **({"score": round(accuracy, 6)} if monitor == "accuracy" else {})}
 
 
 def num_classes(data: str) -> int:
