@@ -125,6 +125,7 @@ def test_an_interrupted_export_leaves_no_unverified_file(colour_run, tmp_path, m
 
 # ---------------------------------------------------------------- 3. a full disk
 
+@pytest.mark.e2e  # its own CI step (make test-e2e): see tests/README.md
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_failed_status(tiny_disk):
     run = tiny_disk / "run"
