@@ -71,6 +71,17 @@ def image_grid(rng: np.random.Generator, n: int, size: int = SIZE) -> np.ndarray
 
 # ------------------------------------------------------------------------------ running tledge
 
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a child a test will Ctrl-C: the signal dispositions a terminal gives a
+    command (SIGINT default, nothing blocked), whatever the test process was left with (a
+    child inherits an ignored or blocked SIGINT, and Python then never raises
+    KeyboardInterrupt: seen in full runs under xdist, the tests that Ctrl-C a child hanging)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def tledge(*args, timeout=600, env=None, block_tensorflow=False, background=False, **kwargs):
     """``tledge ARGS...`` in a child process (the real entry point: exit codes, signals).
 
@@ -85,7 +96,7 @@ def tledge(*args, timeout=600, env=None, block_tensorflow=False, background=Fals
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env, **kwargs)
+                                text=True, env=env, preexec_fn=as_from_a_terminal, **kwargs)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                           **kwargs)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import MODELS
+from helpers import MODELS, as_from_a_terminal
 from tledge.device import agent, deploy, ssh
 from tledge.device.ssh import Device, Target
 from tledge.core.errors import TledgeError
@@ -451,7 +451,8 @@ def _on_device(tmp_path, *args, says: str):
     ports = [_free_port(), _free_port()]
     proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", *args, "--source", str(frames),
                              "--loop", "--serve", str(ports[0]), "--local-port", str(ports[1])],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=as_from_a_terminal)
     url, seen, deadline = None, [], time.monotonic() + 120
     while time.monotonic() < deadline and url is None:
         line = proc.stdout.readline()
@@ -524,7 +525,7 @@ def test_a_deploy_interrupted_during_the_install_changes_nothing_there(fake_devi
     monkeypatch.setenv("FAKE_SSH_HOME", str(home))
     proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", "deploy", str(INT8),
                              "pi@fake-pi"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=as_from_a_terminal)
     seen = []
     for line in proc.stdout:
         seen.append(line)

@@ -223,17 +223,17 @@ def test_latency_does_not_depend_on_the_weights(tmp_path):
     from tledge.measure.bench import BenchOptions, bench
     from tledge.tune.search import build_int8
 
-    c = Candidate("mobilenet_v2", 0.35, 64)
+    c = Candidate("mobilenet_v2", 0.35, 128)  # about a millisecond: noise is not the figure
     files = [tmp_path / f"seed{s}.tflite" for s in (0, 1)]
     for seed, path in enumerate(files):
         build_int8(c, path, 4, seed=seed)
     assert files[0].read_bytes() != files[1].read_bytes()  # other weights
     p50 = []
-    for _ in range(3):  # alternated, medians: the machine is shared
+    for _ in range(5):  # alternated; the least of each: other tests share these cores
         report = bench([str(f) for f in files], BenchOptions(threads=(1,), runs=30, warmup=5),
                        echo=lambda s: None)
         p50.append([r["invoke"]["p50"] for r in report["results"]])
-    a, b = np.median(np.array(p50), axis=0)
+    a, b = np.min(np.array(p50), axis=0)
     assert 0.8 < a / b < 1.25, (a, b)
 
 
