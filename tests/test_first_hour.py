@@ -126,6 +126,8 @@ def test_export_table_says_better_or_worse_plainly():
     assert "max|dp|" not in text and "drop" not in text.splitlines()[0]
     assert "vs float" in text.splitlines()[0] and "+2.00" in text.splitlines()[2]
     assert "negative: the file is worse" in text
+    base.update(drop_points=0.0)  # as good as float: "+0.00", not "-0.00"
+    assert "+0.00" in format_table(0.937, [FormatResult(**base)]).splitlines()[2]
 
 
 def test_evaluate_says_which_split_it_scored():

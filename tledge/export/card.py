@@ -73,7 +73,7 @@ def format_table(float_acc: float, results: list[FormatResult]) -> str:
             f"{'keras':<8} {'float':<6} {'':>9} {float_acc:>9.4f} {'':>9} {'':>7} {'':>10}"]
     for r in results:
         rows.append(f"{r.format:<8} {r.source:<6} {r.size_bytes / 1e6:>8.2f}M {r.accuracy:>9.4f} "
-                    f"{-r.drop_points:>+9.2f} {r.agreement:>7.4f} {r.max_prob_diff:>10.4f}  "
+                    f"{0.0 - r.drop_points:>+9.2f} {r.agreement:>7.4f} {r.max_prob_diff:>10.4f}  "
                     f"{'ok' if r.passed else 'FAILED'}")
     rows.append("vs float: accuracy points against the float model (negative: the file is "
                 "worse)\nagree: the share of images whose top-1 is the float model's; max p "
