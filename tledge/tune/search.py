@@ -403,7 +403,8 @@ def num_classes(data: str) -> int:
         from tledge.data.shapes import CLASSES
         return len(CLASSES)
     if data in ("cifar10", "fashion_mnist"):
-        return 10
+        from tledge.data.builtin import CLASS_NAMES
+        return len(CLASS_NAMES[data])
     from tledge.data.folder import scan_folder
     return len(scan_folder(Path(data))[2])
 
