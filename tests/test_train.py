@@ -153,6 +153,39 @@ def test_random_backbone_trains_its_batchnorm_in_finetune(tiny_splits):
     assert bn and all(layer.trainable and layer.momentum == 0.9 for layer in bn)
 
 
+def test_a_random_backbone_gets_batchnorm_statistics_from_the_data(tiny_splits):
+    """Keras' initial BatchNorm statistics shrink a random backbone's features to ~1e-12 in
+    inference mode (the frozen phase's); set from the data they have the data's scale, and
+    nothing but the moving statistics changes."""
+    from tledge.training.features import head_on_features
+    from tledge.training.runmodel import batchnorm_from_data
+
+    config = tiny_config()
+    model = _model(config, tiny_splits)
+    for layer in backbone_layers(model):
+        layer.trainable = False
+    extractor, _ = head_on_features(model)
+    x = tiny_splits.train.x[:32]
+    assert np.median(extractor(x, training=False).numpy().std(0)) < 1e-6
+    before = {w.name: w.numpy() for w in model.weights if "/moving_" not in w.name}
+    assert batchnorm_from_data(model, tiny_splits.train, 16, seed=1) > 10
+    assert np.median(extractor(x, training=False).numpy().std(0)) > 1e-2
+    after = {w.name: w.numpy() for w in model.weights if "/moving_" not in w.name}
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+    bn = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.momentum == 0.9 for layer in bn)  # build_classifier's, put back
+    assert not any(layer.trainable for layer in backbone_layers(model))
+
+
+def test_a_random_backbone_trains_a_head_of_sane_scale(tiny_run):
+    """Standardised features folded back into the head: with the data's statistics the head's
+    kernel stays of the order of the features' inverse spread, not 1e11."""
+    _, result = tiny_run
+    dense = [layer for layer in head_layers(result.model)
+             if isinstance(layer, keras.layers.Dense)][0]
+    assert np.abs(dense.get_weights()[0]).max() < 1e3
+
+
 def test_ctrl_c_keeps_finished_phases(tiny_splits, tmp_path, monkeypatch):
     import tledge.training.train as train_mod
 

@@ -29,7 +29,7 @@ from tledge.training.features import (feature_statistics, features_of, head_of, 
                              top_layer_names, images_only, activation_batches)
 from tledge.training.history import (asked_epochs, finished_phases, phase_header, phase_line,
                                      resume_plan, write_reports)
-from tledge.training.runmodel import load_initial_model
+from tledge.training.runmodel import batchnorm_from_data, load_initial_model
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +354,8 @@ def _initial_model(config: RunConfig, splits: Splits, strategy):
         else:
             model = build_classifier(config.model, len(splits.class_names),
                                      config.data.image_size)
+    if not config.train.init_from and not is_pretrained(config):
+        batchnorm_from_data(model, splits.train, config.data.batch_size, config.train.seed)
     if config.train.finetune.epochs:
         # a bad name fails now, not after the frozen phase
         unfreeze_start(model, config.train.finetune.unfreeze, config.model.backbone)
