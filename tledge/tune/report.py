@@ -70,7 +70,7 @@ def to_markdown(state: dict, table: list[dict], options) -> str:
              "the first round, doubled each round (successive halving), then exported: the "
              "int8 file's accuracy (the float model's balanced accuracy where the classes are "
              "imbalanced); a model that does not convert is never picked",
-             "- *: on the Pareto front", "",
+             *_image_worth(state), "- *: on the Pareto front", "",
              "| candidate | ms p50 | MB | validation | epochs | weights | train s | status |",
              "|---|---:|---:|---:|---:|---|---:|---|"]
     for r in table:
@@ -79,6 +79,20 @@ def to_markdown(state: dict, table: list[dict], options) -> str:
                      f"{c[3]} | {r['epochs'] or '-'} | {r['weights'] or '-'} | {c[4]} | "
                      f"{c[5]} |")
     return "\n".join(lines) + "\n"
+
+
+def val_images(state: dict) -> int | None:
+    """The validation images a trained candidate was scored on (every candidate the same)."""
+    return next((r["val_images"] for c in state["candidates"].values()
+                 for r in c.get("rounds", []) if r.get("val_images")), None)
+
+
+def _image_worth(state: dict) -> list[str]:
+    n = val_images(state)
+    return [] if not n else [
+        f"- {n} validation images: one image is {100 / n:.1f} points, and a score's two "
+        f"standard errors up to +-{200 * (0.25 / n) ** 0.5:.0f} points: candidates a few images "
+        "apart are within chance of each other (an exact tie goes to the faster)"]
 
 
 def plot(table: list[dict], options, path: Path) -> None:
@@ -138,8 +152,10 @@ def write_outputs(state: dict, options, best, echo: Callable[[str], None] = prin
     plot(table, options, out / "tune.png")
     fileio.write_text(out / "best.yaml", best_config(state, options, best.name).to_yaml())
     entry = state["candidates"][best.name]
+    n = val_images(state)
     echo(f"best: {best.name}, {entry['latency_ms']:.2f} ms, validation "
-         f"{entry['rounds'][-1]['score']:.4f}; table, chart and config in {out} "
-         "(tune.md, tune.png, best.yaml)")
+         f"{entry['rounds'][-1]['score']:.4f}"
+         + (f" on {n} images (one image: {100 / n:.1f} points)" if n else "")
+         + f"; table, chart and config in {out} (tune.md, tune.png, best.yaml)")
     echo(f"next: tledge train --config {out / 'best.yaml'} --data {options.data}")
 

@@ -393,7 +393,10 @@ def _int8_figures(run: Path, monitor: str) -> dict:
         return {"int8_error": str(e).splitlines()[0][:300]}
     card = json.loads((run / "export" / CARD).read_text())
     accuracy = float(card["files"]["model_int8.tflite"]["accuracy"])
-    return {"int8_accuracy": round(accuracy, 6),
+    from tledge.core import rundir
+
+    images = json.loads((run / rundir.METRICS).read_text()).get("val_images")
+    return {"int8_accuracy": round(accuracy, 6), "val_images": images,
             **({"score": round(accuracy, 6)} if monitor == "accuracy" else {})}
 
 
