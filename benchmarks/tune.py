@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import click
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TLEDGE = [sys.executable, "-m", "tledge.cli"]
@@ -40,8 +41,12 @@ def run(args: list, log: Path) -> float:
         proc = subprocess.run([*TLEDGE, *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
                               cwd=ROOT)
     if proc.returncode:
-        sys.exit(f"tledge {' '.join(map(str, args[:2]))} failed: see {log}")
+        raise Failed(f"tledge {' '.join(map(str, args[:2]))} failed: see {log}")
     return time.monotonic() - start
+
+
+class Failed(Exception):
+    """A tledge command that exited non-zero (its output is in the log)."""
 
 
 @click.command()
@@ -60,9 +65,10 @@ def main(weights, work, budget_ms, time_budget, tune_limit, full_limit, test_lim
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
     tune_dir = work / "tune"
-    seconds = {"tune": run(["tune", "--data", "fashion_mnist", "--limit", tune_limit,
-                            "--max-latency-ms", budget_ms, "--weights", weights, "--threads", 1,
-                            "--time-budget", time_budget, "--out", tune_dir], log)}
+    seconds = {"tune": run_or_exit([
+        "tune", "--data", "fashion_mnist", "--limit", tune_limit, "--max-latency-ms", budget_ms,
+        "--weights", weights, "--threads", 1, "--time-budget", time_budget, "--out", tune_dir],
+        log)}
     state = json.loads((tune_dir / "tune.json").read_text())
     cands = state["candidates"]
     big = cands.get("mobilenet_v2-a1-224px", {})
@@ -79,29 +85,21 @@ def main(weights, work, budget_ms, time_budget, tune_limit, full_limit, test_lim
             default["image_size"], "--weights", weights]
     choices["MobileNetV3-Small at 224 px"] = ["--backbone", "mobilenet_v3_small",
                                               "--image-size", 224, "--weights", "none"]
+    pick = yaml.safe_load((tune_dir / "best.yaml").read_text())
+    same = default is not None and (pick["model"]["backbone"], float(pick["model"]["alpha"]),
+                                    int(pick["data"]["image_size"])) == \
+        ("mobilenet_v2", 1.0, int(default["image_size"]))
     rows = []
     for i, (label, args) in enumerate(choices.items()):
-        out = work / f"run{i}"
-        secs = run(["train", "--data", "fashion_mnist", "--limit", full_limit, *args,
-                    "--epochs-frozen", epochs_frozen, "--epochs-finetune", epochs_finetune,
-                    "--no-qat", "--out", out, "--overwrite"], log)
-        secs += run(["export", out, "--int8", "--overwrite", "--max-drop", 100], log)
-        model = out / "export" / "model_int8.tflite"
-        run(["evaluate", model, "--data", "fashion_mnist", "--limit", test_limit,
-             "--out", out / "eval", "--overwrite"], log)
-        run(["bench", model, "--threads", 1, "--runs", 50, "--json", out / "bench.json"], log)
-        config = json.loads((out / "export" / "model_card.json").read_text())["config"]
-        ev = json.loads((out / "eval" / "evaluation.json").read_text())
-        bench = json.loads((out / "bench.json").read_text())["results"][0]
-        rows.append({"choice": label, "backbone": config["model"]["backbone"],
-                     "alpha": config["model"]["alpha"],
-                     "image_size": config["data"]["image_size"],
-                     "weights": "offline MobileNetV2 1.0" if config["model"]["weights"] not in
-                     ("none", "imagenet") else config["model"]["weights"].replace("none",
-                                                                                  "random"),
-                     "test_accuracy": ev["accuracy"], "test_images": ev["images"],
-                     "latency_ms": bench["classify"]["p50"],
-                     "size_mb": bench["size_bytes"] / 1e6, "train_export_s": round(secs)})
+        if same and i == 1:  # tune picked the default choice: the same model, trained once
+            rows.append({**rows[0], "choice": label + ": tune's pick"})
+            continue
+        try:
+            rows.append(train_choice(label, args, work / f"run{i}", full_limit, test_limit,
+                                     epochs_frozen, epochs_finetune, log))
+        except Failed as e:  # said in the table; the other choices still run
+            print(e)
+            rows.append({"choice": label, "error": str(e)})
     result = {"machine": f"{platform.processor() or platform.machine()}, "
                          f"{__import__('os').cpu_count()} cores",
               "machine_id": next((c.get("machine") for c in cands.values()
@@ -121,6 +119,37 @@ def main(weights, work, budget_ms, time_budget, tune_limit, full_limit, test_lim
     write_table(result)
 
 
+def train_choice(label, args, out, full_limit, test_limit, epochs_frozen, epochs_finetune,
+                 log) -> dict:
+    """One choice trained in full, exported int8, evaluated on the test split and timed."""
+    secs = run(["train", "--data", "fashion_mnist", "--limit", full_limit, *args,
+                "--epochs-frozen", epochs_frozen, "--epochs-finetune", epochs_finetune,
+                "--no-qat", "--out", out, "--overwrite"], log)
+    secs += run(["export", out, "--int8", "--overwrite", "--max-drop", 100], log)
+    model = out / "export" / "model_int8.tflite"
+    run(["evaluate", model, "--data", "fashion_mnist", "--limit", test_limit,
+         "--out", out / "eval", "--overwrite"], log)
+    run(["bench", model, "--threads", 1, "--runs", 50, "--json", out / "bench.json"], log)
+    config = json.loads((out / "export" / "model_card.json").read_text())["config"]
+    ev = json.loads((out / "eval" / "evaluation.json").read_text())
+    bench = json.loads((out / "bench.json").read_text())["results"][0]
+    return {"choice": label, "backbone": config["model"]["backbone"],
+            "alpha": config["model"]["alpha"],
+            "image_size": config["data"]["image_size"],
+            "weights": "offline MobileNetV2 1.0" if config["model"]["weights"] not in
+            ("none", "imagenet") else config["model"]["weights"].replace("none", "random"),
+            "test_accuracy": ev["accuracy"], "test_images": ev["images"],
+            "latency_ms": bench["classify"]["p50"],
+            "size_mb": bench["size_bytes"] / 1e6, "train_export_s": round(secs)}
+
+
+def run_or_exit(args: list, log: Path) -> float:
+    try:
+        return run(args, log)
+    except Failed as e:
+        sys.exit(str(e))
+
+
 def write_table(result: dict) -> None:
     lines = ["# tledge tune against the README's fixed choices (issue 40)", "",
              f"Machine: `{result['machine_id']}`. Command: `python benchmarks/tune.py "
@@ -131,12 +160,15 @@ def write_table(result: dict) -> None:
              f"; each choice: {result['options']['full_limit']} images a class, "
              f"{result['options']['epochs_frozen']} + {result['options']['epochs_finetune']} "
              "epochs, QAT off, int8 post-training, on "
-             f"{result['rows'][0]['test_images']} images of the official test split). "
+             f"{result['options']['test_limit']} images a class of the official test split). "
              "Every candidate tune measured: [results/tune_candidates.md]"
              "(results/tune_candidates.md).", "",
              "| choice | model | weights | int8 test accuracy | latency p50 ms | MB |",
              "|---|---|---|---:|---:|---:|"]
     for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['choice']} | - | - | failed: {r['error']} | - | - |")
+            continue
         lines.append(f"| {r['choice']} | {r['backbone']} {r['alpha']:g} at {r['image_size']} px"
                      f" | {r['weights']} | {100 * r['test_accuracy']:.2f}% | "
                      f"{r['latency_ms']:.2f} | {r['size_mb']:.2f} |")
