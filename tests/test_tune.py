@@ -36,7 +36,7 @@ class Fakes:
 
     def __init__(self, interrupt_after=None, seconds=10.0):
         self.trained, self.interrupt_after, self.seconds = [], interrupt_after, seconds
-        self.measured = []
+        self.measured, self.limits = [], []
 
     def measure(self, candidates, options, echo):
         self.measured += [c.name for c in candidates]
@@ -47,7 +47,9 @@ class Fakes:
         if self.interrupt_after is not None and len(self.trained) == self.interrupt_after:
             raise KeyboardInterrupt
         self.trained.append((c.name, epochs))
-        return {"score": _score(c) + epochs / 1000, "accuracy": _score(c), "seconds": self.seconds,
+        self.limits.append(options.limit)
+        return {"score": _score(c) + epochs / 1000, "accuracy": _score(c),
+                "seconds": self.seconds * (options.limit or 200) / 200,
                 "monitor": "accuracy", "weights": "random", "val_images": 40}
 
 
@@ -156,9 +158,49 @@ def test_the_time_budget_stops_the_search_and_keeps_what_it_found(tmp_path):
     finally:
         search.time.monotonic = real
     assert any(line.startswith("time budget:") and "stopping here" in line for line in lines)
-    assert len(fakes.trained) == 2  # of the 4 within the latency budget
+    assert len({name for name, _ in fakes.trained}) < 4  # of the 4 within the latency budget
     assert state["best"] in {name for name, _ in fakes.trained}
     assert "not trained: the time budget ran out" in (tmp_path / "tune" / "tune.md").read_text()
+
+
+def test_round_0_trains_every_candidate_on_fewer_images_where_all_would_overrun(tmp_path):
+    """Every candidate within the latency budget gets its first training: the fastest's time,
+    scaled by latency, says round 0 would take 806 s of the 300 it may (half of 600), so each
+    trains on 74 images a class first (200 * 300 / 806); later rounds on all of them."""
+    fakes, lines = Fakes(seconds=100.0), []
+    options = _options(tmp_path, time_budget_s=600.0)
+    state = tune(options, echo=lines.append, measure=fakes.measure, train_one=fakes.train)
+    fitting = sorted((n for n, c in state["candidates"].items() if c["latency_ms"] <= 20.0),
+                     key=lambda n: state["candidates"][n]["latency_ms"])
+    round0 = [(name, limit) for (name, epochs), limit in zip(fakes.trained, fakes.limits)
+              if epochs == 1]
+    assert round0[0] == (fitting[0], None)  # the fastest first, on all: what sizes the round
+    assert sorted(round0[1:]) == sorted((name, 74) for name in fitting)
+    assert all(limit is None for (_, e), limit in zip(fakes.trained, fakes.limits) if e > 1)
+    assert any(e > 1 for _, e in fakes.trained)  # round 1 ran, on all the images
+    assert [r["images_per_class"] for r in state["candidates"][fitting[0]]["rounds"]][:1] == [74]
+    assert any("each trains on 74 a class first (later rounds on all)" in line
+               for line in lines)
+    assert "round 0 on 74 images a class, of 200" in (options.out / "tune.md").read_text()
+    again = Fakes(seconds=100.0)  # run again: everything was kept, the same round 0 decided
+    assert tune(options, echo=lambda s: None, measure=again.measure,
+                train_one=again.train)["best"] == state["best"]
+    assert again.trained == [] and again.measured == []
+
+
+def test_round_0_sizing_scales_only_what_grows_with_the_work(tmp_path):
+    """Building and exporting a candidate (40 of its 100 s here) do not grow with its latency
+    or its images: 4 x 40 s fixed, and 60 s x 8.06 (the latencies' sum over the fastest's) for
+    200 images a class, leave room in 300 s for 200 * (300 - 160) / 484 = 57 a class."""
+    class Phases(Fakes):
+        def train(self, c, epochs, options):
+            result = super().train(c, epochs, options)
+            return {**result, "phase_seconds": 0.6 * result["seconds"]}
+
+    fakes = Phases(seconds=100.0)
+    tune(_options(tmp_path, time_budget_s=600.0), echo=lambda s: None, measure=fakes.measure,
+         train_one=fakes.train)
+    assert fakes.limits[:5] == [None, 57, 57, 57, 57]
 
 
 def test_a_candidate_whose_int8_file_fails_is_never_picked(tmp_path):
@@ -224,7 +266,7 @@ def test_latency_does_not_depend_on_the_weights(tmp_path):
     """The premise of timing before training: the same candidate with other random weights
     has the same graph, shapes and kernels, and takes the same time."""
     from tledge.measure.bench import BenchOptions, bench
-    from tledge.tune.search import build_int8
+    from tledge.tune.stages import build_int8
 
     c = Candidate("mobilenet_v2", 0.35, 128)  # about a millisecond: noise is not the figure
     files = [tmp_path / f"seed{s}.tflite" for s in (0, 1)]

@@ -61,7 +61,7 @@ def tune(data, max_latency_ms, on, threads, time_budget, out, space, weights, li
                           epochs=epochs, runs=runs)
     from tledge.tune.space import load_space
     load_space(options.space)  # a bad space is one line before TensorFlow loads
-    from tledge.tune.search import num_classes
+    from tledge.tune.stages import num_classes
     num_classes(data)  # a missing folder, or one class only, before any work
     from tledge.core.errors import require_training_stack
     require_training_stack("tledge tune (it builds and trains candidates)")

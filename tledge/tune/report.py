@@ -70,7 +70,7 @@ def to_markdown(state: dict, table: list[dict], options) -> str:
              "the first round, doubled each round (successive halving), then exported: the "
              "int8 file's accuracy (the float model's balanced accuracy where the classes are "
              "imbalanced); a model that does not convert is never picked",
-             *_image_worth(state), "- *: on the Pareto front", "",
+             *_round0(state), *_image_worth(state), "- *: on the Pareto front", "",
              "| candidate | ms p50 | MB | validation | epochs | weights | train s | status |",
              "|---|---:|---:|---:|---:|---|---:|---|"]
     for r in table:
@@ -85,6 +85,16 @@ def val_images(state: dict) -> int | None:
     """The validation images a trained candidate was scored on (every candidate the same)."""
     return next((r["val_images"] for c in state["candidates"].values()
                  for r in c.get("rounds", []) if r.get("val_images")), None)
+
+
+def _round0(state: dict) -> list[str]:
+    r0 = state.get("round0") or {}
+    if not r0.get("sized_by"):
+        return []
+    by = r0["sized_by"]
+    return [f"- round 0 on {r0['limit']} images a class, of {r0['per_class']}: on all of them "
+            f"it would have overrun half the time left ({by['candidate']}, the fastest, took "
+            f"{by['seconds']:.0f} s); later rounds on all"]
 
 
 def _image_worth(state: dict) -> list[str]:
