@@ -300,6 +300,9 @@ def test_a_small_tune_runs_end_to_end(tmp_path):
     state = json.loads((out / "tune.json").read_text())
     assert state["status"] == "complete" and len(state["candidates"]) == 2
     assert all(c["latency_ms"] > 0 and c["rounds"] for c in state["candidates"].values())
+    assert all(r["val_images"] > 0 for c in state["candidates"].values() for r in c["rounds"])
+    for name in state["candidates"]:  # shapes has a test split: tune never evaluates it
+        assert json.loads((out / "runs" / name / "metrics.json").read_text())["test_images"] == 0
     assert RunConfig.from_yaml(out / "best.yaml").model.backbone == "mobilenet_v2"
     assert "next: tledge train --config" in proc.stdout
     # one line per candidate and round, not the training's own log
