@@ -93,7 +93,7 @@ def test_durations():
 
 def test_latency_first_then_halving_picks_the_best_within_the_budget(tmp_path):
     fakes, lines = Fakes(), []
-    options = _options(tmp_path)
+    options = _options(tmp_path, limit=50)
     state = tune(options, echo=lines.append, measure=fakes.measure, train_one=fakes.train)
     cands = state["candidates"]
     over = [n for n, c in cands.items() if c["latency_ms"] > 20.0]
@@ -115,6 +115,7 @@ def test_latency_first_then_halving_picks_the_best_within_the_budget(tmp_path):
     assert (best.model.backbone, best.model.alpha, best.data.image_size) == \
         (winner["backbone"], winner["alpha"], winner["image_size"])
     assert best.data.source == "shapes" and best.train.finetune.epochs > 1  # the full recipe
+    assert best.data.limit is None  # on all the data
     md = (out / "tune.md").read_text()
     assert all(name in md for name in cands) and "over the budget" in md and " * |" in md
     # what one validation image is worth, where the ranking is read

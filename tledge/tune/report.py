@@ -141,13 +141,13 @@ def plot(table: list[dict], options, path: Path) -> None:
 
 
 def best_config(state: dict, options, best: str):
-    """The winner as a RunConfig: its backbone, width, size and weights, the full recipe."""
+    """The winner as a RunConfig: its backbone, width, size and weights, the full recipe on
+    all the data (tune's --limit, which kept the search short, is not carried over)."""
     from tledge.core.config import DataOptions, ModelOptions, RunConfig
 
     c = state["candidates"][best]
     weights = c["rounds"][-1].get("weights") or "none"
-    return RunConfig(data=DataOptions(source=options.data, image_size=int(c["image_size"]),
-                                      limit=options.limit),
+    return RunConfig(data=DataOptions(source=options.data, image_size=int(c["image_size"])),
                      model=ModelOptions(backbone=c["backbone"], alpha=float(c["alpha"]),
                                         weights="none" if weights == "random" else weights))
 
