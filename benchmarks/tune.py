@@ -153,7 +153,9 @@ def run_or_exit(args: list, log: Path) -> float:
 def write_table(result: dict) -> None:
     lines = ["# tledge tune against the README's fixed choices (issue 40)", "",
              f"Machine: `{result['machine_id']}`. Command: `python benchmarks/tune.py "
-             "--weights ../shared/weights/mobilenet_v2_1.0_no_top_stanford_dogs.h5` "
+             "--weights ../shared/weights/mobilenet_v2_1.0_no_top_stanford_dogs.h5 "
+             f"--tune-limit {result['options']['tune_limit']} --time-budget "
+             f"{result['tune']['time_budget']}` "
              f"(budget {result['budget_ms']:g} ms, the int8 classify path's p50 at 1 thread; "
              f"tune: Fashion-MNIST, {result['options']['tune_limit']} images a class, "
              f"--time-budget {result['tune']['time_budget']}, took {result['tune']['seconds']} s"
