@@ -102,7 +102,7 @@ def _image_worth(state: dict) -> list[str]:
     return [] if not n else [
         f"- {n} validation images: one image is {100 / n:.1f} points, and a score's two "
         f"standard errors up to +-{200 * (0.25 / n) ** 0.5:.0f} points: candidates a few images "
-        "apart are within chance of each other (an exact tie goes to the faster)"]
+        "apart are within chance of each other (a tie goes to the lower validation loss)"]
 
 
 def plot(table: list[dict], options, path: Path) -> None:

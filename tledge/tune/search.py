@@ -226,7 +226,9 @@ def _halving(state: State, fitting: list, options: TuneOptions, train_one, deadl
                 and not state[c]["rounds"][-1].get("int8_error")]
         if len(done) <= 1 or stopped:
             break
-        ranked = sorted(done, key=lambda c: (-_score(state, c, round_), state[c]["latency_ms"]))
+        ranked = sorted(done, key=lambda c: (-_score(state, c, round_),
+                                             _loss(state[c]["rounds"][-1]),
+                                             state[c]["latency_ms"]))
         keep = ranked[:math.ceil(len(ranked) / 2)]
         for c in ranked[len(keep):]:
             state[c]["dropped"] = f"halved after round {round_} (the better half went on)"
@@ -245,8 +247,16 @@ def _halving(state: State, fitting: list, options: TuneOptions, train_one, deadl
             "time (the latencies are kept in tune.json)")
     best = max(trained, key=lambda c: (max(r["round"] for r in state[c]["rounds"]),
                                        state[c]["rounds"][-1]["score"],
+                                       -_loss(state[c]["rounds"][-1]),
                                        -state[c]["latency_ms"]))
     return best
+
+
+def _loss(result: dict) -> float:
+    """A training's validation loss at its kept epoch, which breaks a tie on the score: on a
+    few hundred images accuracies tie often, the loss seldom (none recorded: last)."""
+    loss = result.get("val_loss")
+    return math.inf if loss is None or not math.isfinite(loss) else float(loss)
 
 
 def _record(state: State, c: Candidate, round_: int, epochs: int, images: int, result: dict,

@@ -91,10 +91,14 @@ def train_candidate(candidate: Candidate, epochs: int, options: TuneOptions) -> 
         splits = replace(data.load(config.data, options.seed), test=None)
         result = train(config, run, overwrite=True, echo=lambda line: None, splits=splits)
         kept = next(p for p in reversed(result.phases) if p.kept)
+        losses = [float(v) for v in kept.history.get("val_loss") or []]
+        loss = losses[kept.best_epoch - 1] if 0 < kept.best_epoch <= len(losses) else None
         figures = {"phase_seconds": round(sum(p.seconds for p in result.phases), 1),
                    "score": round(float(kept.score), 6),
                    "accuracy": round(float(kept.val_accuracy), 6), "monitor": kept.monitor,
-                   "weights": "random" if weights == "none" else weights}
+                   "weights": "random" if weights == "none" else weights,
+                   "val_loss": round(loss, 6) if loss is not None and np.isfinite(loss)
+                   else None}
         figures.update(_int8_figures(run, kept.monitor))
     return {**figures, "seconds": round(time.monotonic() - start, 1)}
 
