@@ -94,8 +94,8 @@ def batchnorm_from_data(model, images, batch_size: int, seed: int,
         return 0
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), min(len(images), sample), replace=False))
-    saved = [(layer.trainable, layer.momentum) for layer in layers]
-    others = [(layer, layer.trainable) for layer in model.layers if layer not in layers]
+    trainable = [(layer, layer.trainable) for layer in model.layers]
+    momenta = [layer.momentum for layer in layers]
     try:
         for layer in model.layers:  # batch statistics in the BatchNorm layers, nothing else
             layer.trainable = layer in layers
@@ -106,10 +106,10 @@ def batchnorm_from_data(model, images, batch_size: int, seed: int,
             model(np.asarray(images.x[pick[start:start + batch_size]], np.float32),
                   training=True)
     finally:
-        for layer, (trainable, momentum) in zip(layers, saved):
-            layer.trainable, layer.momentum = trainable, momentum
-        for layer, trainable in others:
-            layer.trainable = trainable
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        for layer, was in trainable:
+            layer.trainable = was
     log.info("random weights: the statistics of %d BatchNorm layers set from %d training images",
              len(layers), len(pick))
     return len(layers)

@@ -203,10 +203,11 @@ def _halving(state: State, fitting: list, options: TuneOptions, train_one, deadl
     from tledge.tune.stages import images_per_class
 
     survivors, round_, stopped = list(fitting), 0, False
+    every = images_per_class(options.data, options.limit)  # a folder is scanned once
     while survivors and not stopped:
         epochs = options.epochs * 2 ** round_
         these = first if first is not None and round_ == 0 else options
-        images = images_per_class(options.data, these.limit)
+        images = min(every, these.limit or every)
         for i, c in enumerate(survivors):
             entry = state[c]
             if any(r["round"] == round_ for r in entry["rounds"]):
