@@ -74,15 +74,18 @@ def run(args: list, log: Path) -> float:
 @click.option("--modes", default="auto,none", show_default=True,
               help="Which rows to train (auto, none, ceiling: the same classes balanced, all "
                    "at --common); the others are kept from results/imbalance.json.")
-def main(weights, work, common, epochs, modes):
+@click.option("--seed", default=42, show_default=True,
+              help="tledge train --seed (42: its default); each seed's rows are kept apart.")
+def main(weights, work, common, epochs, modes, seed):
     work = Path(work)
     frozen, finetune, qat = epochs.split(",")
     counts = write_folder(work, common)
     saved = ROOT / "benchmarks" / "results" / "imbalance.json"
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else {}
     for mode in modes.split(","):
-        out = work / f"run-{mode}"
-        log = work / f"{mode}.log"
+        key = mode if seed == 42 else f"{mode}@{seed}"
+        out = work / f"run-{key}"
+        log = work / f"{key}.log"
         log.unlink(missing_ok=True)
         data = work / "data"
         if mode == "ceiling":  # what the same recipe reaches when the rare classes are not rare
@@ -91,25 +94,26 @@ def main(weights, work, common, epochs, modes):
         seconds = run(["train", "--data", str(data), "--image-size", "96",
                        "--weights", weights, "--epochs-frozen", frozen, "--epochs-finetune",
                        finetune, "--epochs-qat", qat, "--class-weight",
-                       "auto" if mode == "ceiling" else mode, "--out", str(out),
-                       "--overwrite"], log)
+                       "auto" if mode == "ceiling" else mode, "--seed", str(seed),
+                       "--out", str(out), "--overwrite"], log)
         if not (out / "export" / "model_int8.tflite").is_file():
             run(["export", str(out), "--int8", "--overwrite"], log)
-        report_dir = work / f"eval-{mode}"
+        report_dir = work / f"eval-{key}"
         run(["evaluate", str(out / "export" / "model_int8.tflite"), "--data", str(work / "test"),
              "--out", str(report_dir), "--overwrite"], log)
         report = json.loads((report_dir / "evaluation.json").read_text())
         recall = {r["label"]: r["recall"] for r in report["per_class"]}
         metrics = json.loads((out / "metrics.json").read_text())
-        rows[mode] = {"accuracy": report["accuracy"],
+        rows[key] = {"accuracy": report["accuracy"],
                       "balanced_accuracy": report["balanced_accuracy"],
                       "macro_f1": report["macro_f1"],
                       "rare_recall": float(np.mean([recall[c] for c in RARE])),
                       "common_recall": float(np.mean([v for k, v in recall.items()
                                                       if k not in RARE])),
                       "rare": {c: recall[c] for c in RARE}, "kept_phase": metrics["kept_phase"],
-                      "train_seconds": round(seconds, 1)}
-        print(mode, json.dumps(rows[mode]), flush=True)
+                      "train_seconds": round(seconds, 1), "seed": seed,
+                      "finetune_worse_p": metrics["phases"].get("finetune", {}).get("worse_p")}
+        print(key, json.dumps(rows[key]), flush=True)
     write_table(rows, counts, common, epochs)
 
 
@@ -125,29 +129,46 @@ def write_table(rows: dict, counts: dict, common: int, epochs: str) -> None:
         f"({platform.python_version()}), {time.strftime('%Y-%m-%d')}: a folder of Fashion-MNIST "
         f"pictures, {common} of each of seven classes and {common // 10} of each of "
         f"{', '.join(RARE)} ({sum(counts.values())} images, 10x fewer for the rare ones), 96 px, "
-        f"epochs frozen,finetune,qat {epochs}, seed 42; `model_int8.tflite` (from QAT) "
+        f"epochs frozen,finetune,qat {epochs}; `model_int8.tflite` (from QAT) "
         "evaluated on the official 10,000-image test split (1,000 a class: balanced).",
         "",
-        "| `--class-weight` | test accuracy | balanced accuracy | macro F1 | rare classes' "
+        "| `--class-weight` | seed | test accuracy | balanced accuracy | macro F1 | rare classes' "
         "mean recall | " + " | ".join(f"{c} recall" for c in RARE) + " | common classes' mean "
         "recall | phase kept | train s |",
-        "|---|---:|---:|---:|---:|" + "---:|" * len(RARE) + "---:|---|---:|",
+        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(RARE) + "---:|---|---:|",
     ]
-    for mode, r in rows.items():
+    for key, r in sorted(rows.items(), key=lambda kv: (kv[1].get("seed", 42) != 42,
+                                                       kv[1].get("seed", 42))):
+        mode = key.split("@")[0]
         name = {"auto": "auto (default)", "ceiling": f"ceiling: a balanced folder ({common} "
                 "of every class)"}.get(mode, mode)
-        lines.append(f"| {name} | {100 * r['accuracy']:.2f}% "
+        lines.append(f"| {name} | {r.get('seed', 42)} | {100 * r['accuracy']:.2f}% "
                      f"| {100 * r['balanced_accuracy']:.2f}% | {r['macro_f1']:.4f} | "
                      f"{100 * r['rare_recall']:.1f}% | "
                      + " | ".join(f"{100 * r['rare'][c]:.1f}%" for c in RARE)
                      + f" | {100 * r['common_recall']:.1f}% | {r['kept_phase']} | "
                      f"{r['train_seconds']:.0f} |")
-    lines += ["", f"With the default, test accuracy {100 * (a['accuracy'] - n['accuracy']):+.2f} "
-              f"points and the rare classes' mean recall "
-              f"{100 * (a['rare_recall'] - n['rare_recall']):+.1f} points against "
-              "`--class-weight none`. The test split is balanced, so accuracy there is what a "
+    seeds = sorted({r.get("seed", 42) for r in rows.values()})
+    pairs = [(rows[f"auto@{s}" if s != 42 else "auto"], rows[f"none@{s}" if s != 42 else "none"])
+             for s in seeds if (f"auto@{s}" if s != 42 else "auto") in rows
+             and (f"none@{s}" if s != 42 else "none") in rows]
+    acc = [100 * (x["accuracy"] - y["accuracy"]) for x, y in pairs]
+    rare = [100 * (x["rare_recall"] - y["rare_recall"]) for x, y in pairs]
+    lines += ["", f"With the default, test accuracy {', '.join(f'{d:+.2f}' for d in acc)} "
+              f"points (mean {np.mean(acc):+.2f}) and the rare classes' mean recall "
+              f"{', '.join(f'{d:+.1f}' for d in rare)} points (mean {np.mean(rare):+.1f}) against "
+              f"`--class-weight none`, seed by seed ({', '.join(map(str, seeds))}). The test "
+              "split is balanced, so accuracy there is what a "
               "model that meets every class equally often scores; the validation split has the "
               "folder's imbalance, which is why balanced accuracy picks the kept epochs."]
+    judged = [(k, r) for k, r in rows.items() if r.get("finetune_worse_p") is not None]
+    if judged:
+        lines += ["", "Fine-tune ended below the frozen phase on validation in " + "; ".join(
+            f"{k.replace('@', ', seed ')} (p = {r['finetune_worse_p']:.2f}: "
+            + ("within chance, kept" if r["finetune_worse_p"] >= 0.05 else "beyond chance, the "
+               "frozen phase kept") + ")" for k, r in judged)
+            + ": the paired test of README's phase rule on 219 validation images, 3 of each "
+            "rare class."]
     if "ceiling" in rows:
         c = rows["ceiling"]
         lines += ["", f"The ceiling row is the same recipe on a balanced folder ({common} Shirt, "
@@ -158,6 +179,16 @@ def write_table(rows: dict, counts: dict, common: int, epochs: str) -> None:
                   "their neighbours; they add nothing of what the missing pictures would teach, "
                   "and the rare classes here (Shirt, Pullover, Coat) are the three the others "
                   "are mistaken for most."]
+    lines += ["", "Tried on the same folder (seed 42, once each, with throwaway changes not kept "
+              "in the code; test accuracy of the int8 file unless said): balanced sampling in "
+              "place of class weights (each epoch as many images, drawn class-balanced) 81.64% "
+              "(seed 1: 81.75%); `--augment` with class weights 79.32%; post-hoc logit "
+              "adjustment of the unweighted run (log-probabilities minus tau x log prior) at "
+              "best 82.42% (QAT model in float, tau 0.75 picked on the test split itself, so "
+              "optimistic: +0.74 on that model), and on the "
+              "weighted run only lower; the head re-fitted class-balanced on the fine-tuned "
+              "backbone's features 82.00% (float). None reaches +2 points over "
+              "`--class-weight none`; none was adopted."]
     lines.append("")
     (ROOT / "benchmarks" / "imbalance.md").write_text("\n".join(lines))
     (ROOT / "benchmarks" / "results" / "imbalance.json").write_text(json.dumps(

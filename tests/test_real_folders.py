@@ -41,6 +41,48 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     assert balanced_accuracy(y, pred, 3) == pytest.approx(0.5)
 
 
+# ----------------------------------------------------------------- the phase rule
+
+def test_the_paired_test_weighs_an_image_as_the_figure_does():
+    """30 images of a common class, 3 of a rare one: in balanced accuracy a rare image is worth
+    ten common ones, and the test on the images where two models disagree weighs them so."""
+    from tledge.core.stats import mcnemar_p, paired_worse_p
+
+    labels = np.repeat([0, 1], [30, 3])
+    old = np.ones(33, bool)
+    five_common = old.copy()
+    five_common[:5] = False
+    assert paired_worse_p(old, five_common, labels, balanced=False) == mcnemar_p(5, 0)
+    assert paired_worse_p(old, five_common, labels, balanced=True) == mcnemar_p(5, 0)
+    # five common images lost, one rare image won: worse by accuracy, better balanced
+    old_missed_rare = old.copy()
+    old_missed_rare[30] = False
+    assert paired_worse_p(old_missed_rare, five_common, labels, balanced=False) == \
+        pytest.approx(mcnemar_p(5, 1)) == pytest.approx(7 / 64)
+    assert paired_worse_p(old_missed_rare, five_common, labels, balanced=True) > 0.5
+    # every rare image and six common ones lost: chance gives it 1/8 x 1/64 of the time
+    lost = old.copy()
+    lost[[0, 1, 2, 3, 4, 5, 30, 31, 32]] = False
+    p = paired_worse_p(old, lost, labels, balanced=True)
+    assert p == pytest.approx(1 / 512, abs=0.001)
+    assert paired_worse_p(old, lost, labels, balanced=True) == p  # seeded: the same answer
+    assert paired_worse_p(old, old, labels, balanced=True) == 1.0
+
+
+@pytest.mark.parametrize("score, wrong, kept, p", [(1.0, 0, True, None), (0.95, 1, True, 0.5),
+                                                   (0.4, 12, False, 1 / 4096)])
+def test_a_phase_below_its_start_is_kept_unless_worse_beyond_chance(score, wrong, kept, p):
+    from tledge.training.fitting import PhaseResult
+    from tledge.training.keeprule import judge
+
+    labels = np.arange(20) % 2
+    phase = PhaseResult("finetune", val_accuracy=score)
+    new = np.where(np.arange(20) < wrong, 1 - labels, labels)
+    assert judge(phase, labels, new, labels) is kept
+    assert phase.kept is kept
+    assert phase.worse_p == (None if p is None else pytest.approx(p))
+
+
 # ----------------------------------------------------------------- the export gate
 
 @pytest.mark.parametrize("worse, better, p", [(0, 0, 1.0), (1, 0, 0.5), (2, 0, 0.25),

@@ -305,11 +305,14 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypat
         train(config.override(data={"image_size": 48}), tmp_path / "c", echo=lambda s: None)
 
 
+@pytest.mark.parametrize("lost", ["beyond chance", "within chance"])
 def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, lost):
     """Issue 36: the per-class counts and a warning; class weights in the fit; balanced
-    accuracy picks the kept epoch; a fine-tune that ends below the frozen phase does not replace
-    its model (here a stand-in fine-tune that wrecks the weights)."""
+    accuracy picks the kept epoch; a fine-tune that ends below the frozen phase beyond chance
+    does not replace its model (here a stand-in fine-tune that wrecks the weights, and
+    validation predictions that lose every image), one that ends below it within chance (one
+    image lost) does."""
     from tledge.training import train as train_mod
     from tledge.data import ImageSet, Splits
     from tledge.training.fitting import PhaseResult
@@ -332,6 +335,11 @@ def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits,
                            monitor="balanced_accuracy")
 
     monkeypatch.setattr(train_mod, "finetune_phase", wrecking_finetune)
+    y = np.asarray(splits.val.y)
+    after = (y + 1) % len(splits.class_names) if lost == "beyond chance" else \
+        np.where(np.arange(len(y)) == 0, (y + 1) % len(splits.class_names), y)
+    calls = iter([y, after])  # the frozen model's validation predictions, then fine-tune's
+    monkeypatch.setattr(train_mod, "predicted", lambda *a: next(calls))
     lines, out = [], tmp_path / "run"
     result = train(tiny_config(), out, splits=splits, echo=lines.append)
     text = "\n".join(lines)
@@ -339,10 +347,18 @@ def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits,
     assert "WARNING: the classes are imbalanced" in text and "6.0x the images" in text
     assert fits[0] is not None and fits[0][5] == pytest.approx(6.0 * 21 / (6 * 6 * 1))
     assert "best val_balanced_accuracy" in text
-    assert "phase finetune: ended below the model it started from" in text
+    assert f"phase finetune: ended below the model it started from on validation (balanced " \
+           f"accuracy), {lost}" in text
     assert f"next: tledge export {out} --int8 --fp32" == lines[-1]
     metrics = json.loads((out / rundir.METRICS).read_text())
+    if lost == "within chance":  # one image of the validation split: the fine-tune goes on
+        assert metrics["phases"]["finetune"]["kept"] and metrics["kept_phase"] == "finetune"
+        assert metrics["phases"]["finetune"]["worse_p"] == pytest.approx(0.5)
+        saved = keras.models.load_model(out / rundir.FLOAT_MODEL, compile=False)
+        assert all(np.abs(w).sum() == 0 for w in saved.get_weights())  # the fine-tune's model
+        return
     assert metrics["kept_phase"] == "frozen" and not metrics["phases"]["finetune"]["kept"]
+    assert metrics["phases"]["finetune"]["worse_p"] < 0.05
     assert metrics["images_per_class"]["train"]["star"] == 1
     history = json.loads((out / rundir.HISTORY).read_text())
     assert history["frozen"]["monitor"] == "balanced_accuracy"

@@ -17,6 +17,7 @@ from tledge.core import fileio
 from tledge.quantize import quantdebug
 from tledge.quantize.conversion import QuantizationConfig, convert
 from tledge.core.errors import TledgeError
+from tledge.core.stats import SIGNIFICANCE, mcnemar_p
 from tledge.export.metadata import metadata_bytes, with_metadata
 from tledge.runtime import min_runtime_version
 from tledge.runtime.delegation import delegation
@@ -112,21 +113,8 @@ class FormatResult:
 
 # The export gate fails a file only when it loses more than --max-drop points AND that loss is
 # beyond chance: McNemar's exact test on the images where the file and the float model
-# disagree, one-sided, at this level. On 27 validation images one image is 3.7 points: a
-# 1-point gate alone failed files on one or two images.
-SIGNIFICANCE = 0.05
-
-
-def mcnemar_p(worse: int, better: int) -> float:
-    """P(at least ``worse`` of the worse+better discordant images go against the file | both
-    models equally good): the binomial tail at 1/2."""
-    from fractions import Fraction
-    from math import comb
-
-    n = worse + better
-    if n == 0 or worse == 0:
-        return 1.0
-    return float(Fraction(sum(comb(n, k) for k in range(worse, n + 1)), 2 ** n))
+# disagree, one-sided, at SIGNIFICANCE (tledge.core.stats). On 27 validation images one image
+# is 3.7 points: a 1-point gate alone failed files on one or two images.
 
 
 def gate_note(result: "FormatResult", max_drop: float) -> Optional[str]:

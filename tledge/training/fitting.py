@@ -43,7 +43,9 @@ class PhaseResult:
       val_balanced_accuracy: validation balanced accuracy of the kept weights.
       test_balanced_accuracy: the test split's, where there is one.
       kept: the run went on with this phase's weights (False: it ended worse on validation
-        than the model it started from, which was kept instead).
+        than the model it started from, beyond chance, which was kept instead).
+      worse_p: where it ended below the model it started from, the paired test's p-value of
+        that decline (tledge.training.keeprule); None otherwise.
     """
 
     name: str
@@ -59,6 +61,7 @@ class PhaseResult:
     val_balanced_accuracy: float = float("nan")
     test_balanced_accuracy: Optional[float] = None
     kept: bool = True
+    worse_p: Optional[float] = None
 
     def epoch_logs(self) -> list:
         """Each epoch's logs and seconds, as KeepBest keeps them."""
@@ -444,14 +447,18 @@ def fit_phase(model, fit_model, train_ds, val_ds, hp: PhaseHParams, early_stop: 
                        trainable_weights=len(model.trainable_weights))
 
 
-def evaluate_accuracy(model, images: ImageSet, batch_size: int) -> tuple[float, float]:
-    """(accuracy, balanced accuracy) of ``model`` on ``images``."""
+def predicted(model, images: ImageSet, batch_size: int) -> np.ndarray:
+    """``model``'s top-1 class of each of ``images``."""
     from tledge.data.pipeline import batches
 
-    probs = model.predict(batches(images.x, images.y, batch_size), verbose=0)
-    pred = np.argmax(probs, axis=1)
+    return np.argmax(model.predict(batches(images.x, images.y, batch_size), verbose=0), axis=1)
+
+
+def evaluate_accuracy(model, images: ImageSet, batch_size: int) -> tuple[float, float]:
+    """(accuracy, balanced accuracy) of ``model`` on ``images``."""
+    pred = predicted(model, images, batch_size)
     return (float(np.mean(pred == images.y)),
-            balanced_accuracy(np.asarray(images.y), pred, probs.shape[1]))
+            balanced_accuracy(np.asarray(images.y), pred, int(model.output_shape[-1])))
 
 
 def save_model(model, path: Path) -> None:

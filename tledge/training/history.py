@@ -41,7 +41,7 @@ def write_reports(out: Path, phases: list[PhaseResult], splits: Splits, status: 
                             "val_balanced_accuracy": _num(p.val_balanced_accuracy),
                             "test_accuracy": p.test_accuracy,
                             "test_balanced_accuracy": p.test_balanced_accuracy,
-                            "seconds": round(p.seconds, 2),
+                            "seconds": round(p.seconds, 2), "worse_p": p.worse_p,
                             "feature_cache": p.feature_cache} for p in phases},
     }
     fileio.write_json(out / rundir.METRICS, metrics)
@@ -163,7 +163,7 @@ def finished_phases(out: Path, config=None) -> list:
             test_balanced_accuracy=m.get("test_balanced_accuracy"),
             seconds=meta["seconds"] or 0.0, epoch_seconds=meta["epoch_seconds"] or [],
             feature_cache=bool(meta["feature_cache"]), monitor=meta["monitor"] or "accuracy",
-            kept=meta["kept"] is not False))
+            kept=meta["kept"] is not False, worse_p=m.get("worse_p")))
     if metrics.get("status") == "complete" and (config is None or not _longer(phases, config)):
         raise TledgeError(f"{out} finished (metrics.json: complete): nothing to resume; give a "
                           "phase more epochs to extend it (tledge train --resume RUN "
@@ -236,8 +236,12 @@ def phase_line(phase: PhaseResult) -> str:
                if phase.test_accuracy is not None else "")
             + (f", balanced {phase.test_balanced_accuracy:.4f}"
                if balanced and phase.test_balanced_accuracy is not None else ""))
-    if not phase.kept:
+    if phase.worse_p is not None:  # it ended below its start: what the paired test said
+        figure = phase.monitor.replace("_", " ")
         line += (f"\nphase {phase.name}: ended below the model it started from on validation "
-                 f"({phase.monitor.replace('_', ' ')}): that model is kept, and the next phase "
-                 "starts from it")
+                 f"({figure}), " + (
+                     f"within chance (p = {phase.worse_p:.2f}, a paired test on the images "
+                     "where they disagree): kept" if phase.kept else
+                     f"beyond chance (p = {phase.worse_p:.3f}, a paired test on the images where "
+                     "they disagree): that model is kept, and the next phase starts from it"))
     return line

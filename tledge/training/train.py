@@ -22,13 +22,14 @@ from tledge.training.distribution import backup_dir, precision_policy, resolve_s
 from tledge.core.errors import Interrupted, TledgeError, first_line
 from tledge.training.fitting import (PhaseResult, balance_lines, class_balance, compile_model,
                             evaluate_accuracy, fit_phase, image_batches, is_pretrained,
-                            label_depth, phase_rate, save_model, splits_balance, steps_of,
-                            worker_shard)
+                            label_depth, phase_rate, predicted, save_model, splits_balance,
+                            steps_of, worker_shard)
 from tledge.training.features import (feature_statistics, features_of, head_of, head_on_features,
                              sampled_feature_statistics, split_at, standardised_head,
                              top_layer_names, images_only, activation_batches)
 from tledge.training.history import (asked_epochs, finished_phases, phase_header, phase_line,
                                      resume_plan, write_reports)
+from tledge.training.keeprule import judge
 from tledge.training.runmodel import batchnorm_from_data, load_initial_model
 
 log = logging.getLogger(__name__)
@@ -370,12 +371,14 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
     (after saving the float model as it is when no float phase ran). ``extend``: {phase:
     its PhaseResult} for a finished phase given more epochs (``history.resume_plan``)."""
     extend, asked = extend or {}, asked_epochs(config)
+    bs = config.data.batch_size
     extra = {name: asked[name] - len(p.history.get("loss", [])) for name, p in extend.items()}
 
     def float_phase(name, train_phase):
         def run_float(result):
             before = next((p for p in reversed(result.phases) if p.kept), None)
             start_weights = result.model.get_weights() if before is not None else None
+            start_pred = None if before is None else predicted(result.model, splits.val, bs)
             more = {"prior": extend[name]} if name in extend else {}
             phase = train_phase(result.model, splits, config.override(
                 train={name: {"epochs": extra.get(name, asked[name])}}), strategy,
@@ -383,10 +386,9 @@ def _phases(config: RunConfig, out: Path, run: "_RunWriter", splits: Splits, str
             if splits.test is not None:
                 phase.test_accuracy, phase.test_balanced_accuracy = evaluate_accuracy(
                     result.model, splits.test, config.data.batch_size)
-            if before is not None and phase.score < before.score:
-                # worse on validation than the model it started from: that one stays
-                result.model.set_weights(start_weights)
-                phase.kept = False
+            if before is not None and not judge(phase, start_pred, predicted(
+                    result.model, splits.val, bs), splits.val.y):
+                result.model.set_weights(start_weights)  # worse beyond chance: its start stays
             run.save_float(result.model)
             result.phases.append(phase)
             write_reports(out, result.phases, splits, status=f"running (after {phase.name})")
