@@ -142,6 +142,38 @@ def test_accuracy_gate_rejects_a_badly_calibrated_int8_model(colour_run, tmp_pat
     assert (good / "model_int8.tflite").is_file()
 
 
+def test_a_qat_model_worse_than_the_float_one_gives_way_to_post_training_int8(colour_run,
+                                                                              tmp_path):
+    """A QAT phase can end worse than the float model it started from (seen: a QAT that lost 6
+    points on validation, its int8 file rejected). Here the QAT model's head is wrecked: every
+    image is called the first colour. Export tries the float model quantized after training,
+    ships it because it passes, and says why in one line."""
+    import shutil
+
+    from tledge.training.fitting import save_model
+
+    run, splits, _ = colour_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    qat = load_qat_model(copy / rundir.QAT_MODEL)
+    head = qat.get_layer("quant_predictions")
+    head.set_weights([np.zeros_like(w) if w.ndim == 2 else
+                      np.eye(len(LABELS))[0] * 10 if w.shape == (len(LABELS),) else w
+                      for w in head.get_weights()])
+    save_model(qat, copy / rundir.QAT_MODEL)
+    lines = []
+    report = export(copy, ExportOptions(formats=("int8",)), splits=splits, echo=lines.append)
+    text = "\n".join(lines)
+    assert "from the QAT model lost" in text and "trying post-training int8" in text
+    assert "WARNING: model_int8.tflite is quantized after training from the float model" in text
+    (result,) = report["formats"]
+    assert result["passed"] and result["source"] == "float"
+    assert (copy / "export" / "model_int8.tflite").is_file()
+    assert not list((copy / "export").glob("*REJECTED*"))
+    card = json.loads((copy / "export" / "model_card.json").read_text())
+    assert card["files"]["model_int8.tflite"]["converted_from"] == "float"
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "not a TFLite model"),
     (b"PK\x03\x04 this is a zip, not a model", "not a TFLite model"),

@@ -296,7 +296,8 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
 @click.option("--dynamic", is_flag=True, help="int8 weights, float activations.")
 @click.option("--int8", is_flag=True, help="Full integer: int8 weights and activations, uint8 "
               "input (raw pixels 0..255) and uint8 output (probability = q / 256). From the QAT "
-              "model when the run has one.")
+              "model when the run has one (where that file fails the gate, post-training from "
+              "the float model if it passes).")
 @click.option("--ptq", is_flag=True, help="int8 by post-training quantization even when the run "
               "has a QAT model (to compare the two).")
 @click.option("--calibration", type=int, default=300, show_default=True,

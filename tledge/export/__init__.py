@@ -195,12 +195,35 @@ def _one_format(fmt: str, run_dir: Path, options: ExportOptions, float_model, ca
     tmp, result = verifier.verify(fmt, raw, qconfig.source, keep)
     if fmt == "int8" and options.keep_float == ("auto",) and not result.passed:
         tmp, result = keep_float_auto(debug, verifier, tmp, result, echo)
+    if from_qat and not result.passed:
+        tmp, result = _post_training_instead(fmt, float_model, calib, options, verifier, tmp,
+                                             result, echo)
     if fmt == "int8" and (options.debug or not result.passed):
-        if qconfig.source == "qat":  # the file that ships, against the QAT model in float
+        if result.source == "qat":  # the file that ships, against the QAT model in float
             debug.report(shipped=(tmp.read_bytes(), model))
         else:
             debug.report()
     return tmp, result
+
+
+def _post_training_instead(fmt: str, float_model, calib, options: ExportOptions,
+                           verifier: Verifier, tmp: Path, result: FormatResult, echo) -> tuple:
+    """The QAT model's int8 file failed the gate: the float model quantized after training is
+    verified too, and shipped where it passes (where both fail, the one that lost less is kept
+    as REJECTED). A QAT phase can end worse than the float model it started from; the run's
+    float model is still there to quantize."""
+    echo(f"model_{fmt}.tflite from the QAT model lost {result.drop_points:.2f} points beyond "
+         "chance: trying post-training int8 from the float model")
+    qconfig = QuantizationConfig.for_format(fmt, calib, bias_correction=options.bias_correction)
+    ptq_tmp, ptq = verifier.verify(fmt, convert(float_model, qconfig), qconfig.source, [])
+    if not (ptq.passed or ptq.drop_points < result.drop_points):
+        return tmp, result
+    if ptq.passed:
+        echo(f"WARNING: model_{fmt}.tflite is quantized after training from the float model "
+             f"(it lost {ptq.drop_points:.2f} points): the QAT model's file lost "
+             f"{result.drop_points:.2f}, so this run's QAT phase did not keep the float "
+             "model's accuracy (export --ptq makes this choice directly)")
+    return ptq_tmp, ptq
 
 
 def _qat_unfinished(run_dir: Path) -> Optional[str]:
