@@ -96,8 +96,7 @@ def main(weights, work, common, epochs, modes, seed):
                        finetune, "--epochs-qat", qat, "--class-weight",
                        "auto" if mode == "ceiling" else mode, "--seed", str(seed),
                        "--out", str(out), "--overwrite"], log)
-        if not (out / "export" / "model_int8.tflite").is_file():
-            run(["export", str(out), "--int8", "--overwrite"], log)
+        run(["export", str(out), "--int8", "--overwrite"], log)
         report_dir = work / f"eval-{key}"
         run(["evaluate", str(out / "export" / "model_int8.tflite"), "--data", str(work / "test"),
              "--out", str(report_dir), "--overwrite"], log)

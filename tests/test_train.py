@@ -206,14 +206,22 @@ def test_ctrl_c_keeps_finished_phases(tiny_splits, tmp_path, monkeypatch):
 def test_an_interrupted_overwrite_leaves_the_old_run_whole(tiny_splits, tmp_path,
                                                             monkeypatch):
     """Ctrl-C (or a failure) in the first phase of --overwrite: the old run's model, config,
-    labels and metrics are all still there, unchanged."""
+    labels, metrics and export folder are all still there, unchanged. Once the new run has a
+    model, what export made of the old one goes (the benchmark of issue 36 evaluated a stale
+    int8 file left there), and a file of the user's in that folder stays."""
     import tledge.training.train as train_mod
 
     out = tmp_path / "r"
-    train(tiny_config(finetune=tiny_config().train.finetune.__class__(epochs=0)), out,
-          splits=tiny_splits, echo=lambda s: None)
+    no_finetune = tiny_config(finetune=tiny_config().train.finetune.__class__(epochs=0))
+    train(no_finetune, out, splits=tiny_splits, echo=lambda s: None)
+    export = out / rundir.EXPORT
+    export.mkdir()
+    for name in ("model_int8.tflite", "model_fp32.REJECTED.tflite", "labels.txt",
+                 "model_card.json", "export_report.json", "quant_debug.csv", "my notes.txt"):
+        (export / name).write_text(f"the old run's {name}")
     before = {name: (out / name).read_bytes() for name in (
-        rundir.FLOAT_MODEL, rundir.CONFIG, rundir.LABELS, rundir.METRICS, rundir.HISTORY)}
+        rundir.FLOAT_MODEL, rundir.CONFIG, rundir.LABELS, rundir.METRICS, rundir.HISTORY,
+        f"{rundir.EXPORT}/model_int8.tflite")}
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -231,6 +239,14 @@ def test_an_interrupted_overwrite_leaves_the_old_run_whole(tiny_splits, tmp_path
         train(changed, out, overwrite=True, splits=tiny_splits, echo=lambda s: None)
     assert {name: (out / name).read_bytes() for name in before} == before
     assert not list(out.glob(".*tmp*"))
+
+    monkeypatch.undo()
+    train(no_finetune.override(train={"seed": 7}), out, overwrite=True, splits=tiny_splits,
+          echo=lambda s: None)
+    assert sorted(p.name for p in export.iterdir()) == ["my notes.txt"]
+    (export / "my notes.txt").unlink()
+    train(no_finetune, out, overwrite=True, splits=tiny_splits, echo=lambda s: None)
+    assert not export.exists()  # emptied: the folder goes too
 
 
 def test_a_worker_gone_mid_phase_is_one_line_and_a_failed_status(tiny_splits, tmp_path,

@@ -333,7 +333,7 @@ def export(run_dir, fp32, fp16, dynamic, int8, ptq, calibration, max_drop, bias_
     from tledge.core import rundir
 
     rundir.require_run(Path(run_dir))  # these, and the options, are said before TF loads
-    fileio.check_output_dir(Path(out) if out else Path(run_dir) / "export", "--out")
+    fileio.check_output_dir(Path(out) if out else Path(run_dir) / rundir.EXPORT, "--out")
     require_training_stack("tledge export (the TFLite converter)")
     from tledge.export import export as run_export
 

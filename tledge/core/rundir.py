@@ -23,6 +23,10 @@ FLOAT_MODEL = "model.keras"
 QAT_MODEL = "model_qat.h5"  # tfmot QAT models reload from HDF5, not the .keras format
 METRICS = "metrics.json"
 ARTIFACTS = (CONFIG, LABELS, HISTORY, CURVES, FLOAT_MODEL, QAT_MODEL, METRICS)
+EXPORT = "export"  # tledge export's folder in the run folder, where --out is not given
+# What tledge export writes there: made from a run's model, they go when the run is replaced.
+EXPORT_FILES = ("model_*.tflite", LABELS, "model_card.json", "export_report.json",
+                "quant_debug.csv", "quant_debug.png")
 
 
 def default_out(config: RunConfig, root: str | Path = "models") -> Path:
@@ -145,10 +149,19 @@ def command_line() -> str:
 
 def clear_stale(out: Path, keep: tuple = ()) -> None:
     """With --overwrite: remove the old run's files that this run might not rewrite (a QAT model
-    from an earlier run must not pass for this one's), but those in ``keep``."""
+    from an earlier run must not pass for this one's), but those in ``keep``; and what export
+    made of the old run's model in ``out/export`` (an int8 file there would pass for the new
+    run's with deploy, evaluate and bench), leaving any other file of the user's there."""
     for name in ARTIFACTS:
         if name not in keep:
             (out / name).unlink(missing_ok=True)
+    export = out / EXPORT
+    if export.is_dir():
+        for pattern in EXPORT_FILES:
+            for path in export.glob(pattern):
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            export.rmdir()  # only where nothing else is left in it
 
 
 def require_run(path: Path) -> Path:

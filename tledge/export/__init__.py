@@ -76,7 +76,7 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         accuracy gate.
     """
     run_dir = rundir.require_run(Path(run_dir))
-    out = Path(out) if out else run_dir / "export"
+    out = Path(out) if out else run_dir / rundir.EXPORT
     fileio.check_output_dir(out, "--out")
     targets = {fmt: out / f"model_{fmt}.tflite" for fmt in options.formats}
     existing = [str(p) for p in targets.values() if p.exists()]
