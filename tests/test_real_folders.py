@@ -24,8 +24,10 @@ def test_class_balance_weighs_rare_classes_and_picks_balanced_accuracy():
     auto = class_balance(train_y, val_y, 3)
     assert auto.train_counts == (90, 30, 10) and auto.val_counts == (9, 3, 1)
     assert auto.ratio == 9.0 and auto.imbalanced and auto.monitor == "balanced_accuracy"
-    # n / (classes x n_c): every class weighs the same in the loss
-    assert auto.class_weight == pytest.approx({0: 130 / 270, 1: 130 / 90, 2: 130 / 30})
+    # balanced: n / (classes x n_c), every class weighs the same in the loss; auto: its root
+    full = {0: 130 / 270, 1: 130 / 90, 2: 130 / 30}
+    assert class_balance(train_y, val_y, 3, "balanced").class_weight == pytest.approx(full)
+    assert auto.class_weight == pytest.approx({c: w ** 0.5 for c, w in full.items()})
     assert class_balance(train_y, val_y, 3, "none").class_weight is None
     even = class_balance(np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 2), 3)
     assert not even.imbalanced and even.class_weight is None and even.monitor == "accuracy"

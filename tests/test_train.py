@@ -361,7 +361,8 @@ def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits,
     text = "\n".join(lines)
     assert "images per class (train/val): circle 6/" in text
     assert "WARNING: the classes are imbalanced" in text and "6.0x the images" in text
-    assert fits[0] is not None and fits[0][5] == pytest.approx(6.0 * 21 / (6 * 6 * 1))
+    # --class-weight auto: the square root of n / (classes x its images)
+    assert fits[0] is not None and fits[0][5] == pytest.approx((6.0 * 21 / (6 * 6 * 1)) ** 0.5)
     assert "best val_balanced_accuracy" in text
     assert f"phase finetune: ended below the model it started from on validation (balanced " \
            f"accuracy), {lost}" in text

@@ -199,9 +199,10 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
 @optgroup.option("--label-smoothing", type=float, help="Share of each label spread over the other "
                  f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
 @optgroup.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Weigh each class's "
-                 "loss by n / (classes x its images), in every phase: balanced, none, or auto "
-                 "(balanced when the largest class has 1.5x the images of the smallest or more; "
-                 "then balanced accuracy picks each phase's kept epoch).  [default: auto]")
+                 "loss in every phase: balanced (by n / (classes x its images)), none, or auto "
+                 "(the square root of balanced's weights when the largest class has 1.5x the "
+                 "images of the smallest or more; then balanced accuracy picks each phase's "
+                 "kept epoch).  [default: auto]")
 @optgroup.option("--early-stop", type=int,
                  help="Stop a phase after N epochs without better validation accuracy.")
 @optgroup.option("--seed", type=int,

@@ -90,7 +90,8 @@ class Balance:
     Attributes:
       train_counts: training images per class.
       val_counts: validation images per class.
-      class_weight: Keras' ``class_weight`` ({class: n / (classes x n_class)}) or None.
+      class_weight: Keras' ``class_weight`` ({class: its weight}, see ``class_balance``) or
+        None.
     """
 
     train_counts: tuple
@@ -113,12 +114,21 @@ class Balance:
 
 def class_balance(train_y: np.ndarray, val_y: np.ndarray, num_classes: int,
                   mode: str = "auto") -> Balance:
-    """The Balance of these labels under ``--class-weight mode`` (auto, balanced, none)."""
+    """The Balance of these labels under ``--class-weight mode``.
+
+    ``balanced`` weighs each class's loss by n / (classes x its images), which makes every class
+    weigh the same; ``auto`` (on an imbalanced split) by the square root of that, between
+    balanced and none; ``none`` not at all. On benchmarks/imbalance.md's folder (three classes
+    at 10x fewer images), two seeds: against ``none``, ``auto`` +1.16 points of balanced test
+    accuracy and +5.2 of the rare classes' recall, ``balanced`` +0.48 and +8.5: full weights
+    buy the rare classes' recall with more of the common classes' than they give."""
     train = np.bincount(np.asarray(train_y).reshape(-1), minlength=num_classes)
     val = np.bincount(np.asarray(val_y).reshape(-1), minlength=num_classes)
     balance = Balance(tuple(int(c) for c in train), tuple(int(c) for c in val))
     if mode == "balanced" or (mode == "auto" and balance.imbalanced):
         weights = {c: float(train.sum() / (num_classes * n)) for c, n in enumerate(train) if n}
+        if mode == "auto":  # tempered: measured the better test accuracy (class_balance's doc)
+            weights = {c: w ** 0.5 for c, w in weights.items()}
         return Balance(balance.train_counts, balance.val_counts, weights)
     return balance
 
@@ -147,8 +157,9 @@ def balance_lines(splits, config: RunConfig) -> list:
     if balance.imbalanced:
         rare = splits.class_names[int(np.argmin(balance.train_counts))]
         common = splits.class_names[int(np.argmax(balance.train_counts))]
-        weighting = ("each class's loss weighted by n / (classes x its images)"
-                     if balance.class_weight else "no class weights (--class-weight none)")
+        weighting = ("no class weights (--class-weight none)" if not balance.class_weight else
+                     "each class's loss weighted by n / (classes x its images)"
+                     + (", square-rooted" if config.train.class_weight == "auto" else ""))
         line = (f"the classes are imbalanced: {common} has {balance.ratio:.1f}x the images of "
                 f"{rare}; {weighting}; balanced accuracy (mean per-class recall) picks each "
                 "phase's kept epoch and the phase kept")

@@ -6,7 +6,8 @@ hundred images: on the 219 validation images of an imbalanced folder (3 of each 
 one rare image is 3.3 points of balanced accuracy. A fine-tune that ended 4.3 points below the
 frozen phase there (1.3 rare images' worth) was thrown away, and that run held a model of 78.69%
 on the 10,000 test images; the same run going on from the fine-tune ended at 82.46%
-(`python benchmarks/imbalance.py --modes auto --seed 1`, before and after this rule).
+(`python benchmarks/imbalance.py --modes balanced --seed 1`, before and after this rule;
+balanced was the default weighting then).
 So the phase is compared with its start on the images where the two disagree (a paired test,
 tledge.core.stats.paired_worse_p, each image weighted as the figure weighs it); only a
 decline beyond chance (one-sided p < 0.05) brings the start back.
