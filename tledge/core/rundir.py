@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fnmatch
 import json
 import os
 import socket
@@ -157,11 +158,16 @@ def clear_stale(out: Path, keep: tuple = ()) -> None:
             (out / name).unlink(missing_ok=True)
     export = out / EXPORT
     if export.is_dir():
-        for pattern in EXPORT_FILES:
-            for path in export.glob(pattern):
+        for path in export.iterdir():
+            if is_export_file(path.name) and path.is_file():
                 path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             export.rmdir()  # only where nothing else is left in it
+
+
+def is_export_file(name: str) -> bool:
+    """Whether ``name`` is one of the files tledge export writes (``EXPORT_FILES``)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in EXPORT_FILES)
 
 
 def require_run(path: Path) -> Path:

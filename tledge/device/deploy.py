@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence
 from tledge import __version__
 from tledge.device.agent import CONSTRAINTS, VENV_MB, sha256
 from tledge.device.ssh import Device, Target, answer_fields
+from tledge.core import rundir
 from tledge.core.errors import TledgeError
 
 CARD, LABELS = "model_card.json", "labels.txt"
@@ -100,7 +101,8 @@ def collect(sources: Sequence[str]) -> list[Path]:
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            files += _exported(path / "export" if (path / "export").is_dir() else path)
+            export = path / rundir.EXPORT
+            files += _exported(export if export.is_dir() else path)
         elif path.name.endswith(".REJECTED.tflite"):
             raise TledgeError(f"{path} failed export's accuracy gate: deploy sends verified "
                               "files only (re-export, or see tledge export --debug)")

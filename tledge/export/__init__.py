@@ -102,8 +102,7 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         hold_run = contextlib.nullcontext(run_dir)
     with hold_run, rundir.lock(out, rundir.command_line()), contextlib.ExitStack() as staged:
         # held: what a killed export left here (kill -9 skips every cleanup) is nobody's now
-        gone = fileio.remove_leftovers(out, lambda name: name.startswith("model_") or name in (
-            "export_report.json", "model_card.json", "labels.txt", "quant_debug.csv"))
+        gone = fileio.remove_leftovers(out, rundir.is_export_file)
         if gone:
             echo(f"removed {len(gone)} file(s) a killed export left in {out}")
         return _export(run_dir, options, out, targets, echo, splits, staged, stale)

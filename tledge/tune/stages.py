@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from tledge.core import fileio
+from tledge.core import fileio, rundir
 from tledge.core.errors import TledgeError
 from tledge.tune.options import TuneOptions
 from tledge.tune.space import Candidate
@@ -133,10 +133,8 @@ def _int8_figures(run: Path, monitor: str) -> dict:
                echo=lambda line: None)
     except TledgeError as e:
         return {"int8_error": str(e).splitlines()[0][:300]}
-    card = json.loads((run / "export" / CARD).read_text())
+    card = json.loads((run / rundir.EXPORT / CARD).read_text())
     accuracy = float(card["files"]["model_int8.tflite"]["accuracy"])
-    from tledge.core import rundir
-
     images = json.loads((run / rundir.METRICS).read_text()).get("val_images")
     return {"int8_accuracy": round(accuracy, 6), "val_images": images,
             **({"score": round(accuracy, 6)} if monitor == "accuracy" else {})}
