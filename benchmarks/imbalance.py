@@ -8,10 +8,10 @@ shipped int8 file evaluated on the official balanced test split (issue 36).
 The folder: COMMON images of each of seven classes and COMMON / 10 of three rare ones (shirt,
 pullover, coat: the classes Fashion-MNIST confuses most), written once as PNG files under
 --work. Each mode (``--class-weight auto``, the default, ``balanced`` and ``none``) is a fresh
-``tledge train``
-(96 px, MobileNetV2 1.0 from --weights, the default recipe at a short budget), ``tledge export
---int8``, and ``tledge evaluate`` of model_int8.tflite on the 10,000 test images; the table in
-benchmarks/imbalance.md is written from their evaluation.json files.
+``tledge train`` (96 px, MobileNetV2 1.0 from --weights, the default recipe: its epochs unless
+--epochs gives others), ``tledge export --int8``, and ``tledge evaluate`` of model_int8.tflite on
+the 10,000 test images; benchmarks/imbalance.md has a table per epoch budget, written from their
+evaluation.json files.
 """
 
 from __future__ import annotations
@@ -67,27 +67,40 @@ def run(args: list, log: Path) -> float:
     return time.monotonic() - start
 
 
+def default_epochs() -> str:
+    """tledge train's own epochs, frozen,finetune,qat."""
+    from tledge.core.config import RunConfig
+
+    t = RunConfig().train
+    return f"{t.frozen.epochs},{t.finetune.epochs},{t.qat.epochs}"
+
+
+def row_key(mode: str, seed: int, epochs: str) -> str:
+    return f"{mode}@{seed}/{epochs}"
+
+
 @click.command()
 @click.option("--weights", required=True, help="MobileNetV2 1.0 backbone weights (no top).")
 @click.option("--work", type=click.Path(file_okay=False), default="/tmp/tledge-imbalance")
 @click.option("--common", default=300, show_default=True, help="Images of a common class.")
-@click.option("--epochs", default="5,3,1", show_default=True, help="frozen,finetune,qat")
+@click.option("--epochs", default=None, help="frozen,finetune,qat  [default: tledge train's]")
 @click.option("--modes", default="auto,balanced,none", show_default=True,
               help="Which rows to train (auto, balanced, none, ceiling: the same classes "
-                   "balanced, all "
-                   "at --common); the others are kept from results/imbalance.json.")
+                   "balanced, all at --common); the others are kept from results/imbalance.json; "
+                   "'' writes the tables again.")
 @click.option("--seed", default=42, show_default=True,
               help="tledge train --seed (42: its default); each seed's rows are kept apart.")
 def main(weights, work, common, epochs, modes, seed):
     work = Path(work)
+    epochs = epochs or default_epochs()
     frozen, finetune, qat = epochs.split(",")
     counts = write_folder(work, common)
     saved = ROOT / "benchmarks" / "results" / "imbalance.json"
     rows = json.loads(saved.read_text())["rows"] if saved.is_file() else {}
-    for mode in modes.split(","):
-        key = mode if seed == 42 else f"{mode}@{seed}"
-        out = work / f"run-{key}"
-        log = work / f"{key}.log"
+    for mode in filter(None, modes.split(",")):  # none: the table written again
+        key = row_key(mode, seed, epochs)
+        name = f"{mode}@{seed}-{epochs.replace(',', '-')}"
+        out, log = work / f"run-{name}", work / f"{name}.log"
         log.unlink(missing_ok=True)
         data = work / "data"
         if mode == "ceiling":  # what the same recipe reaches when the rare classes are not rare
@@ -99,113 +112,142 @@ def main(weights, work, common, epochs, modes, seed):
                        "auto" if mode == "ceiling" else mode, "--seed", str(seed),
                        "--out", str(out), "--overwrite"], log)
         run(["export", str(out), "--int8", "--overwrite"], log)
-        report_dir = work / f"eval-{key}"
+        report_dir = work / f"eval-{name}"
         run(["evaluate", str(out / "export" / "model_int8.tflite"), "--data", str(work / "test"),
              "--out", str(report_dir), "--overwrite"], log)
         report = json.loads((report_dir / "evaluation.json").read_text())
         recall = {r["label"]: r["recall"] for r in report["per_class"]}
         metrics = json.loads((out / "metrics.json").read_text())
-        rows[key] = {"accuracy": report["accuracy"],
-                      "balanced_accuracy": report["balanced_accuracy"],
-                      "macro_f1": report["macro_f1"],
-                      "rare_recall": float(np.mean([recall[c] for c in RARE])),
-                      "common_recall": float(np.mean([v for k, v in recall.items()
-                                                      if k not in RARE])),
-                      "rare": {c: recall[c] for c in RARE}, "kept_phase": metrics["kept_phase"],
-                      "train_seconds": round(seconds, 1), "seed": seed,
-                      "finetune_worse_p": metrics["phases"].get("finetune", {}).get("worse_p")}
+        rows[key] = {"mode": mode, "seed": seed, "epochs": epochs,
+                     "accuracy": report["accuracy"],
+                     "balanced_accuracy": report["balanced_accuracy"],
+                     "macro_f1": report["macro_f1"],
+                     "rare_recall": float(np.mean([recall[c] for c in RARE])),
+                     "common_recall": float(np.mean([v for k, v in recall.items()
+                                                     if k not in RARE])),
+                     "rare": {c: recall[c] for c in RARE}, "kept_phase": metrics["kept_phase"],
+                     "train_seconds": round(seconds, 1),
+                     "finetune_worse_p": metrics["phases"].get("finetune", {}).get("worse_p")}
         print(key, json.dumps(rows[key]), flush=True)
-    write_table(rows, counts, common, epochs)
+    write_table(rows, counts, common)
 
 
-def write_table(rows: dict, counts: dict, common: int, epochs: str) -> None:
-    from tledge.measure.bench import machine_info
+MODES = ("auto", "balanced", "none", "ceiling")
 
-    machine = machine_info()[0]["machine_id"]
-    n = rows["none"]
-    lines = [
-        "# Imbalanced folders: class weights and balanced accuracy",
-        "",
-        f"`python benchmarks/imbalance.py --weights <offline MobileNetV2 1.0>` on {machine} "
-        f"({platform.python_version()}), {time.strftime('%Y-%m-%d')}: a folder of Fashion-MNIST "
-        f"pictures, {common} of each of seven classes and {common // 10} of each of "
-        f"{', '.join(RARE)} ({sum(counts.values())} images, 10x fewer for the rare ones), 96 px, "
-        f"epochs frozen,finetune,qat {epochs}; `model_int8.tflite` (from QAT) "
-        "evaluated on the official 10,000-image test split (1,000 a class: balanced). train s: "
-        "the wall time of `tledge train`, other work running beside some: not a timing.",
-        "",
-        "| `--class-weight` | seed | test accuracy | balanced accuracy | macro F1 | rare classes' "
-        "mean recall | " + " | ".join(f"{c} recall" for c in RARE) + " | common classes' mean "
-        "recall | phase kept | train s |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(RARE) + "---:|---|---:|",
-    ]
-    order = ("auto", "balanced", "none", "ceiling")
-    for key, r in sorted(rows.items(), key=lambda kv: (kv[1].get("seed", 42) != 42,
-                                                       kv[1].get("seed", 42),
-                                                       order.index(kv[0].split("@")[0]))):
-        mode = key.split("@")[0]
-        name = {"auto": "auto (default: square-root weights)", "balanced": "balanced (full "
-                "weights)", "ceiling": f"ceiling: a balanced folder ({common} "
-                "of every class)"}.get(mode, mode)
-        lines.append(f"| {name} | {r.get('seed', 42)} | {100 * r['accuracy']:.2f}% "
-                     f"| {100 * r['balanced_accuracy']:.2f}% | {r['macro_f1']:.4f} | "
-                     f"{100 * r['rare_recall']:.1f}% | "
+
+def budget_lines(rows: list, common: int, epochs: str, default: bool) -> list:
+    """One epoch budget's table and its comparisons with ``none``, seed by seed."""
+    lines = [f"## Epochs frozen,finetune,qat {epochs}"
+             + (" (tledge train's defaults)" if default else ""), "",
+             "| `--class-weight` | seed | test accuracy | balanced accuracy | macro F1 | rare "
+             "classes' mean recall | " + " | ".join(f"{c} recall" for c in RARE)
+             + " | common classes' mean recall | phase kept | train s |",
+             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(RARE) + "---:|---|---:|"]
+    names = {"auto": "auto (default: square-root weights)",
+             "balanced": "balanced (full weights)",
+             "ceiling": f"ceiling: a balanced folder ({common} of every class)"}
+    for r in sorted(rows, key=lambda r: (r["seed"] != 42, r["seed"], MODES.index(r["mode"]))):
+        lines.append(f"| {names.get(r['mode'], r['mode'])} | {r['seed']} | "
+                     f"{100 * r['accuracy']:.2f}% | {100 * r['balanced_accuracy']:.2f}% | "
+                     f"{r['macro_f1']:.4f} | {100 * r['rare_recall']:.1f}% | "
                      + " | ".join(f"{100 * r['rare'][c]:.1f}%" for c in RARE)
                      + f" | {100 * r['common_recall']:.1f}% | {r['kept_phase']} | "
                      f"{r['train_seconds']:.0f} |")
-    seeds = sorted({r.get("seed", 42) for r in rows.values()})
-
-    def key(mode, seed):
-        return mode if seed == 42 else f"{mode}@{seed}"
-
+    by = {(r["mode"], r["seed"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
     for mode in ("auto", "balanced"):
-        pairs = [(rows[key(mode, s)], rows[key("none", s)]) for s in seeds
-                 if key(mode, s) in rows and key("none", s) in rows]
+        pairs = [(by[mode, s], by["none", s]) for s in seeds
+                 if (mode, s) in by and ("none", s) in by]
         if not pairs:
             continue
         acc = [100 * (x["accuracy"] - y["accuracy"]) for x, y in pairs]
         rare = [100 * (x["rare_recall"] - y["rare_recall"]) for x, y in pairs]
         lines += ["", f"`--class-weight {mode}`{' (the default)' if mode == 'auto' else ''} "
-                  f"against `none`, seed by seed ({', '.join(map(str, seeds))}): test accuracy "
-                  f"{', '.join(f'{d:+.2f}' for d in acc)} points (mean {np.mean(acc):+.2f}), the "
-                  f"rare classes' mean recall {', '.join(f'{d:+.1f}' for d in rare)} points "
-                  f"(mean {np.mean(rare):+.1f})."]
-    lines += ["", "The test split is balanced, so accuracy there is what a model that meets every "
-              "class equally often scores; the validation split has the folder's imbalance, which "
-              "is why balanced accuracy picks the kept epochs. `auto` weighs each class's loss by "
-              "the square root of `balanced`'s weight n / (classes x its images): full weights "
-              "buy the rare classes' recall with more of the common classes' than they give."]
-    judged = [(k, r) for k, r in rows.items() if r.get("finetune_worse_p") is not None]
+                  f"against `none`, seed by seed ({', '.join(str(s) for s in seeds)}): test "
+                  f"accuracy {', '.join(f'{d:+.2f}' for d in acc)} points (mean "
+                  f"{np.mean(acc):+.2f}), the rare classes' mean recall "
+                  f"{', '.join(f'{d:+.1f}' for d in rare)} points (mean {np.mean(rare):+.1f})."]
+    judged = [r for r in rows if r.get("finetune_worse_p") is not None]
     if judged:
         lines += ["", "Fine-tune ended below the frozen phase on validation in " + "; ".join(
-            f"{k.split('@')[0]}, seed {r.get('seed', 42)} (p = {r['finetune_worse_p']:.2f}: "
+            f"{r['mode']}, seed {r['seed']} (p = {r['finetune_worse_p']:.2f}: "
             + ("within chance, kept" if r["finetune_worse_p"] >= 0.05 else "beyond chance, the "
-               "frozen phase kept") + ")" for k, r in judged)
+               "frozen phase kept") + ")" for r in judged)
             + ": the paired test of README's phase rule on 219 validation images, 3 of each "
             "rare class."]
-    if "ceiling" in rows:
-        c = rows["ceiling"]
+    if ("ceiling", 42) in by and ("none", 42) in by:
         lines += ["", f"The ceiling row is the same recipe on a balanced folder ({common} Shirt, "
                   f"Pullover, Coat pictures instead of {int(common * 0.1)}): the imbalance costs "
-                  f"{100 * (c['accuracy'] - n['accuracy']):.2f} points of test accuracy "
-                  "without class weights (seed 42). Class weights move the boundary between the "
-                  "rare classes and their neighbours; they add nothing of what the missing "
-                  "pictures would teach, and the rare classes here (Shirt, Pullover, Coat) are "
-                  "the three the others are mistaken for most."]
-    lines += ["", "Tried on the same folder (seed 42, once each, with throwaway changes not kept "
-              "in the code; test accuracy of the int8 file unless said): balanced sampling in "
-              "place of class weights (each epoch as many images, drawn class-balanced) 81.64% "
-              "(seed 1: 81.75%); `--augment` with full class weights 79.32%; post-hoc logit "
-              "adjustment of the unweighted run (log-probabilities minus tau x log prior) at "
-              "best 82.42% (QAT model in float, tau 0.75 picked on the test split itself, so "
-              "optimistic: +0.74 on that model), and on the "
-              "weighted run only lower; the head re-fitted class-balanced on the fine-tuned "
-              "backbone's features 82.00% (float). None reaches +2 points over "
-              "`--class-weight none`; none was adopted."]
-    lines.append("")
+                  f"{100 * (by['ceiling', 42]['accuracy'] - by['none', 42]['accuracy']):.2f} "
+                  "points of test accuracy without class weights (seed 42)."]
+    return lines + [""]
+
+
+def write_table(rows: dict, counts: dict, common: int) -> None:
+    from tledge.measure.bench import machine_info
+
+    machine = machine_info()[0]["machine_id"]
+    default = default_epochs()
+    budgets = sorted({r["epochs"] for r in rows.values()}, key=lambda e: e != default)
+    lines = [
+        "# Imbalanced folders: class weights and balanced accuracy",
+        "",
+        f"`python benchmarks/imbalance.py --weights <offline MobileNetV2 1.0> [--epochs F,T,Q] "
+        f"[--seed S]` on {machine} ({platform.python_version()}), {time.strftime('%Y-%m-%d')}: a "
+        f"folder of Fashion-MNIST pictures, {common} of each of seven classes and {common // 10} "
+        f"of each of {', '.join(RARE)} ({sum(counts.values())} images, 10x fewer for the rare "
+        "ones), 96 px, the default recipe; `model_int8.tflite` (from QAT) evaluated on the "
+        "official 10,000-image test split (1,000 a class: balanced). train s: the wall time of "
+        "`tledge train`, other work running beside some: not a timing.",
+        "",
+        "The test split is balanced, so accuracy there is what a model that meets every class "
+        "equally often scores; the validation split has the folder's imbalance, which is why "
+        "balanced accuracy picks the kept epochs. `auto` weighs each class's loss by the square "
+        "root of `balanced`'s weight n / (classes x its images).",
+        "",
+    ]
+    for epochs in budgets:
+        lines += budget_lines([r for r in rows.values() if r["epochs"] == epochs], common,
+                              epochs, epochs == default)
+    lines += ["## What the tables say", "", *NOTES, ""]
     (ROOT / "benchmarks" / "imbalance.md").write_text("\n".join(lines))
     (ROOT / "benchmarks" / "results" / "imbalance.json").write_text(json.dumps(
-        {"machine": machine, "common": common, "epochs": epochs, "rows": rows}, indent=1))
+        {"machine": machine, "common": common, "rows": rows}, indent=1))
+
+
+# Hand-written: what the runs above do not show by themselves (kept when the tables are
+# written again).
+NOTES = [
+    "- **The issue's targets are not met at tledge's defaults.** Three seeds of the default "
+    "epochs: `auto` against `none` +0.88 points of test accuracy (target +2) and +3.5 of the "
+    "rare classes' recall (target +5); full weights (`balanced`) +0.65 and +6.8. The seeds "
+    "spread as much as the modes differ: `none` alone scores 82.15-82.44%, `auto` "
+    "82.48-83.84%.",
+    "- **Why `auto` stays the square root.** Over the five seed-and-budget pairs above, the "
+    "root beats full weights on test accuracy in three (mean +1.00 against +0.58 over `none`); "
+    "full weights win the rare classes' recall in all five. Neither lead is beyond the seeds' "
+    "spread, so the measured default stays. At the longer default budget both move less than at "
+    "3 fine-tune epochs and 1 of QAT (`auto`'s rare recall +3.5 against +5.2): a class "
+    "weight's pull fades as the network comes to fit its training images, as importance "
+    "weighting does in deep networks generally (Byrd and Lipton, ICML 2019).",
+    "- **Tried, not adopted** (throwaway changes not kept in the code; test accuracy of the int8 "
+    "file unless said). The logit-adjusted loss (Menon et al., ICLR 2021: cross-entropy on the "
+    "logits plus tau x log prior, tau 1, in every phase, no class weights): 82.32% and 82.05% "
+    "(seeds 42, 1) at 5,3,1, 82.28% and 82.77% at the defaults: the rare classes' recall +6 to "
+    "+11 points over `none`, test accuracy -0.16 to +0.91, below `auto` in all four; with "
+    "the head's free bias this loss is the plain one with the bias shifted by tau x log prior, "
+    "so it is close to adjusting after training, tried too: post-hoc logit adjustment of the "
+    "unweighted run at best 82.42% (5,3,1, QAT model in float, tau 0.75 picked on the test "
+    "split itself, so optimistic: +0.74 on that model), on the weighted run only lower. At "
+    "5,3,1, seed 42: balanced sampling in place of class weights (each epoch as many images, "
+    "drawn class-balanced) 81.64% (seed 1: 81.75%); `--augment` with full class weights "
+    "79.32%; the head re-fitted class-balanced on the fine-tuned backbone's features 82.00% "
+    "(float). None reaches +2 points over `none`.",
+    "- **The gap is pictures.** The ceiling rows train the same recipe on 300 Shirt, Pullover "
+    "and Coat pictures instead of 30. Class weights move the boundary between the rare classes "
+    "and their neighbours; they add nothing of what the missing pictures would teach, and the "
+    "rare classes here are the three the others are mistaken for most.",
+]
 
 
 if __name__ == "__main__":
