@@ -93,6 +93,12 @@ def _start_on(env: dict, says: str, *args: str):
     import re
 
     device_port, local_port = _free_port(), _free_port()
+    # The check is a user's Ctrl-C at a terminal. Started as a background job of a
+    # non-interactive shell (or under nohup), this process has SIGINT ignored, the command would
+    # inherit that through exec and never see the Ctrl-C: a handler here is reset to the
+    # default in the child instead.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen([sys.executable, "-m", "tledge.cli", *args, "--serve",
                              str(device_port), "--local-port", str(local_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
