@@ -25,9 +25,11 @@ QAT_MODEL = "model_qat.h5"  # tfmot QAT models reload from HDF5, not the .keras 
 METRICS = "metrics.json"
 ARTIFACTS = (CONFIG, LABELS, HISTORY, CURVES, FLOAT_MODEL, QAT_MODEL, METRICS)
 EXPORT = "export"  # tledge export's folder in the run folder, where --out is not given
-# What tledge export writes there: made from a run's model, they go when the run is replaced.
-EXPORT_FILES = ("model_*.tflite", LABELS, "model_card.json", "export_report.json",
-                "quant_debug.csv", "quant_debug.png")
+CARD = "model_card.json"  # tledge export's model card, beside the files it describes
+REPORT = "export_report.json"  # and its report
+# What tledge export writes there: made from a run's model, they go when the run is replaced
+# (the last two: tledge.quantize.quantdebug's CSV_NAME and PNG_NAME).
+EXPORT_FILES = ("model_*.tflite", LABELS, CARD, REPORT, "quant_debug.csv", "quant_debug.png")
 
 
 def default_out(config: RunConfig, root: str | Path = "models") -> Path:

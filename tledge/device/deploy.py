@@ -33,7 +33,7 @@ from tledge.device.ssh import Device, Target, answer_fields
 from tledge.core import rundir
 from tledge.core.errors import TledgeError
 
-CARD, LABELS = "model_card.json", "labels.txt"
+CARD, LABELS = rundir.CARD, rundir.LABELS
 # The exact versions tledge[pi] was tested with (``make lock``), Python 3.11 aarch64 included:
 # the device's pip installs with them, so a release since cannot break a deploy.
 PI_LOCK = Path(__file__).resolve().parents[1] / "locks" / "pi.txt"

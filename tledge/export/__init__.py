@@ -34,8 +34,7 @@ from tledge.training.runmodel import load_keras_file, load_run_model
 __all__ = ["CARD", "REPORT", "FormatResult", "QuantizationConfig", "check_quantized", "convert",
            "export"]
 
-REPORT = "export_report.json"
-CARD = "model_card.json"
+REPORT, CARD = rundir.REPORT, rundir.CARD
 
 
 def _eval_images(config: RunConfig, options: ExportOptions, splits=None):
