@@ -90,13 +90,14 @@ def test_a_phase_below_its_start_is_kept_unless_worse_beyond_chance(score, wrong
 @pytest.mark.parametrize("worse, better, p", [(0, 0, 1.0), (1, 0, 0.5), (2, 0, 0.25),
                                                (10, 0, 1 / 1024), (5, 5, 638 / 1024)])
 def test_mcnemar_exact_p(worse, better, p):
-    from tledge.export.verify import mcnemar_p
+    from tledge.core.stats import mcnemar_p
 
     assert mcnemar_p(worse, better) == pytest.approx(p)
 
 
 def _result(drop, images, worse, better):
-    from tledge.export.verify import SIGNIFICANCE, FormatResult, mcnemar_p
+    from tledge.core.stats import SIGNIFICANCE, mcnemar_p
+    from tledge.export.verify import FormatResult
 
     p = mcnemar_p(worse, better)
     return FormatResult("int8", "", 1, "qat", 0.8, 0.9, 0.1, 0.01, drop_points=drop,
@@ -121,6 +122,59 @@ def test_the_gate_fails_a_file_worse_beyond_chance():
     big = _result(3.0, 1000, 32, 2)  # 30 more wrong of 1000: p ~ 1e-7
     assert not big.passed and gate_note(big, 1.0) is None
     assert _result(0.5, 1000, 7, 2).passed  # within the gate: passes whatever p says
+
+
+def _imbalanced_verify(colour_tflite, tmp_path, balanced: bool):
+    """The committed int8 colour classifier against a perfect float model on 300 common images
+    it gets right and 6 of the rare class (yellow) it gets wrong (red pictures filed as yellow):
+    1.96 points of plain accuracy, 25 of balanced accuracy, all six going against the file
+    (p = 1/64)."""
+    import contextlib
+
+    from tledge.data import ImageSet
+    from tledge.export.verify import Verifier
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.repeat([0, 1, 2], 100), np.full(6, 3)]).astype(np.int32)
+    shown = np.where(y == 3, 0, y)  # the rare images are red pictures
+    x = np.clip(COLOURS[shown][:, None, None, :] + rng.normal(0, 10, (len(y), 32, 32, 3)),
+                0, 255).astype(np.uint8)
+    reference = np.eye(4, dtype=np.float32)[y]
+    with contextlib.ExitStack() as staged:
+        verifier = Verifier(reference, ImageSet(x, y), LABELS, "colours", tmp_path, staged,
+                            max_drop=2.0, echo=print, balanced=balanced)
+        _, result = verifier.verify("int8", colour_tflite["int8"].read_bytes(), "qat")
+    return verifier, result
+
+
+def test_the_gate_compares_balanced_accuracy_where_the_classes_are_imbalanced(colour_tflite,
+                                                                             tmp_path):
+    """An int8 file that loses a rare class loses little plain accuracy: where the run's
+    classes are imbalanced the gate compares balanced accuracy, as the phases were picked."""
+    from tledge.export.card import format_table
+
+    plain, passed = _imbalanced_verify(colour_tflite, tmp_path, balanced=False)
+    assert passed.drop_points == pytest.approx(100 * 6 / 306) and passed.passed
+    assert passed.figure == "accuracy" and passed.balanced_accuracy == pytest.approx(0.75)
+    weighed, failed = _imbalanced_verify(colour_tflite, tmp_path, balanced=True)
+    assert (failed.worse, failed.better) == (6, 0) and failed.p_value == pytest.approx(1 / 64)
+    assert failed.drop_points == pytest.approx(25.0) and not failed.passed
+    assert failed.figure == "balanced accuracy" and weighed.float_balanced == 1.0
+    assert weighed.image_points == pytest.approx(100 / (4 * 6))  # one yellow image: 4.2 points
+    table = format_table(weighed.float_acc, [failed], weighed.float_balanced, weighed.figure)
+    assert "balanced" in table.splitlines()[0] and "-25.00" in table.splitlines()[2]
+    assert "balanced accuracy points against the float model" in table
+
+
+def test_the_gate_note_weighs_an_image_as_the_figure_does():
+    from dataclasses import replace
+
+    from tledge.export.verify import gate_note
+
+    small = replace(_result(7.41, 27, 2, 0), figure="balanced accuracy", image_points=11.1)
+    note = gate_note(small, 1.0)
+    assert "points of balanced accuracy" in note and "rarest class being 11.1 points" in note
+    assert "McNemar, images weighed by class" in note
 
 
 # ----------------------------------------------------------------- mistakes in pictures

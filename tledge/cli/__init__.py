@@ -307,7 +307,9 @@ def train(config_file, data, image_size, val_split, limit, augment, batch_size, 
               help="Accuracy points a file may lose against the float model on the validation "
               "images before the export fails; a bigger loss fails it only when it is also beyond "
               "chance (McNemar's exact test on the images where the two disagree, p < 0.05), so "
-              "a few images never decide alone.")
+              "a few images never decide alone. Where the run's classes are imbalanced the "
+              "points are balanced accuracy's (mean per-class recall), each image weighed as "
+              "that figure weighs it.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="Post-training int8: take the mean error of the rounded weights out of each "
               "layer's bias (measured on 64 calibration images).")

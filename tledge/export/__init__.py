@@ -29,6 +29,7 @@ from tledge.core.errors import TledgeError
 from tledge.export.card import format_table, model_card
 from tledge.export.verify import (FormatResult, LayerReport, Verifier, check_quantized,
                                   gate_advice, gate_note, keep_float_auto, publish)
+from tledge.training.fitting import class_balance
 from tledge.training.runmodel import load_keras_file, load_run_model
 
 __all__ = ["CARD", "REPORT", "FormatResult", "QuantizationConfig", "check_quantized", "convert",
@@ -107,22 +108,28 @@ def export(run_dir: Path, options: ExportOptions, out: Optional[Path] = None,
         return _export(run_dir, options, out, targets, echo, splits, staged, stale)
 
 
-def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> dict:
+def _verifier(config: RunConfig, labels: list, float_model, splits, val, out: Path, staged,
+              options: ExportOptions, echo) -> Verifier:
+    """The float model's scores on the validation images, to verify each file against; the gate
+    compares balanced accuracy where the run's classes are imbalanced."""
     from tledge.runtime import in_batches
 
+    reference = in_batches(lambda x: float_model.predict_on_batch(x.astype(np.float32)),
+                           val.x, 64, "float Keras model")
+    imbalanced = class_balance(splits.train.y, splits.val.y, len(labels), "none").imbalanced
+    return Verifier(reference, val, labels,
+                    f"{config.model.backbone} classifier of {len(labels)} classes trained by "
+                    f"tledge on {config.data.source}", out, staged, options.max_drop, echo,
+                    balanced=imbalanced)
+
+
+def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> dict:
     config = RunConfig.from_yaml(run_dir / rundir.CONFIG)
     labels, float_model = load_run_model(run_dir)
     echo(f"loading the data of {run_dir} for calibration and verification")
     splits, val = _eval_images(config, options, splits)
-    reference = in_batches(lambda x: float_model.predict_on_batch(x.astype(np.float32)),
-                           val.x, 64, "float Keras model")
-    verifier = Verifier(reference, val, labels,
-                        f"{config.model.backbone} classifier of {len(labels)} classes trained "
-                        f"by tledge on {config.data.source}", out, staged, options.max_drop,
-                        echo)
-    echo(f"float Keras model: accuracy {verifier.float_acc:.4f} on {len(val)} validation images"
-         + (f" (few: one image is {100 / len(val):.1f} points; the gate fails a file only when "
-            "its loss is also beyond chance)" if len(val) < 200 else ""))
+    verifier = _verifier(config, labels, float_model, splits, val, out, staged, options, echo)
+    echo(verifier.float_line())
     calib = splits.train.x[:options.calibration]
     debug = LayerReport(float_model, calib, val.x[:256], out, echo, options.bias_correction)
     staged_files, results = [], []  # (verified temporary file, final name), FormatResult
@@ -138,20 +145,23 @@ def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> d
     report = {
         "run": str(run_dir),
         "evaluation": {"split": "validation", "images": len(val)},
-        "float_keras": {"accuracy": verifier.float_acc},
+        "float_keras": {"accuracy": verifier.float_acc,
+                        "balanced_accuracy": verifier.float_balanced},
+        "gate_figure": verifier.figure,
         "max_drop_points": options.max_drop,
         "formats": [r.__dict__ for r in results],
     }
     if debug.shown is not None:  # the per-layer int8 report: what it analysed
         report["int8_layer_report"] = {"csv": "quant_debug.csv", "png": "quant_debug.png",
                                        "analysed": debug.source}
-    card = model_card(run_dir, config, labels, results, verifier.float_acc, len(val))
+    card = model_card(run_dir, config, labels, results, verifier.float_acc, len(val),
+                      verifier.float_balanced, verifier.figure)
     # Publish: the files, then what describes them, in one quick run of renames.
     publish(staged_files, stale, echo)
     fileio.write_labels(out / "labels.txt", labels)
     fileio.write_json(out / REPORT, report)
     fileio.write_json(out / CARD, card)
-    echo(format_table(verifier.float_acc, results))
+    echo(format_table(verifier.float_acc, results, verifier.float_balanced, verifier.figure))
     for r in results:
         note = gate_note(r, options.max_drop)
         if note:
@@ -159,7 +169,7 @@ def _export(run_dir, options, out, targets, echo, splits, staged, stale=()) -> d
     failed = [r for r in results if not r.passed]
     if failed:
         raise TledgeError("accuracy gate failed: " + "; ".join(
-            f"{r.format} lost {r.drop_points:.2f} points (> {options.max_drop}) "
+            f"{r.format} lost {r.drop_points:.2f} points of {r.figure} (> {options.max_drop}) "
             f"{gate_advice(r, debug)}; kept as {Path(r.path).name}" for r in failed))
     echo(f"exported to {out}: " + ", ".join(Path(r.path).name for r in results)
          + f", labels.txt, {CARD}, {REPORT}")
@@ -210,8 +220,8 @@ def _post_training_instead(fmt: str, float_model, calib, options: ExportOptions,
     verified too, and shipped where it passes (where both fail, the one that lost less is kept
     as REJECTED). A QAT phase can end worse than the float model it started from; the run's
     float model is still there to quantize."""
-    echo(f"model_{fmt}.tflite from the QAT model lost {result.drop_points:.2f} points beyond "
-         "chance: trying post-training int8 from the float model")
+    echo(f"model_{fmt}.tflite from the QAT model lost {result.drop_points:.2f} points of "
+         f"{result.figure} beyond chance: trying post-training int8 from the float model")
     qconfig = QuantizationConfig.for_format(fmt, calib, bias_correction=options.bias_correction)
     ptq_tmp, ptq = verifier.verify(fmt, convert(float_model, qconfig), qconfig.source, [])
     if not (ptq.passed or ptq.drop_points < result.drop_points):

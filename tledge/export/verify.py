@@ -17,10 +17,11 @@ from tledge.core import fileio
 from tledge.quantize import quantdebug
 from tledge.quantize.conversion import QuantizationConfig, convert
 from tledge.core.errors import TledgeError
-from tledge.core.stats import SIGNIFICANCE, mcnemar_p
+from tledge.core.stats import SIGNIFICANCE, paired_worse_p
 from tledge.export.metadata import metadata_bytes, with_metadata
 from tledge.runtime import min_runtime_version
 from tledge.runtime.delegation import delegation
+from tledge.training.fitting import balanced_accuracy
 
 
 def check_quantized(model_bytes: bytes, fmt: str, keep_float: bool = False) -> dict:
@@ -79,14 +80,20 @@ class FormatResult:
       agreement: fraction of images where its top-1 equals the float model's.
       max_prob_diff: largest absolute difference of any class probability vs float.
       mean_prob_diff: mean absolute difference of the probabilities vs float.
-      drop_points: float accuracy minus this accuracy, in percentage points.
+      drop_points: the float model's score minus this file's, in percentage points, on the
+        gate's figure (``figure``).
       passed: within the accuracy gate.
       quantization: input/output dtypes and quantization parameters, tensor dtype counts.
       images: how many validation images the figures are measured on.
       worse, better: images the float model got right and this file wrong, and the other
         way round (the discordant pairs of McNemar's test).
       p_value: the chance of this file doing at least this much worse than the float model
-        if the two were equally good (McNemar's exact test, one-sided).
+        if the two were equally good (McNemar's exact test, one-sided; on balanced accuracy
+        each image weighs as the figure weighs it: ``tledge.core.stats.paired_worse_p``).
+      balanced_accuracy: mean per-class recall on the evaluation images.
+      figure: what the gate compares: ``accuracy``, or ``balanced accuracy`` where the run's
+        classes are imbalanced (the figure that picked its phases).
+      image_points: the most one image moves that figure, in points.
     """
 
     format: str
@@ -104,6 +111,9 @@ class FormatResult:
     worse: int = 0
     better: int = 0
     p_value: float = 1.0
+    balanced_accuracy: Optional[float] = None
+    figure: str = "accuracy"
+    image_points: float = 0.0
 
     @property
     def within_chance(self) -> bool:
@@ -114,19 +124,29 @@ class FormatResult:
 # The export gate fails a file only when it loses more than --max-drop points AND that loss is
 # beyond chance: McNemar's exact test on the images where the file and the float model
 # disagree, one-sided, at SIGNIFICANCE (tledge.core.stats). On 27 validation images one image
-# is 3.7 points: a 1-point gate alone failed files on one or two images.
+# is 3.7 points: a 1-point gate alone failed files on one or two images. Where the run's classes
+# are imbalanced the figure is balanced accuracy, as it was for picking the run's phases (an
+# int8 file that loses a rare class loses little plain accuracy), and the test weighs each image
+# as that figure does (paired_worse_p).
+
+
+def paired_test_name(result: "FormatResult") -> str:
+    """The paired test behind a file's p-value, as a user reads it."""
+    return "McNemar" if result.figure == "accuracy" else "McNemar, images weighed by class"
 
 
 def gate_note(result: "FormatResult", max_drop: float) -> Optional[str]:
     """The line that says a file passed only because its loss could be chance, or None."""
     if not (result.drop_points > max_drop and result.passed):
         return None
-    return (f"model_{result.format}.tflite lost {result.drop_points:.2f} points (> {max_drop:g}) "
-            f"on {result.images} validation images, one image being "
-            f"{100 / max(1, result.images):.1f} points: {result.worse} worse, {result.better} "
-            f"better than the float model, which chance gives as often as p = "
-            f"{result.p_value:.2f} (McNemar): passed; more validation images (--val-split at "
-            "training, or --eval-limit) would tell")
+    points = result.image_points or 100 / max(1, result.images)
+    one = (f"one image being {points:.1f} points" if result.figure == "accuracy"
+           else f"one image of the rarest class being {points:.1f} points")
+    return (f"model_{result.format}.tflite lost {result.drop_points:.2f} points of "
+            f"{result.figure} (> {max_drop:g}) on {result.images} validation images, {one}: "
+            f"{result.worse} worse, {result.better} better than the float model, which chance "
+            f"gives as often as p = {result.p_value:.2f} ({paired_test_name(result)}): passed; "
+            "more validation images (--val-split at training, or --eval-limit) would tell")
 
 
 def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dict:
@@ -161,7 +181,7 @@ def gate_advice(result: "FormatResult", debug: "LayerReport") -> str:
       One sentence of fixes.
     """
     chance = (f"beyond chance on {result.images} images ({result.worse} worse, {result.better} "
-              f"better, McNemar p = {result.p_value:.3f}); ")
+              f"better, {paired_test_name(result)} p = {result.p_value:.3f}); ")
     if result.format == "int8":
         worst = f"worst layers: {debug.worst()} (see {debug.csv_name}); " \
             if debug.shown else ""
@@ -314,16 +334,36 @@ class Verifier:
       staged: an ExitStack that removes every staged file on failure or interruption.
       max_drop: the accuracy gate, in points below the float model.
       echo: prints a line for the user.
+      balanced: the run's classes are imbalanced: the gate compares balanced accuracy.
     """
 
     def __init__(self, reference: np.ndarray, images, labels: list, description: str,
                  out: Path, staged: contextlib.ExitStack, max_drop: float,
-                 echo: Callable[[str], None]):
+                 echo: Callable[[str], None], balanced: bool = False):
         self.reference, self.images, self.labels = reference, images, labels
         self.description, self.out, self.staged = description, out, staged
-        self.max_drop, self.echo = max_drop, echo
+        self.max_drop, self.echo, self.balanced = max_drop, echo, balanced
         self.float_acc = float(np.mean(np.argmax(reference, 1) == images.y))
+        self.float_balanced = balanced_accuracy(np.asarray(images.y), np.argmax(reference, 1),
+                                                len(labels))
+        self.figure = "balanced accuracy" if balanced else "accuracy"
+        self.float_score = self.float_balanced if balanced else self.float_acc
+        seen = np.bincount(np.asarray(images.y), minlength=len(labels))
+        self.image_points = 100.0 / (np.count_nonzero(seen) * seen[seen > 0].min()) \
+            if balanced and seen.any() else 100.0 / max(1, len(images.y))
         self.count = 0
+
+    def float_line(self) -> str:
+        """What the files are verified against: the float model's scores, and what one image
+        is worth where the validation split is small."""
+        n = len(self.images.y)
+        return (f"float Keras model: accuracy {self.float_acc:.4f}, balanced accuracy "
+                f"{self.float_balanced:.4f} on {n} validation images"
+                + (" (the classes are imbalanced: the gate compares balanced accuracy, as "
+                   "training picked its phases by it)" if self.balanced else "")
+                + (f" (few: one image is {self.image_points:.1f} points"
+                   + (" in the rarest class" if self.balanced else "") + "; the gate fails a "
+                   "file only when its loss is also beyond chance)" if n < 200 else ""))
 
     def verify(self, fmt: str, raw: bytes, source: str, keep=()) -> tuple:
         """Checks, labels, stages and verifies one converted file.
@@ -354,12 +394,15 @@ class Verifier:
         probs = clf.predict_batch(self.images.x,
                                   desc=f"{fmt} TFLite" + (" (keep-float)" if keep else ""))
         stats = compare(self.reference, probs, self.images.y)
-        drop = 100.0 * (self.float_acc - stats["accuracy"])
+        stats["balanced_accuracy"] = balanced_accuracy(np.asarray(self.images.y),
+                                                       np.argmax(probs, 1), len(self.labels))
+        score = stats["balanced_accuracy"] if self.balanced else stats["accuracy"]
+        drop = 100.0 * (self.float_score - score)
         float_right = np.argmax(self.reference, 1) == self.images.y
         file_right = np.argmax(probs, 1) == self.images.y
         worse = int(np.sum(float_right & ~file_right))
         better = int(np.sum(~float_right & file_right))
-        p_value = mcnemar_p(worse, better)
+        p_value = paired_worse_p(float_right, file_right, self.images.y, self.balanced)
         delegated = delegation(clf.interpreter)
         quant.update(input_quantization=list(clf.input_quant),
                      output_quantization=list(clf.output_quant),
@@ -374,7 +417,8 @@ class Verifier:
         return tmp, FormatResult(fmt, "", len(blob), source, drop_points=drop,
                                  passed=drop <= self.max_drop or p_value >= SIGNIFICANCE,
                                  quantization=quant, images=len(self.images.y), worse=worse,
-                                 better=better, p_value=p_value, **stats)
+                                 better=better, p_value=p_value, figure=self.figure,
+                                 image_points=self.image_points, **stats)
 
 
 def publish(files: list, stale: list, echo: Callable[[str], None]) -> None:

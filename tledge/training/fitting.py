@@ -169,8 +169,10 @@ def balance_lines(splits, config: RunConfig) -> list:
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     """Mean per-class recall over the classes present in ``y_true``."""
-    seen = np.bincount(y_true, minlength=num_classes)
-    right = np.bincount(y_true[y_true == y_pred], minlength=num_classes)
+    y_true, y_pred = np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1)
+    size = max(num_classes, int(y_true.max(initial=-1)) + 1)
+    seen = np.bincount(y_true, minlength=size)
+    right = np.bincount(y_true[y_true == y_pred], minlength=size)
     present = seen > 0
     return float(np.mean(right[present] / seen[present])) if present.any() else float("nan")
 
