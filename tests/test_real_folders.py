@@ -28,6 +28,9 @@ def test_class_balance_weighs_rare_classes_and_picks_balanced_accuracy():
     full = {0: 130 / 270, 1: 130 / 90, 2: 130 / 30}
     assert class_balance(train_y, val_y, 3, "balanced").class_weight == pytest.approx(full)
     assert auto.class_weight == pytest.approx({c: w ** 0.5 for c, w in full.items()})
+    # ... until QAT, the last phase, which weighs them in full (deferred re-weighting)
+    assert class_balance(train_y, val_y, 3, final=True).class_weight == pytest.approx(full)
+    assert class_balance(train_y, val_y, 3, "none", final=True).class_weight is None
     assert class_balance(train_y, val_y, 3, "none").class_weight is None
     even = class_balance(np.repeat([0, 1, 2], 20), np.repeat([0, 1, 2], 2), 3)
     assert not even.imbalanced and even.class_weight is None and even.monitor == "accuracy"

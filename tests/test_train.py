@@ -321,6 +321,37 @@ def test_init_from_a_run_skips_to_qat(tiny_splits, tiny_run, tmp_path, monkeypat
         train(config.override(data={"image_size": 48}), tmp_path / "c", echo=lambda s: None)
 
 
+def test_qat_weighs_the_rare_classes_in_full(tiny_splits, tmp_path, monkeypatch):
+    """--class-weight auto: the square root of n / (classes x its images) in the float phases,
+    that itself in QAT, the last phase (deferred re-weighting: benchmarks/imbalance.md)."""
+    from tledge.core.config import QATHParams
+    from tledge.data import ImageSet, Splits
+    from tledge.training import fitting
+    from tledge.training.qat import qat_phase
+
+    train_set = tiny_splits.train
+    keep = np.concatenate([np.flatnonzero(train_set.y == c)[:(6 if c < 3 else 1)]
+                           for c in range(len(tiny_splits.class_names))])
+    splits = Splits(ImageSet(train_set.x[keep], train_set.y[keep]), tiny_splits.val,
+                    tiny_splits.test, tiny_splits.class_names)
+    config = tiny_config(qat=QATHParams(epochs=1, learning_rate=1e-4))
+    weighed = {}
+
+    class Weighed(Exception):
+        pass
+
+    def fit_phase(model, fit_model, train_ds, val_ds, hp, early_stop, name, backup=None,
+                  balance=None, prior=None):
+        weighed[name] = balance.class_weight
+        raise Weighed
+
+    monkeypatch.setattr(fitting, "fit_phase", fit_phase)
+    with pytest.raises(Weighed):
+        qat_phase(_model(config, splits), splits, config, resolve_strategy("none"), tmp_path)
+    assert weighed["qat"][5] == pytest.approx(6.0 * 21 / (6 * 6 * 1))  # not its square root
+    assert weighed["qat"][0] == pytest.approx(21 / (6 * 6))
+
+
 @pytest.mark.parametrize("lost", ["beyond chance", "within chance"])
 def test_an_imbalanced_run_is_weighed_and_a_worse_phase_is_not_kept(tiny_splits, tmp_path,
                                                                     monkeypatch, lost):

@@ -200,9 +200,9 @@ F, FT, Q = PhaseHParams, FineTuneHParams, QATHParams
                  f"classes in the loss.  [default: {_default(T, 'label_smoothing')}]")
 @optgroup.option("--class-weight", type=click.Choice(CLASS_WEIGHTS), help="Weigh each class's "
                  "loss in every phase: balanced (by n / (classes x its images)), none, or auto "
-                 "(the square root of balanced's weights when the largest class has 1.5x the "
-                 "images of the smallest or more; then balanced accuracy picks each phase's "
-                 "kept epoch).  [default: auto]")
+                 "(when the largest class has 1.5x the images of the smallest or more: the "
+                 "square root of balanced's weights in the float phases, balanced's own in QAT; "
+                 "then balanced accuracy picks each phase's kept epoch).  [default: auto]")
 @optgroup.option("--early-stop", type=int,
                  help="Stop a phase after N epochs without better validation accuracy.")
 @optgroup.option("--seed", type=int,

@@ -256,9 +256,10 @@ class TrainOptions:
       cluster_timeout: multi-worker runs: seconds to wait for every worker of TF_CONFIG to be
         up before giving up with an error (TensorFlow's own default is to wait for ever).
       class_weight: ``balanced`` weighs each class's loss by n / (classes x its images), in
-        every phase; ``none`` does not; ``auto`` weighs it by the square root of that when the
-        training split's largest class has 1.5x the images of its smallest or more
-        (tledge.training.fitting.class_balance: measured the better test accuracy).
+        every phase; ``none`` does not; ``auto``, when the training split's largest class has
+        1.5x the images of its smallest or more, by the square root of that in the float
+        phases and by that itself in QAT (tledge.training.fitting.class_balance: measured the
+        better test accuracy and rare-class recall).
     """
 
     frozen: PhaseHParams = field(default_factory=PhaseHParams)

@@ -256,7 +256,7 @@ def qat_phase(model, splits: Splits, config: RunConfig, strategy, out: Path,
         fit_model, cached = _qat_fit_model(qat_model, bottom, top, splits, config, strategy,
                                            stack, (train_ds, val_ds))
         phase = fit_phase(qat_model, fit_model[0], *fit_model[1:], hp, config.train.early_stop,
-                          "qat", backup, splits_balance(splits, config))
+                          "qat", backup, splits_balance(splits, config, final=True))
     phase.seconds = time.perf_counter() - start
     phase.feature_cache = cached
     phase.trainable_weights = len(fit_model[0].trainable_weights)
