@@ -52,13 +52,19 @@ def backbone_weights_file(tmp_path_factory):
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(
-        tiny_splits, backbone_weights_file, schedule):
+        tiny_splits, backbone_weights_file, schedule, monkeypatch):
+    from tledge.training import train as train_mod
+    from tledge.training.fitting import compile_model
+
     config = tiny_config().override(data={"augment": True},
                                     model={"weights": backbone_weights_file},
                                     train={"finetune": {"schedule": schedule}})
     model = _model(config, tiny_splits)
     layers = backbone_layers(model)
     before = _weights(layers)
+    compiled = []  # the model fit: its twin with the frozen BatchNorm folded (bnfold)
+    monkeypatch.setattr(train_mod, "compile_model", lambda m, *a: compiled.append(m) or
+                        compile_model(m, *a))
     finetune_phase(model, tiny_splits, config, resolve_strategy("none"))
     after = _weights(layers)
     top = {w.name for layer in layers[-10:] for w in layer.weights
@@ -73,7 +79,8 @@ def test_finetune_changes_only_unfrozen_layers_and_keeps_batchnorm_statistics(
     # lr(t) = 1e-3 * (0.01 + 0.99 * (1 + cos(pi * t / n)) / 2) for step t of n.
     n = -(-len(tiny_splits.train) // config.data.batch_size)
     cosine = 1e-3 * (0.01 + 0.99 * (1 + np.cos(np.pi * (n - 1) / n)) / 2)
-    final_lr = float(model.optimizer.learning_rate.numpy())
+    assert compiled[0].name.endswith("_bnfold")
+    final_lr = float(compiled[0].optimizer.learning_rate.numpy())
     assert final_lr == pytest.approx(cosine if schedule == "cosine" else 1e-3, rel=1e-3)
 
 

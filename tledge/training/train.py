@@ -29,6 +29,7 @@ from tledge.training.features import (feature_statistics, features_of, head_of, 
                              top_layer_names, images_only, activation_batches)
 from tledge.training.history import (asked_epochs, finished_phases, phase_header, phase_line,
                                      resume_plan, write_reports)
+from tledge.training.bnfold import folded_batchnorm
 from tledge.training.keeprule import judge
 from tledge.training.runmodel import batchnorm_from_data, load_initial_model
 
@@ -158,11 +159,11 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                    backup: Optional[Path] = None, prior=None) -> PhaseResult:
     """Phase 2: the top of the backbone unfrozen, trained with the head at a low learning rate.
 
-    Without augmentation the frozen bottom (everything below the unfreeze point, its BatchNorm
-    in inference mode) gives an image the same activations every epoch: they are computed once
-    and the top trained on them (``features.split_at``), the same model a plain fit trains, at
-    the cost of the layers that learn. Not across several workers, nor with ``--no-feature-
-    cache``; each case is said in one line.
+    Without augmentation the frozen bottom (below the unfreeze point, BatchNorm in inference
+    mode) gives an image the same activations every epoch: they are computed once and the top
+    trained on them (``features.split_at``; not across workers, nor with --no-feature-cache:
+    said in one line). Frozen BatchNorm runs folded into its convolution (``bnfold``). Either
+    way it is the same model a plain fit trains.
 
     Args:
       model: the classifier after phase 1.
@@ -202,6 +203,7 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
                      len(splits.train) + len(splits.val), time.perf_counter() - start)
         steps = steps_of(len(splits.train), data.batch_size, hp.epochs)
         with strategy.scope():
+            fit_model = folded_batchnorm(fit_model, "finetune")
             compile_model(fit_model, phase_rate(hp, steps), config.train.label_smoothing)
         result = fit_phase(model, fit_model, train_ds, val_ds, hp, config.train.early_stop,
                            "finetune", backup, splits_balance(splits, config), prior)
@@ -482,14 +484,8 @@ class _RunWriter:
 
 
 def storage_line(splits: Splits) -> str:
-    """Where the decoded images live, for the log (the automatic choice, said).
-
-    Args:
-      splits: the loaded data.
-
-    Returns:
-      One line: in memory, or streamed from the disk cache, with the size.
-    """
+    """Where the decoded images live, for the log (the automatic choice, said): one line, in
+    memory or streamed from the disk cache, with the size."""
     from tledge.data.cache import DiskArray
 
     x = splits.train.x
