@@ -150,6 +150,7 @@ def _imbalanced_verify(colour_tflite, tmp_path, balanced: bool):
     return verifier, result
 
 
+@pytest.mark.slow  # the file's metadata is written with TensorFlow's flatbuffer schema
 def test_the_gate_compares_balanced_accuracy_where_the_classes_are_imbalanced(colour_tflite,
                                                                              tmp_path):
     """An int8 file that loses a rare class loses little plain accuracy: where the run's
