@@ -236,7 +236,7 @@ NOTES = [
     "et al., NeurIPS 2019): the features are learnt under mild weights and the last phase, "
     "whose model ships, moves the boundaries with the full ones. Against the square root in "
     "every phase (`auto` until 4e2fd1b), over the five seed-and-budget pairs above: the rare "
-    "classes' recall higher in all five (+0.2 to +3.8 points, mean +1.8), test accuracy "
+    "classes' recall higher in all five (+0.1 to +3.8 points, mean +1.8), test accuracy "
     "-0.09 to +0.64 (mean +0.19). Against full weights in every phase (`balanced`): test "
     "accuracy higher in four of five (mean +0.60), the rare classes' recall lower in four "
     "(mean -1.5), the common classes' recall higher in all five: full weights throughout buy "
