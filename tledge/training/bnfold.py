@@ -26,8 +26,9 @@ def _conv_types():
 
 
 def foldable(conv, bn) -> bool:
-    """A convolution whose only use is this frozen, channels-last BatchNorm, with no activation
-    of its own between them."""
+    """A plain convolution and the frozen, channels-last BatchNorm after it, with nothing of the
+    convolution's own (activation, activity regularizer) between them; ``folded`` checks that
+    the BatchNorm is the convolution's only use."""
     import tf_keras as keras
 
     if not isinstance(conv, _conv_types()) or not isinstance(bn, keras.layers.BatchNormalization):
@@ -35,7 +36,7 @@ def foldable(conv, bn) -> bool:
     axis = list(bn.axis) if isinstance(bn.axis, (list, tuple)) else [bn.axis]
     return (not bn.trainable and not getattr(bn, "renorm", False)
             and axis in ([-1], [3]) and conv.data_format == "channels_last"
-            and getattr(conv, "groups", 1) == 1
+            and getattr(conv, "groups", 1) == 1 and conv.activity_regularizer is None
             and conv.activation in (None, keras.activations.linear))
 
 
