@@ -158,12 +158,14 @@ def compare(reference: np.ndarray, probs: np.ndarray, labels: np.ndarray) -> dic
       labels: (N,) true classes.
 
     Returns:
-      {"accuracy", "agreement" (top-1 equal to the float model's), "max_prob_diff",
-      "mean_prob_diff"}.
+      {"accuracy", "balanced_accuracy" (mean per-class recall), "agreement" (top-1 equal to
+      the float model's), "max_prob_diff", "mean_prob_diff"}.
     """
     diff = np.abs(probs - reference)
     return {
         "accuracy": float(np.mean(np.argmax(probs, 1) == labels)),
+        "balanced_accuracy": balanced_accuracy(np.asarray(labels), np.argmax(probs, 1),
+                                               probs.shape[1]),
         "agreement": float(np.mean(np.argmax(probs, 1) == np.argmax(reference, 1))),
         "max_prob_diff": float(diff.max()),
         "mean_prob_diff": float(diff.mean()),
@@ -394,8 +396,6 @@ class Verifier:
         probs = clf.predict_batch(self.images.x,
                                   desc=f"{fmt} TFLite" + (" (keep-float)" if keep else ""))
         stats = compare(self.reference, probs, self.images.y)
-        stats["balanced_accuracy"] = balanced_accuracy(np.asarray(self.images.y),
-                                                       np.argmax(probs, 1), len(self.labels))
         score = stats["balanced_accuracy"] if self.balanced else stats["accuracy"]
         drop = 100.0 * (self.float_score - score)
         float_right = np.argmax(self.reference, 1) == self.images.y

@@ -162,8 +162,8 @@ def finetune_phase(model, splits: Splits, config: RunConfig, strategy,
     Without augmentation the frozen bottom (below the unfreeze point, BatchNorm in inference
     mode) gives an image the same activations every epoch: they are computed once and the top
     trained on them (``features.split_at``; not across workers, nor with --no-feature-cache:
-    said in one line). Frozen BatchNorm runs folded into its convolution (``bnfold``). Either
-    way it is the same model a plain fit trains.
+    said in one line): the same weights a plain fit trains. Frozen BatchNorm runs folded into
+    its convolution (``bnfold``): the same model to float round-off.
 
     Args:
       model: the classifier after phase 1.
