@@ -7,8 +7,8 @@ one convolution with kernel ``W * s`` and bias ``b * s + t``. ``folded`` builds 
 that computes each such pair that way: the twin calls the very same kernel variable (scaled in
 the step, so ``W`` is what trains, with the same gradients), and the other layers are the
 model's own objects, so training the twin trains the model; nothing is copied back. A step then
-skips the BatchNorm's pass over every activation, forward and backward: 0.85x the step time of
-MobileNetV2 at 96 and 224 px (benchmarks/train_speed.md).
+skips the BatchNorm's pass over every activation, forward and backward: 0.75-0.85x the step time
+of MobileNetV2 at 96 px, 0.84-0.95x at 224 px (benchmarks/train_speed.md).
 """
 
 from __future__ import annotations
